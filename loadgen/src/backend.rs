@@ -1,0 +1,396 @@
+//! `voxgate-loadgen backend`: an echo Backend. Answers INVITEs (503 above its cap), echoes every
+//! RTP packet to its sender, answers OPTIONS, and ends calls on BYE, CANCEL or media silence.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::SeedableRng;
+use rand::rngs::SmallRng;
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::Instant;
+use voxgate_media::is_rtcp;
+use voxgate_sip::sdp::{AudioSdp, CodecKind};
+use voxgate_sip::{Event, TransactionKey};
+
+use crate::dialog::{self, Dialog};
+use crate::endpoint::{DialogEvents, Endpoint};
+
+/// Methods the echo Backend implements, for `Allow`.
+const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
+
+/// How the echo Backend behaves.
+#[derive(Debug, Clone)]
+pub struct BackendPlan {
+    /// SIP listen address.
+    pub listen: SocketAddr,
+    /// Address put in SDP and Contact when `listen` is unspecified.
+    pub public_ip: Option<IpAddr>,
+    /// Most calls at once; INVITEs above get 503.
+    pub max_sessions: u64,
+    /// Retry-After on 503s.
+    pub retry_after: Duration,
+    /// Delay between the INVITE and the 200 OK (a 180 Ringing is sent meanwhile).
+    pub answer_delay: Duration,
+    /// A call with no RTP received for this long is ended with BYE.
+    pub media_timeout: Duration,
+    /// Codecs accepted, in preference order.
+    pub codecs: Vec<CodecKind>,
+    /// Status line interval (zero: none).
+    pub status_every: Duration,
+}
+
+/// Counters of the Backend.
+#[derive(Debug, Default)]
+struct Counters {
+    active: AtomicU64,
+    answered: AtomicU64,
+    rejected: AtomicU64,
+    ended: AtomicU64,
+    rtp_echoed: AtomicU64,
+}
+
+struct Shared {
+    plan: BackendPlan,
+    endpoint: Endpoint,
+    media_ip: IpAddr,
+    counters: Counters,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// Runs the Backend until Ctrl-C or SIGTERM; then hangs up every call with BYE and returns.
+pub async fn run(plan: BackendPlan) -> anyhow::Result<()> {
+    let (endpoint, mut incoming) = Endpoint::bind(plan.listen, Default::default()).await?;
+    let media_ip = match (plan.listen.ip(), plan.public_ip) {
+        (_, Some(ip)) => ip,
+        (ip, None) if ip.is_unspecified() => IpAddr::from([127, 0, 0, 1]),
+        (ip, None) => ip,
+    };
+    let (shutdown_tx, shutdown) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        plan: plan.clone(),
+        endpoint,
+        media_ip,
+        counters: Counters::default(),
+        shutdown,
+    });
+    tracing::info!(
+        listen = %shared.endpoint.local_addr(),
+        max_sessions = plan.max_sessions,
+        "echo backend ready"
+    );
+    let mut status = tokio::time::interval(if plan.status_every.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        plan.status_every
+    });
+    status.reset();
+    let mut rng = SmallRng::from_os_rng();
+    let terminate = terminate_signal();
+    tokio::pin!(terminate);
+    loop {
+        tokio::select! {
+            event = incoming.recv() => match event {
+                Some(event) => on_incoming(&shared, &mut rng, event),
+                None => break,
+            },
+            _ = status.tick(), if !plan.status_every.is_zero() => log_status(&shared),
+            () = &mut terminate => break,
+        }
+    }
+    tracing::info!("shutting down: hanging up active calls");
+    let _ = shutdown_tx.send(true);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while shared.counters.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Give the last BYEs a moment on the wire.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    log_status(&shared);
+    Ok(())
+}
+
+fn log_status(shared: &Shared) {
+    let c = &shared.counters;
+    tracing::info!(
+        active = c.active.load(Ordering::Relaxed),
+        answered = c.answered.load(Ordering::Relaxed),
+        rejected = c.rejected.load(Ordering::Relaxed),
+        ended = c.ended.load(Ordering::Relaxed),
+        rtp_echoed = c.rtp_echoed.load(Ordering::Relaxed),
+        "backend status"
+    );
+}
+
+fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
+    let Event::Request { key, request, source, .. } = event else {
+        // ACKs and responses for calls that are gone: nothing to do.
+        return;
+    };
+    let endpoint = &shared.endpoint;
+    let reply = |code: u16, extra: Vec<rsip::Header>| {
+        endpoint.respond(key.clone(), dialog::response(&request, code, None, extra, None));
+    };
+    let allow = || vec![rsip::Header::Allow(ALLOW.into())];
+    let in_dialog = dialog::header_value(&request.headers, "To")
+        .and_then(|to| dialog::tag_param(&to))
+        .is_some();
+    match request.method {
+        rsip::Method::Invite if in_dialog => reply(481, Vec::new()),
+        rsip::Method::Invite => {
+            let counters = &shared.counters;
+            let shutting_down = *shared.shutdown.borrow();
+            let admitted = !shutting_down
+                && counters
+                    .active
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |active| {
+                        (active < shared.plan.max_sessions).then_some(active + 1)
+                    })
+                    .is_ok();
+            if !admitted {
+                counters.rejected.fetch_add(1, Ordering::Relaxed);
+                let retry = shared.plan.retry_after.as_secs().max(1).to_string();
+                reply(503, vec![rsip::Header::RetryAfter(retry.into())]);
+                return;
+            }
+            let local_tag = dialog::token(rng, 10);
+            let call_rng = SmallRng::from_rng(rng);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                EchoCall::answer(&shared, call_rng, key, request, source, local_tag).await;
+                shared.counters.active.fetch_sub(1, Ordering::AcqRel);
+                shared.counters.ended.fetch_add(1, Ordering::Relaxed);
+            });
+        }
+        rsip::Method::Options => {
+            let mut extra = allow();
+            extra.push(rsip::Header::Accept("application/sdp".into()));
+            reply(200, extra);
+        }
+        rsip::Method::Ack => {}
+        rsip::Method::Bye | rsip::Method::Cancel | rsip::Method::Info | rsip::Method::Update => {
+            reply(481, Vec::new());
+        }
+        _ => reply(405, allow()),
+    }
+}
+
+/// One answered call: SIP dialog plus its echo socket.
+struct EchoCall<'a> {
+    shared: &'a Shared,
+    rng: SmallRng,
+    dialog: Dialog,
+    events: DialogEvents,
+}
+
+impl<'a> EchoCall<'a> {
+    async fn answer(
+        shared: &'a Shared,
+        rng: SmallRng,
+        key: TransactionKey,
+        invite: rsip::Request,
+        source: SocketAddr,
+        local_tag: String,
+    ) {
+        let endpoint = &shared.endpoint;
+        let reply = |code: u16, body: Option<String>, tag: Option<&str>| {
+            let contact = rsip::Header::Contact(
+                format!("<sip:echo@{}>", contact_addr(shared)).into(),
+            );
+            endpoint.respond(
+                key.clone(),
+                dialog::response(&invite, code, tag, vec![contact], body),
+            );
+        };
+        let offer = std::str::from_utf8(&invite.body)
+            .ok()
+            .and_then(|text| AudioSdp::parse(text).ok());
+        let Some(offer) = offer else {
+            reply(488, None, None);
+            return;
+        };
+        let Ok(socket) = UdpSocket::bind((shared.media_ip, 0)).await else {
+            reply(500, None, None);
+            return;
+        };
+        let Ok(media_addr) = socket.local_addr() else {
+            reply(500, None, None);
+            return;
+        };
+        let answer_sdp = |offer: &AudioSdp, version: u64| {
+            AudioSdp::answer(
+                offer,
+                &shared.plan.codecs,
+                media_addr.ip(),
+                media_addr.port(),
+                version,
+            )
+        };
+        let Ok(answer) = answer_sdp(&offer, 1) else {
+            reply(488, None, None);
+            return;
+        };
+        let mut local = Dialog::incoming(&invite, contact_addr(shared), local_tag.clone());
+        if local.next_hop().is_none() {
+            local.remote_target = format!("sip:{source}");
+        }
+        let mut call = EchoCall {
+            shared,
+            rng,
+            events: endpoint.register(&local.call_id),
+            dialog: local,
+        };
+        if !shared.plan.answer_delay.is_zero() {
+            reply(180, None, Some(&local_tag));
+            if call.ring(&key, &invite).await.is_err() {
+                return;
+            }
+        }
+        reply(200, Some(answer.to_string()), Some(&local_tag));
+        shared.counters.answered.fetch_add(1, Ordering::Relaxed);
+        call.echo(&socket, answer_sdp).await;
+    }
+
+    /// Waits out the answer delay; `Err` when the caller cancelled or hung up.
+    async fn ring(&mut self, invite_key: &TransactionKey, invite: &rsip::Request) -> Result<(), ()> {
+        let endpoint = &self.shared.endpoint;
+        let answer_at = Instant::now() + self.shared.plan.answer_delay;
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep_until(answer_at) => return Ok(()),
+                event = self.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) if request.method == rsip::Method::Cancel => {
+                        endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
+                        let terminated = dialog::response(invite, 487, Some(&self.dialog.local_tag), Vec::new(), None);
+                        endpoint.respond(invite_key.clone(), terminated);
+                        return Err(());
+                    }
+                    Some(Event::Request { key, request, .. }) => {
+                        endpoint.respond(key, dialog::response(&request, 481, None, Vec::new(), None));
+                    }
+                    Some(_) => {}
+                    None => return Err(()),
+                },
+            }
+        }
+    }
+
+    /// Echoes RTP until the call ends.
+    async fn echo<F, E>(&mut self, socket: &UdpSocket, answer_sdp: F)
+    where
+        F: Fn(&AudioSdp, u64) -> Result<AudioSdp, E>,
+    {
+        let shared = self.shared;
+        let endpoint = &shared.endpoint;
+        let mut shutdown = shared.shutdown.clone();
+        let mut buf = [0u8; 2048];
+        let mut last_media = Instant::now();
+        let mut sdp_version = 1;
+        let mut media_check = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                received = socket.recv_from(&mut buf) => {
+                    let Ok((len, from)) = received else { continue };
+                    last_media = Instant::now();
+                    // RTCP (muxed) is not echoed: a reflected sender report would confuse the caller.
+                    if is_rtcp(&buf[..len]) {
+                        continue;
+                    }
+                    if socket.send_to(&buf[..len], from).await.is_ok() {
+                        shared.counters.rtp_echoed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                event = self.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) => match request.method {
+                        rsip::Method::Bye => {
+                            endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
+                            return;
+                        }
+                        rsip::Method::Invite => {
+                            // A re-INVITE (hold, resume, codec change): answer on the same port.
+                            sdp_version += 1;
+                            let answer = std::str::from_utf8(&request.body)
+                                .ok()
+                                .and_then(|text| AudioSdp::parse(text).ok())
+                                .and_then(|offer| answer_sdp(&offer, sdp_version).ok());
+                            let response = match answer {
+                                Some(answer) => dialog::response(&request, 200, None, self.contact(), Some(answer.to_string())),
+                                None => dialog::response(&request, 488, None, Vec::new(), None),
+                            };
+                            endpoint.respond(key, response);
+                        }
+                        rsip::Method::Cancel => {
+                            endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
+                        }
+                        _ => endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None)),
+                    },
+                    Some(Event::AckTimeout { .. }) => {
+                        tracing::debug!(call_id = %self.dialog.call_id, "no ACK for 200 OK: hanging up");
+                        self.hang_up();
+                        return;
+                    }
+                    Some(_) => {}
+                    None => return,
+                },
+                _ = media_check.tick() => {
+                    if last_media.elapsed() >= shared.plan.media_timeout {
+                        tracing::debug!(call_id = %self.dialog.call_id, "media timeout: hanging up");
+                        self.hang_up();
+                        return;
+                    }
+                }
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        self.hang_up();
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn contact(&self) -> Vec<rsip::Header> {
+        vec![rsip::Header::Contact(
+            format!("<sip:echo@{}>", contact_addr(self.shared)).into(),
+        )]
+    }
+
+    /// Sends BYE. Its answer is not awaited: the Backend has nothing left to do with the call,
+    /// and the transaction layer retransmits it.
+    fn hang_up(&mut self) {
+        let Some(next_hop) = self.dialog.next_hop() else {
+            return;
+        };
+        let bye = self.dialog.bye(&mut self.rng);
+        self.shared.endpoint.request(next_hop, bye);
+    }
+}
+
+fn contact_addr(shared: &Shared) -> SocketAddr {
+    SocketAddr::new(shared.media_ip, shared.endpoint.local_addr().port())
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn terminate_signal() {
+    #[cfg(unix)]
+    {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        match term {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,693 @@
+//! `voxgate-loadgen call`: a SIP UAC that places calls at a rate, holds them with G.711 RTP and
+//! measures setup time, media round trip, loss and jitter.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use hdrhistogram::Histogram;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use tokio::net::UdpSocket;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::{Instant, MissedTickBehavior};
+use voxgate_media::{RtpPacket, StreamStats, is_rtcp};
+use voxgate_sip::Event;
+use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
+
+use crate::dialog::{self, Dialog};
+use crate::endpoint::{DialogEvents, Endpoint};
+use crate::probe::{self, G711, PACKET_LEN, ProbeSender};
+use crate::progress::Progress;
+use crate::report::{
+    CallCounts, Limits, Percentiles, Report, RtpCounts, Settings, SipCounts, ratio,
+};
+
+/// How long to keep listening for echoes after the last packet was sent.
+const ECHO_DRAIN: Duration = Duration::from_millis(300);
+/// How long a BYE may take before the call counts as failed.
+const BYE_TIMEOUT: Duration = Duration::from_secs(32);
+
+/// What `call` is asked to do.
+#[derive(Debug, Clone)]
+pub struct CallPlan {
+    /// Where INVITEs go.
+    pub target: SocketAddr,
+    /// User part of the Request-URI.
+    pub user: String,
+    /// Local SIP address (port 0: any).
+    pub bind: SocketAddr,
+    /// Calls started per second.
+    pub rate: f64,
+    /// Most calls up at once.
+    pub concurrency: u64,
+    /// Calls to place.
+    pub total: u64,
+    /// How long each answered call is held with media.
+    pub hold: Duration,
+    /// Give up (CANCEL) when no final response arrives in this time.
+    pub answer_timeout: Duration,
+    /// G.711 flavour offered first.
+    pub codec: G711,
+    /// Seed for Call-IDs, tags, SSRCs.
+    pub seed: u64,
+    /// Limits that decide the exit code.
+    pub limits: Limits,
+    /// No progress line.
+    pub quiet: bool,
+}
+
+/// Live counters, read by the progress line.
+#[derive(Debug, Default)]
+struct Live {
+    started: AtomicU64,
+    active: AtomicU64,
+    peak_active: AtomicU64,
+    finished: AtomicU64,
+    answered: AtomicU64,
+    rejected: AtomicU64,
+    failed: AtomicU64,
+    rtp_sent: AtomicU64,
+    rtp_received: AtomicU64,
+    first_start_us: AtomicU64,
+    last_start_us: AtomicU64,
+}
+
+/// How one call ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Outcome {
+    Completed,
+    Rejected(u16),
+    TimedOut,
+    Failed(&'static str),
+}
+
+/// What one call measured.
+#[derive(Debug)]
+struct CallRecord {
+    outcome: Outcome,
+    answered: bool,
+    setup: Option<Duration>,
+    rtt_us: Histogram<u64>,
+    rtp_sent: u64,
+    rtp_received: u64,
+    foreign: u64,
+    jitter_seconds: Option<f64>,
+}
+
+struct CallContext {
+    plan: CallPlan,
+    endpoint: Endpoint,
+    local_ip: IpAddr,
+    epoch: Instant,
+    live: Live,
+}
+
+/// Runs the plan and returns its report (already judged against the plan's limits).
+pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
+    let local_ip = local_ip_towards(plan.bind, plan.target).await?;
+    let bind = SocketAddr::new(local_ip, plan.bind.port());
+    let (endpoint, mut strays) = Endpoint::bind(bind, Default::default()).await?;
+    // Requests that match no live call (a late BYE, OPTIONS) get an answer, not silence.
+    let stray_endpoint = endpoint.clone();
+    tokio::spawn(async move {
+        while let Some(event) = strays.recv().await {
+            if let Event::Request { key, request, .. } = event {
+                let code = match request.method {
+                    rsip::Method::Options => 200,
+                    _ => 481,
+                };
+                stray_endpoint.respond(key, dialog::response(&request, code, None, Vec::new(), None));
+            }
+        }
+    });
+
+    let context = Arc::new(CallContext {
+        plan: plan.clone(),
+        endpoint,
+        local_ip,
+        epoch: Instant::now(),
+        live: Live::default(),
+    });
+    let (records_tx, mut records) = mpsc::unbounded_channel();
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let launcher = tokio::spawn(launch(context.clone(), records_tx, stop.clone()));
+
+    let progress = Progress::new(plan.total, plan.quiet);
+    let mut totals = Totals::new();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut interrupted = false;
+    loop {
+        tokio::select! {
+            record = records.recv() => match record {
+                Some(record) => totals.add(record),
+                None => break,
+            },
+            _ = tick.tick() => {
+                let line = progress_line(&context.live, &totals);
+                progress.update(context.epoch.elapsed(), context.live.finished.load(Ordering::Relaxed), &line);
+            }
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                interrupted = true;
+                stop.notify_one();
+                progress.update(context.epoch.elapsed(), context.live.finished.load(Ordering::Relaxed),
+                    "interrupted: no new calls; waiting for active calls to end (Ctrl-C again to abort)");
+            }
+            _ = tokio::signal::ctrl_c(), if interrupted => anyhow::bail!("aborted"),
+        }
+    }
+    launcher.await.context("launcher task")?;
+    progress.finish();
+
+    let elapsed = context.epoch.elapsed();
+    let counters = context.endpoint.counters();
+    let mut report = totals.into_report(&plan, elapsed);
+    report.calls.achieved_rate = achieved_rate(&context.live);
+    report.calls.peak_concurrency = context.live.peak_active.load(Ordering::Relaxed);
+    report.sip = SipCounts {
+        sent: counters.sent.load(Ordering::Relaxed),
+        received: counters.received.load(Ordering::Relaxed),
+        malformed: counters.malformed.load(Ordering::Relaxed),
+    };
+    report.judge(plan.limits);
+    Ok(report)
+}
+
+/// Calls started per second between the first and the last INVITE.
+fn achieved_rate(live: &Live) -> f64 {
+    let started = live.started.load(Ordering::Relaxed);
+    let first = live.first_start_us.load(Ordering::Relaxed);
+    let last = live.last_start_us.load(Ordering::Relaxed);
+    if started < 2 || last <= first {
+        return 0.0;
+    }
+    (started - 1) as f64 / ((last - first) as f64 / 1e6)
+}
+
+async fn launch(
+    context: Arc<CallContext>,
+    records: mpsc::UnboundedSender<CallRecord>,
+    stop: Arc<tokio::sync::Notify>,
+) {
+    let plan = &context.plan;
+    let permits = Arc::new(Semaphore::new(plan.concurrency as usize));
+    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate));
+    // Burst: an offered load catches up after the scheduler was late, up to the concurrency cap.
+    pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    for index in 0..plan.total {
+        tokio::select! {
+            _ = pace.tick() => {}
+            () = stop.notified() => break,
+        }
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+            () = stop.notified() => break,
+        };
+        let context = context.clone();
+        let records = records.clone();
+        tokio::spawn(async move {
+            let record = place_call(&context, index).await;
+            context.live.finished.fetch_add(1, Ordering::Relaxed);
+            drop(permit);
+            let _ = records.send(record);
+        });
+    }
+}
+
+async fn place_call(context: &CallContext, index: u64) -> CallRecord {
+    let live = &context.live;
+    let since_epoch = u64::try_from(context.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
+    if live.started.fetch_add(1, Ordering::Relaxed) == 0 {
+        live.first_start_us.store(since_epoch, Ordering::Relaxed);
+    }
+    live.last_start_us.fetch_max(since_epoch, Ordering::Relaxed);
+    let active = live.active.fetch_add(1, Ordering::Relaxed) + 1;
+    live.peak_active.fetch_max(active, Ordering::Relaxed);
+    let mut call = Call::new(context, index);
+    let outcome = call.run().await;
+    live.active.fetch_sub(1, Ordering::Relaxed);
+    match &outcome {
+        Outcome::Rejected(_) => live.rejected.fetch_add(1, Ordering::Relaxed),
+        Outcome::Completed => 0,
+        Outcome::TimedOut | Outcome::Failed(_) => live.failed.fetch_add(1, Ordering::Relaxed),
+    };
+    CallRecord {
+        outcome,
+        answered: call.setup.is_some(),
+        setup: call.setup,
+        rtt_us: call.rtt_us,
+        rtp_sent: call.rtp_sent,
+        rtp_received: call.rtp_received,
+        foreign: call.foreign,
+        jitter_seconds: call.stats.as_ref().filter(|s| s.packets() > 1).map(StreamStats::jitter_seconds),
+    }
+}
+
+/// One call from INVITE to the answer of its BYE.
+struct Call<'a> {
+    context: &'a CallContext,
+    rng: SmallRng,
+    setup: Option<Duration>,
+    rtt_us: Histogram<u64>,
+    rtp_sent: u64,
+    rtp_received: u64,
+    foreign: u64,
+    stats: Option<StreamStats>,
+}
+
+impl<'a> Call<'a> {
+    fn new(context: &'a CallContext, index: u64) -> Self {
+        Self {
+            context,
+            rng: SmallRng::seed_from_u64(context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            setup: None,
+            rtt_us: new_histogram(),
+            rtp_sent: 0,
+            rtp_received: 0,
+            foreign: 0,
+            stats: None,
+        }
+    }
+
+    async fn run(&mut self) -> Outcome {
+        let plan = &self.context.plan;
+        let endpoint = &self.context.endpoint;
+        let Ok(rtp) = UdpSocket::bind((self.context.local_ip, 0)).await else {
+            return Outcome::Failed("cannot bind RTP socket");
+        };
+        let Ok(rtp_addr) = rtp.local_addr() else {
+            return Outcome::Failed("cannot bind RTP socket");
+        };
+        let request_uri = format!("sip:{}@{}", plan.user, plan.target);
+        let mut dialog = Dialog::outgoing(&mut self.rng, endpoint.local_addr(), request_uri);
+        let codecs = match plan.codec {
+            G711::Pcmu => vec![Codec::pcmu(), Codec::pcma()],
+            G711::Pcma => vec![Codec::pcma(), Codec::pcmu()],
+        };
+        let mut codecs = codecs;
+        codecs.push(Codec::telephone_event(101));
+        let offer = AudioSdp::offer(
+            rtp_addr.ip(),
+            rtp_addr.port(),
+            codecs,
+            self.rng.random::<u32>().into(),
+        );
+        let invite = dialog.invite(&mut self.rng, offer.to_string());
+        let mut events = endpoint.register(&dialog.call_id);
+        let sent_at = Instant::now();
+        endpoint.request(plan.target, invite.clone());
+
+        let answer = match self.await_answer(&mut events, &invite, sent_at).await {
+            Ok(answer) => answer,
+            Err(outcome) => return outcome,
+        };
+        self.setup = Some(sent_at.elapsed());
+        self.context.live.answered.fetch_add(1, Ordering::Relaxed);
+        dialog.confirm(&answer);
+        let next_hop = dialog.next_hop().unwrap_or(plan.target);
+        let ack = dialog.ack(&mut self.rng, 1);
+        endpoint.stateless(next_hop, ack.clone());
+
+        let media = answer_media(&answer);
+        let outcome = match media {
+            Some((remote, codec)) => self.hold(&rtp, remote, codec, &mut events, &ack, next_hop).await,
+            None => Some(Outcome::Failed("no usable SDP answer")),
+        };
+        if let Some(outcome) = outcome {
+            if outcome != Outcome::Failed("ended by the far side") {
+                // Still up on the far side: hang up politely even when the call failed.
+                let bye = dialog.bye(&mut self.rng);
+                endpoint.request(next_hop, bye);
+            }
+            return outcome;
+        }
+        let bye = dialog.bye(&mut self.rng);
+        endpoint.request(next_hop, bye);
+        self.await_bye_answer(&mut events, &ack, next_hop).await
+    }
+
+    /// Waits for the final response to the INVITE; `Err` is the call's outcome when not 2xx.
+    async fn await_answer(
+        &mut self,
+        events: &mut DialogEvents,
+        invite: &rsip::Request,
+        sent_at: Instant,
+    ) -> Result<rsip::Response, Outcome> {
+        let endpoint = &self.context.endpoint;
+        let deadline = sent_at + self.context.plan.answer_timeout;
+        let mut provisional = false;
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = tokio::time::sleep_until(deadline) => {
+                    if provisional {
+                        endpoint.request(self.context.plan.target, cancel_for(invite));
+                    }
+                    return Err(Outcome::TimedOut);
+                }
+            };
+            match event {
+                Some(Event::Response { response, .. }) => {
+                    if !is_invite_response(&response) {
+                        continue;
+                    }
+                    let code = response.status_code.code();
+                    match code {
+                        100..=199 => provisional = true,
+                        200..=299 => return Ok(response),
+                        _ => return Err(Outcome::Rejected(code)),
+                    }
+                }
+                Some(Event::Timeout { .. }) => return Err(Outcome::TimedOut),
+                Some(Event::Request { key, request, .. }) => {
+                    endpoint.respond(key, dialog::response(&request, 481, None, Vec::new(), None));
+                }
+                Some(_) => {}
+                None => return Err(Outcome::Failed("SIP endpoint stopped")),
+            }
+        }
+    }
+
+    /// Sends the probe stream for the hold time and collects its echo. `Some` ends the call early.
+    async fn hold(
+        &mut self,
+        rtp: &UdpSocket,
+        remote: SocketAddr,
+        codec: G711,
+        events: &mut DialogEvents,
+        ack: &rsip::Request,
+        next_hop: SocketAddr,
+    ) -> Option<Outcome> {
+        let context = self.context;
+        let mut sender = ProbeSender::new(codec, self.rng.random(), self.rng.random(), self.rng.random());
+        self.stats = Some(StreamStats::new(8000));
+        let mut out = [0u8; PACKET_LEN];
+        let mut buf = [0u8; 2048];
+        let mut pace = tokio::time::interval(probe::PTIME);
+        pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let hold_end = Instant::now() + context.plan.hold;
+        let mut drain_end: Option<Instant> = None;
+        loop {
+            let sending = drain_end.is_none();
+            tokio::select! {
+                biased;
+                received = rtp.recv_from(&mut buf) => {
+                    if let Ok((len, _)) = received {
+                        self.on_rtp(&buf[..len], sender.ssrc());
+                    }
+                    if !sending && self.rtp_received >= self.rtp_sent {
+                        return None;
+                    }
+                }
+                event = events.recv() => match event {
+                    Some(Event::Response { response, .. }) if is_invite_response(&response)
+                        && response.status_code.code() / 100 == 2 => {
+                        // A retransmitted 2xx: our ACK was lost.
+                        context.endpoint.stateless(next_hop, ack.clone());
+                    }
+                    Some(Event::Request { key, request, .. }) => {
+                        let bye = request.method == rsip::Method::Bye;
+                        let code = if bye || request.method == rsip::Method::Invite { 200 } else { 405 };
+                        context.endpoint.respond(key, dialog::response(&request, code, None, Vec::new(), None));
+                        if bye {
+                            return Some(Outcome::Failed("ended by the far side"));
+                        }
+                    }
+                    Some(_) => {}
+                    None => return Some(Outcome::Failed("SIP endpoint stopped")),
+                },
+                _ = pace.tick(), if sending => {
+                    if Instant::now() >= hold_end {
+                        drain_end = Some(Instant::now() + ECHO_DRAIN);
+                        if self.rtp_received >= self.rtp_sent {
+                            return None;
+                        }
+                        continue;
+                    }
+                    sender.next_packet(context.epoch.elapsed(), &mut out);
+                    if rtp.send_to(&out, remote).await.is_ok() {
+                        self.rtp_sent += 1;
+                        context.live.rtp_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                () = sleep_until_opt(drain_end) => return None,
+            }
+        }
+    }
+
+    fn on_rtp(&mut self, datagram: &[u8], ssrc: u32) {
+        if is_rtcp(datagram) {
+            return;
+        }
+        let Ok(packet) = RtpPacket::parse(datagram) else {
+            self.foreign += 1;
+            return;
+        };
+        let sent_at = probe::sent_at(&packet);
+        if packet.ssrc() != ssrc || sent_at.is_none() {
+            self.foreign += 1;
+            return;
+        }
+        let now = Instant::now();
+        if let Some(sent_at) = sent_at {
+            let rtt = (now - self.context.epoch).saturating_sub(sent_at);
+            let _ = self.rtt_us.record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+        }
+        if let Some(stats) = &mut self.stats {
+            stats.record(now.into_std(), packet.sequence(), packet.timestamp(), datagram.len());
+        }
+        self.rtp_received += 1;
+        self.context.live.rtp_received.fetch_add(1, Ordering::Relaxed);
+    }
+
+    async fn await_bye_answer(
+        &mut self,
+        events: &mut DialogEvents,
+        ack: &rsip::Request,
+        next_hop: SocketAddr,
+    ) -> Outcome {
+        let deadline = Instant::now() + BYE_TIMEOUT;
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event,
+                () = tokio::time::sleep_until(deadline) => return Outcome::Failed("BYE not answered"),
+            };
+            match event {
+                Some(Event::Response { response, .. }) => {
+                    let code = response.status_code.code();
+                    if is_invite_response(&response) {
+                        if code / 100 == 2 {
+                            self.context.endpoint.stateless(next_hop, ack.clone());
+                        }
+                        continue;
+                    }
+                    match code {
+                        100..=199 => {}
+                        200..=299 | 481 => return Outcome::Completed,
+                        _ => return Outcome::Failed("BYE rejected"),
+                    }
+                }
+                Some(Event::Timeout { .. }) => return Outcome::Failed("BYE timed out"),
+                Some(Event::Request { key, request, .. }) => {
+                    // The far side's BYE crossed ours: both agree the call is over.
+                    let bye = request.method == rsip::Method::Bye;
+                    self.context.endpoint.respond(
+                        key,
+                        dialog::response(&request, if bye { 200 } else { 481 }, None, Vec::new(), None),
+                    );
+                    if bye {
+                        return Outcome::Completed;
+                    }
+                }
+                Some(_) => {}
+                None => return Outcome::Failed("SIP endpoint stopped"),
+            }
+        }
+    }
+}
+
+/// Aggregates call records into the report.
+struct Totals {
+    calls: CallCounts,
+    setup_us: Histogram<u64>,
+    rtt_us: Histogram<u64>,
+    rtp: RtpCounts,
+    jitter_sum: f64,
+    jitter_calls: u64,
+}
+
+impl Totals {
+    fn new() -> Self {
+        Self {
+            calls: CallCounts::default(),
+            setup_us: new_histogram(),
+            rtt_us: new_histogram(),
+            rtp: RtpCounts::default(),
+            jitter_sum: 0.0,
+            jitter_calls: 0,
+        }
+    }
+
+    fn add(&mut self, record: CallRecord) {
+        let calls = &mut self.calls;
+        calls.attempted += 1;
+        if record.answered {
+            calls.answered += 1;
+        }
+        match record.outcome {
+            Outcome::Completed => calls.completed += 1,
+            Outcome::Rejected(code) => *calls.rejected.entry(code).or_default() += 1,
+            Outcome::TimedOut => calls.timed_out += 1,
+            Outcome::Failed(reason) => {
+                calls.failed += 1;
+                *calls.failure_reasons.entry(reason.to_owned()).or_default() += 1;
+            }
+        }
+        if let Some(setup) = record.setup {
+            let _ = self
+                .setup_us
+                .record(u64::try_from(setup.as_micros()).unwrap_or(u64::MAX));
+        }
+        let _ = self.rtt_us.add(&record.rtt_us);
+        self.rtp.sent += record.rtp_sent;
+        self.rtp.received += record.rtp_received;
+        self.rtp.lost += record.rtp_sent.saturating_sub(record.rtp_received);
+        self.rtp.foreign += record.foreign;
+        if let Some(jitter) = record.jitter_seconds {
+            let ms = jitter * 1000.0;
+            self.jitter_sum += ms;
+            self.jitter_calls += 1;
+            self.rtp.jitter_max_ms = self.rtp.jitter_max_ms.max(ms);
+        }
+    }
+
+    fn into_report(mut self, plan: &CallPlan, elapsed: Duration) -> Report {
+        self.rtp.loss_ratio = ratio(self.rtp.lost, self.rtp.sent);
+        if self.jitter_calls > 0 {
+            self.rtp.jitter_mean_ms = self.jitter_sum / self.jitter_calls as f64;
+        }
+        Report {
+            tool: format!("voxgate-loadgen {}", env!("CARGO_PKG_VERSION")),
+            target: plan.target.to_string(),
+            duration_seconds: elapsed.as_secs_f64(),
+            settings: Settings {
+                rate: plan.rate,
+                concurrency: plan.concurrency,
+                total: plan.total,
+                hold_seconds: plan.hold.as_secs_f64(),
+                codec: format!("{:?}", plan.codec).to_uppercase(),
+            },
+            calls: self.calls,
+            setup_ms: Percentiles::from_micros(&self.setup_us),
+            media_rtt_ms: Percentiles::from_micros(&self.rtt_us),
+            rtp: self.rtp,
+            sip: SipCounts::default(),
+            verdict: Default::default(),
+        }
+    }
+}
+
+fn progress_line(live: &Live, totals: &Totals) -> String {
+    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let setup_p50 = if totals.setup_us.is_empty() {
+        0.0
+    } else {
+        totals.setup_us.value_at_quantile(0.5) as f64 / 1000.0
+    };
+    let sent = load(&live.rtp_sent);
+    let received = load(&live.rtp_received);
+    format!(
+        "active {} answered {} rejected {} failed {} | setup p50 {:.1} ms | rtp tx {} rx {}",
+        load(&live.active),
+        load(&live.answered),
+        load(&live.rejected),
+        load(&live.failed),
+        setup_p50,
+        sent,
+        received,
+    )
+}
+
+fn new_histogram() -> Histogram<u64> {
+    // 1 us to 1 hour at 3 significant digits; auto-resize covers anything beyond.
+    let mut histogram =
+        Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    histogram.auto(true);
+    histogram
+}
+
+/// The remote RTP address and G.711 codec of a 2xx's SDP answer.
+fn answer_media(response: &rsip::Response) -> Option<(SocketAddr, G711)> {
+    let text = std::str::from_utf8(&response.body).ok()?;
+    let sdp = AudioSdp::parse(text).ok()?;
+    let codec = sdp.codecs.iter().find_map(|c| match c.kind {
+        CodecKind::Pcmu => Some(G711::Pcmu),
+        CodecKind::Pcma => Some(G711::Pcma),
+        _ => None,
+    })?;
+    if sdp.port == 0 {
+        return None;
+    }
+    Some((SocketAddr::new(sdp.connection, sdp.port), codec))
+}
+
+fn is_invite_response(response: &rsip::Response) -> bool {
+    dialog::header_value(&response.headers, "CSeq")
+        .is_some_and(|cseq| cseq.split_whitespace().nth(1) == Some("INVITE"))
+}
+
+/// The CANCEL for `invite` (RFC 3261 9.1): same Request-URI, Call-ID, From, To, top Via; CSeq
+/// number unchanged with method CANCEL.
+fn cancel_for(invite: &rsip::Request) -> rsip::Request {
+    let mut cancel = invite.clone();
+    cancel.method = rsip::Method::Cancel;
+    cancel.body.clear();
+    let cseq = dialog::cseq_number(&invite.headers).unwrap_or(1);
+    let mut headers = rsip::Headers::default();
+    let mut first_via = true;
+    for header in invite.headers.iter() {
+        match header {
+            rsip::Header::Via(_) if first_via => {
+                first_via = false;
+                headers.push(header.clone());
+            }
+            rsip::Header::From(_)
+            | rsip::Header::To(_)
+            | rsip::Header::CallId(_)
+            | rsip::Header::MaxForwards(_)
+            | rsip::Header::Route(_) => headers.push(header.clone()),
+            _ => {}
+        }
+    }
+    headers.push(rsip::Header::CSeq(format!("{cseq} CANCEL").into()));
+    headers.push(rsip::Header::ContentLength("0".into()));
+    cancel.headers = headers;
+    cancel
+}
+
+/// The local address the kernel would use to reach `target` from `bind`, so Via, Contact and SDP
+/// carry a routable address even when bound to 0.0.0.0.
+async fn local_ip_towards(bind: SocketAddr, target: SocketAddr) -> anyhow::Result<IpAddr> {
+    if !bind.ip().is_unspecified() {
+        return Ok(bind.ip());
+    }
+    let probe = UdpSocket::bind(SocketAddr::new(bind.ip(), 0)).await?;
+    probe
+        .connect(target)
+        .await
+        .with_context(|| format!("no route to {target}"))?;
+    Ok(probe.local_addr()?.ip())
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}

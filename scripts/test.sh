@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests need, then format, lints, docs and every test.
+# Used as is by .ci/run. Needs: the Rust toolchain (cargo, rustfmt, clippy) and, for the
+# interop tests, sipp (Debian package sip-tester), installed here when apt-get is usable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+if ((${#missing[@]})); then
+    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
+        echo "==> installing ${missing[*]}"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+    else
+        echo "missing: ${missing[*]} (Debian packages). Install with: sudo apt-get install ${missing[*]}" >&2
+        exit 1
+    fi
+fi
+for tool in rustfmt clippy-driver; do
+    command -v "$tool" >/dev/null 2>&1 || {
+        echo "missing: $tool. Install with: rustup component add ${tool%-driver}" >&2
+        exit 1
+    }
+done
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+echo "==> cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "==> cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "==> cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins --locked
+echo "==> cargo test"
+cargo test --workspace --locked
