@@ -1,1 +1,17 @@
-//! placeholder
+//! voxgate's media plane vocabulary: RTP and RTCP wire formats, G.711 and RFC 3550 stream statistics.
+//!
+//! Everything here works on bytes and values the caller hands in: RTP packets are parsed as
+//! zero-copy views and rewritten in place (the relay's hot path allocates nothing), RTCP compound
+//! packets are parsed into typed values and serialized back, G.711 samples are converted with
+//! the ITU-T reference algorithm, and [`StreamStats`] keeps the RFC 3550 receiver accounting
+//! (loss, extended sequence numbers, interarrival jitter). This crate does no I/O: it opens no
+//! sockets, spawns no tasks and never reads a clock; receive times are arguments.
+
+pub mod g711;
+pub mod rtcp;
+pub mod rtp;
+pub mod stats;
+
+pub use rtcp::{ReportBlock, RtcpError, RtcpPacket};
+pub use rtp::{RtpError, RtpHeader, RtpPacket, is_rtcp};
+pub use stats::StreamStats;
