@@ -16,7 +16,7 @@ use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
 use crate::dialog::{self, Dialog};
-use crate::endpoint::{DialogEvents, Endpoint};
+use voxgate_endpoint::{DialogEvents, Endpoint};
 
 /// Methods the echo Backend implements, for `Allow`.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";

@@ -18,7 +18,7 @@ use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
 
 use crate::dialog::{self, Dialog};
-use crate::endpoint::{DialogEvents, Endpoint};
+use voxgate_endpoint::{DialogEvents, Endpoint};
 use crate::probe::{self, G711, PACKET_LEN, ProbeSender};
 use crate::progress::Progress;
 use crate::report::{

@@ -4,7 +4,6 @@
 mod backend;
 mod caller;
 mod dialog;
-mod endpoint;
 mod probe;
 mod progress;
 mod report;

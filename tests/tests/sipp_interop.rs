@@ -8,7 +8,9 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Running, binary, field, free_udp_port, run_calls, scratch_dir, wait_for_sip};
+use common::{
+    Running, binary, field, free_udp_port, run_calls, scratch_dir, wait_for_sip, wait_for_udp_bound,
+};
 
 fn sipp() -> Option<std::path::PathBuf> {
     let output = Command::new("sh").args(["-c", "command -v sipp"]).output().ok()?;
@@ -34,7 +36,7 @@ fn loadgen_calls_a_sipp_uas() {
         ],
     );
     let target = format!("127.0.0.1:{port}");
-    wait_for_sip(target.parse().unwrap(), Duration::from_secs(10));
+    wait_for_udp_bound(port, Duration::from_secs(10));
     let (output, report) = run_calls(&[
         "--target", &target, "--rate", "10", "--concurrency", "5", "--total", "5", "--hold",
         "1s", "--user", "service", "--max-failure-rate", "0",

@@ -178,3 +178,16 @@ pub fn field_f64(report: &serde_json::Value, path: &[&str]) -> f64 {
         .as_f64()
         .unwrap_or_else(|| panic!("report has no {path:?}: {report:#}"))
 }
+
+/// Waits until some process has bound UDP `port` on loopback (for peers that do not answer
+/// OPTIONS, like a SIPp UAS scenario).
+pub fn wait_for_udp_bound(port: u16, timeout: Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if UdpSocket::bind(("127.0.0.1", port)).is_err() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing bound UDP port {port} within {timeout:?}");
+}

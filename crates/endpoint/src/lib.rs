@@ -1,4 +1,7 @@
-//! The SIP endpoint: one UDP socket and one `voxgate_sip::Transactions`, driven by a task.
+//! The async SIP endpoint: one UDP socket and one `voxgate_sip::Transactions`, driven by a task.
+//!
+//! This is the one place where SIP bytes meet sockets; the proxy and the loadgen both use it, so
+//! the transaction layer is exercised by the same code in the product and in its test tool.
 //!
 //! Calls talk to the endpoint through a cloneable handle. Events of a dialog are routed to the task
 //! that registered its Call-ID; everything else (new INVITEs, OPTIONS, strays) goes to the
