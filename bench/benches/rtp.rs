@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use voxgate_media::g711::{self, ToneGenerator};
 use voxgate_media::rtp;
-use voxgate_media::{RtpHeader, RtpPacket, StreamStats};
+use voxgate_media::{RelayLeg, RtpHeader, RtpPacket, StreamStats};
 
 /// A 172-byte PCMU packet (12-byte header, 160 samples of a 1 kHz tone).
 fn pcmu_packet() -> [u8; 172] {
@@ -99,5 +99,28 @@ fn g711(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, parse, stats, g711);
+/// One accepted packet on a latched relay leg: strict-source check, parse, stats, counters.
+fn relay(c: &mut Criterion) {
+    #[allow(clippy::disallowed_methods)] // an origin for simulated arrivals; only offsets matter
+    let origin = Instant::now();
+    let peer: std::net::SocketAddr = "203.0.113.7:61000".parse().expect("literal address");
+    let mut leg = RelayLeg::new(Some(peer), origin);
+    let mut buf = pcmu_packet();
+    let mut i = 0u32;
+    let mut g = c.benchmark_group("relay");
+    g.throughput(Throughput::Elements(1));
+    g.bench_function("receive_172B", |b| {
+        b.iter(|| {
+            // A fresh sequence number and arrival each time, as a live stream has.
+            i = i.wrapping_add(1);
+            rtp::set_sequence(&mut buf, i as u16).expect("header fits");
+            let now = origin + Duration::from_micros(20_000 * u64::from(i));
+            black_box(leg.receive(black_box(now), black_box(peer), black_box(&buf)))
+        })
+    });
+    g.finish();
+    black_box(leg.counters());
+}
+
+criterion_group!(benches, parse, stats, g711, relay);
 criterion_main!(benches);
