@@ -15,7 +15,8 @@ use voxgate_media::is_rtcp;
 use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
-use crate::dialog::{self, Dialog};
+use voxgate_sip::dialog::Dialog;
+use voxgate_sip::message::{new_tag, response_for, to_tag};
 use voxgate_endpoint::{DialogEvents, Endpoint};
 
 /// Methods the echo Backend implements, for `Allow`.
@@ -131,12 +132,14 @@ fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
     };
     let endpoint = &shared.endpoint;
     let reply = |code: u16, extra: Vec<rsip::Header>| {
-        endpoint.respond(key.clone(), dialog::response(&request, code, None, extra, None));
+        let mut response = response_for(&request, code, None);
+        for header in extra {
+            response.headers.push(header);
+        }
+        endpoint.respond(key.clone(), response);
     };
     let allow = || vec![rsip::Header::Allow(ALLOW.into())];
-    let in_dialog = dialog::header_value(&request.headers, "To")
-        .and_then(|to| dialog::tag_param(&to))
-        .is_some();
+    let in_dialog = to_tag(&request).is_some();
     match request.method {
         rsip::Method::Invite if in_dialog => reply(481, Vec::new()),
         rsip::Method::Invite => {
@@ -155,7 +158,7 @@ fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
                 reply(503, vec![rsip::Header::RetryAfter(retry.into())]);
                 return;
             }
-            let local_tag = dialog::token(rng, 10);
+            let local_tag = new_tag(rng);
             let call_rng = SmallRng::from_rng(rng);
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -195,28 +198,32 @@ impl<'a> EchoCall<'a> {
         local_tag: String,
     ) {
         let endpoint = &shared.endpoint;
-        let reply = |code: u16, body: Option<String>, tag: Option<&str>| {
-            let contact = rsip::Header::Contact(
-                format!("<sip:echo@{}>", contact_addr(shared)).into(),
-            );
-            endpoint.respond(
-                key.clone(),
-                dialog::response(&invite, code, tag, vec![contact], body),
-            );
+        let mut local = Dialog::incoming(
+            &invite,
+            contact_addr(shared),
+            local_tag,
+            "echo",
+            crate::USER_AGENT,
+        );
+        if local.next_hop().is_none() {
+            local.remote_target = format!("sip:{source}");
+        }
+        let reply = |code: u16, body: Option<String>| {
+            endpoint.respond(key.clone(), local.response(&invite, code, body));
         };
         let offer = std::str::from_utf8(&invite.body)
             .ok()
             .and_then(|text| AudioSdp::parse(text).ok());
         let Some(offer) = offer else {
-            reply(488, None, None);
+            reply(488, None);
             return;
         };
         let Ok(socket) = UdpSocket::bind((shared.media_ip, 0)).await else {
-            reply(500, None, None);
+            reply(500, None);
             return;
         };
         let Ok(media_addr) = socket.local_addr() else {
-            reply(500, None, None);
+            reply(500, None);
             return;
         };
         let answer_sdp = |offer: &AudioSdp, version: u64| {
@@ -229,13 +236,9 @@ impl<'a> EchoCall<'a> {
             )
         };
         let Ok(answer) = answer_sdp(&offer, 1) else {
-            reply(488, None, None);
+            reply(488, None);
             return;
         };
-        let mut local = Dialog::incoming(&invite, contact_addr(shared), local_tag.clone());
-        if local.next_hop().is_none() {
-            local.remote_target = format!("sip:{source}");
-        }
         let mut call = EchoCall {
             shared,
             rng,
@@ -243,12 +246,12 @@ impl<'a> EchoCall<'a> {
             dialog: local,
         };
         if !shared.plan.answer_delay.is_zero() {
-            reply(180, None, Some(&local_tag));
+            endpoint.respond(key.clone(), call.dialog.response(&invite, 180, None));
             if call.ring(&key, &invite).await.is_err() {
                 return;
             }
         }
-        reply(200, Some(answer.to_string()), Some(&local_tag));
+        endpoint.respond(key, call.dialog.response(&invite, 200, Some(answer.to_string())));
         shared.counters.answered.fetch_add(1, Ordering::Relaxed);
         call.echo(&socket, answer_sdp).await;
     }
@@ -262,13 +265,13 @@ impl<'a> EchoCall<'a> {
                 () = tokio::time::sleep_until(answer_at) => return Ok(()),
                 event = self.events.recv() => match event {
                     Some(Event::Request { key, request, .. }) if request.method == rsip::Method::Cancel => {
-                        endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
-                        let terminated = dialog::response(invite, 487, Some(&self.dialog.local_tag), Vec::new(), None);
+                        endpoint.respond(key, response_for(&request, 200, None));
+                        let terminated = self.dialog.response(invite, 487, None);
                         endpoint.respond(invite_key.clone(), terminated);
                         return Err(());
                     }
                     Some(Event::Request { key, request, .. }) => {
-                        endpoint.respond(key, dialog::response(&request, 481, None, Vec::new(), None));
+                        endpoint.respond(key, response_for(&request, 481, None));
                     }
                     Some(_) => {}
                     None => return Err(()),
@@ -305,7 +308,7 @@ impl<'a> EchoCall<'a> {
                 event = self.events.recv() => match event {
                     Some(Event::Request { key, request, .. }) => match request.method {
                         rsip::Method::Bye => {
-                            endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
+                            endpoint.respond(key, response_for(&request, 200, None));
                             return;
                         }
                         rsip::Method::Invite => {
@@ -316,15 +319,15 @@ impl<'a> EchoCall<'a> {
                                 .and_then(|text| AudioSdp::parse(text).ok())
                                 .and_then(|offer| answer_sdp(&offer, sdp_version).ok());
                             let response = match answer {
-                                Some(answer) => dialog::response(&request, 200, None, self.contact(), Some(answer.to_string())),
-                                None => dialog::response(&request, 488, None, Vec::new(), None),
+                                Some(answer) => self.dialog.response(&request, 200, Some(answer.to_string())),
+                                None => response_for(&request, 488, None),
                             };
                             endpoint.respond(key, response);
                         }
                         rsip::Method::Cancel => {
-                            endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None));
+                            endpoint.respond(key, response_for(&request, 200, None));
                         }
-                        _ => endpoint.respond(key, dialog::response(&request, 200, None, Vec::new(), None)),
+                        _ => endpoint.respond(key, response_for(&request, 200, None)),
                     },
                     Some(Event::AckTimeout { .. }) => {
                         tracing::debug!(call_id = %self.dialog.call_id, "no ACK for 200 OK: hanging up");
@@ -349,12 +352,6 @@ impl<'a> EchoCall<'a> {
                 }
             }
         }
-    }
-
-    fn contact(&self) -> Vec<rsip::Header> {
-        vec![rsip::Header::Contact(
-            format!("<sip:echo@{}>", contact_addr(self.shared)).into(),
-        )]
     }
 
     /// Sends BYE. Its answer is not awaited: the Backend has nothing left to do with the call,

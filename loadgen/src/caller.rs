@@ -17,7 +17,8 @@ use voxgate_media::{RtpPacket, StreamStats, is_rtcp};
 use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
 
-use crate::dialog::{self, Dialog};
+use voxgate_sip::dialog::{self, Dialog};
+use voxgate_sip::message::response_for;
 use voxgate_endpoint::{DialogEvents, Endpoint};
 use crate::probe::{self, G711, PACKET_LEN, ProbeSender};
 use crate::progress::Progress;
@@ -119,7 +120,7 @@ pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
                     rsip::Method::Options => 200,
                     _ => 481,
                 };
-                stray_endpoint.respond(key, dialog::response(&request, code, None, Vec::new(), None));
+                stray_endpoint.respond(key, response_for(&request, code, None));
             }
         }
     });
@@ -285,7 +286,14 @@ impl<'a> Call<'a> {
             return Outcome::Failed("cannot bind RTP socket");
         };
         let request_uri = format!("sip:{}@{}", plan.user, plan.target);
-        let mut dialog = Dialog::outgoing(&mut self.rng, endpoint.local_addr(), request_uri);
+        let local_uri = format!("sip:loadgen@{}", endpoint.local_addr());
+        let mut dialog = Dialog::outgoing(
+            &mut self.rng,
+            endpoint.local_addr(),
+            local_uri,
+            request_uri,
+            crate::USER_AGENT,
+        );
         let codecs = match plan.codec {
             G711::Pcmu => vec![Codec::pcmu(), Codec::pcma()],
             G711::Pcma => vec![Codec::pcma(), Codec::pcmu()],
@@ -347,14 +355,14 @@ impl<'a> Call<'a> {
                 event = events.recv() => event,
                 () = tokio::time::sleep_until(deadline) => {
                     if provisional {
-                        endpoint.request(self.context.plan.target, cancel_for(invite));
+                        endpoint.request(self.context.plan.target, dialog::cancel(invite));
                     }
                     return Err(Outcome::TimedOut);
                 }
             };
             match event {
                 Some(Event::Response { response, .. }) => {
-                    if !is_invite_response(&response) {
+                    if !dialog::is_invite_response(&response) {
                         continue;
                     }
                     let code = response.status_code.code();
@@ -366,7 +374,7 @@ impl<'a> Call<'a> {
                 }
                 Some(Event::Timeout { .. }) => return Err(Outcome::TimedOut),
                 Some(Event::Request { key, request, .. }) => {
-                    endpoint.respond(key, dialog::response(&request, 481, None, Vec::new(), None));
+                    endpoint.respond(key, response_for(&request, 481, None));
                 }
                 Some(_) => {}
                 None => return Err(Outcome::Failed("SIP endpoint stopped")),
@@ -406,7 +414,7 @@ impl<'a> Call<'a> {
                     }
                 }
                 event = events.recv() => match event {
-                    Some(Event::Response { response, .. }) if is_invite_response(&response)
+                    Some(Event::Response { response, .. }) if dialog::is_invite_response(&response)
                         && response.status_code.code() / 100 == 2 => {
                         // A retransmitted 2xx: our ACK was lost.
                         context.endpoint.stateless(next_hop, ack.clone());
@@ -414,7 +422,7 @@ impl<'a> Call<'a> {
                     Some(Event::Request { key, request, .. }) => {
                         let bye = request.method == rsip::Method::Bye;
                         let code = if bye || request.method == rsip::Method::Invite { 200 } else { 405 };
-                        context.endpoint.respond(key, dialog::response(&request, code, None, Vec::new(), None));
+                        context.endpoint.respond(key, response_for(&request, code, None));
                         if bye {
                             return Some(Outcome::Failed("ended by the far side"));
                         }
@@ -481,7 +489,7 @@ impl<'a> Call<'a> {
             match event {
                 Some(Event::Response { response, .. }) => {
                     let code = response.status_code.code();
-                    if is_invite_response(&response) {
+                    if dialog::is_invite_response(&response) {
                         if code / 100 == 2 {
                             self.context.endpoint.stateless(next_hop, ack.clone());
                         }
@@ -499,7 +507,7 @@ impl<'a> Call<'a> {
                     let bye = request.method == rsip::Method::Bye;
                     self.context.endpoint.respond(
                         key,
-                        dialog::response(&request, if bye { 200 } else { 481 }, None, Vec::new(), None),
+                        response_for(&request, if bye { 200 } else { 481 }, None),
                     );
                     if bye {
                         return Outcome::Completed;
@@ -637,39 +645,7 @@ fn answer_media(response: &rsip::Response) -> Option<(SocketAddr, G711)> {
     Some((SocketAddr::new(sdp.connection, sdp.port), codec))
 }
 
-fn is_invite_response(response: &rsip::Response) -> bool {
-    dialog::header_value(&response.headers, "CSeq")
-        .is_some_and(|cseq| cseq.split_whitespace().nth(1) == Some("INVITE"))
-}
 
-/// The CANCEL for `invite` (RFC 3261 9.1): same Request-URI, Call-ID, From, To, top Via; CSeq
-/// number unchanged with method CANCEL.
-fn cancel_for(invite: &rsip::Request) -> rsip::Request {
-    let mut cancel = invite.clone();
-    cancel.method = rsip::Method::Cancel;
-    cancel.body.clear();
-    let cseq = dialog::cseq_number(&invite.headers).unwrap_or(1);
-    let mut headers = rsip::Headers::default();
-    let mut first_via = true;
-    for header in invite.headers.iter() {
-        match header {
-            rsip::Header::Via(_) if first_via => {
-                first_via = false;
-                headers.push(header.clone());
-            }
-            rsip::Header::From(_)
-            | rsip::Header::To(_)
-            | rsip::Header::CallId(_)
-            | rsip::Header::MaxForwards(_)
-            | rsip::Header::Route(_) => headers.push(header.clone()),
-            _ => {}
-        }
-    }
-    headers.push(rsip::Header::CSeq(format!("{cseq} CANCEL").into()));
-    headers.push(rsip::Header::ContentLength("0".into()));
-    cancel.headers = headers;
-    cancel
-}
 
 /// The local address the kernel would use to reach `target` from `bind`, so Via, Contact and SDP
 /// carry a routable address even when bound to 0.0.0.0.

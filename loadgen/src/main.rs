@@ -3,7 +3,6 @@
 
 mod backend;
 mod caller;
-mod dialog;
 mod probe;
 mod progress;
 mod report;
@@ -17,6 +16,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use voxgate_sip::sdp::CodecKind;
+
+/// User-Agent and Server header value of the loadgen's SIP messages.
+pub const USER_AGENT: &str = concat!("voxgate-loadgen/", env!("CARGO_PKG_VERSION"));
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -35,6 +35,25 @@ pub struct EndpointCounters {
     pub malformed: AtomicU64,
 }
 
+/// Sees every SIP datagram the endpoint receives or sends (for per-method metrics).
+pub trait MessageObserver: Send + Sync + 'static {
+    /// One datagram; `method` is the request method, or `None` for a response.
+    fn on_message(&self, outbound: bool, method: Option<&str>);
+}
+
+/// The request method of a datagram (its first token), `None` for a response or noise.
+pub fn datagram_method(bytes: &[u8]) -> Option<&str> {
+    if bytes.starts_with(b"SIP/") {
+        return None;
+    }
+    let end = bytes.iter().position(|&b| b == b' ')?;
+    let token = &bytes[..end];
+    if token.is_empty() || token.len() > 16 || !token.iter().all(u8::is_ascii_uppercase) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
 /// A handle to the endpoint task; cheap to clone.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -81,6 +100,15 @@ impl Endpoint {
         addr: SocketAddr,
         timers: TimerConfig,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
+        Self::bind_observed(addr, timers, None).await
+    }
+
+    /// [`Endpoint::bind`] with an observer of every datagram.
+    pub async fn bind_observed(
+        addr: SocketAddr,
+        timers: TimerConfig,
+        observer: Option<Arc<dyn MessageObserver>>,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
         let socket = UdpSocket::bind(addr)
             .await
             .with_context(|| format!("cannot bind SIP socket {addr}"))?;
@@ -95,6 +123,7 @@ impl Endpoint {
             key_routes: HashMap::new(),
             incoming: incoming_tx,
             counters: counters.clone(),
+            observer,
         };
         tokio::spawn(driver.run(command_rx));
         let endpoint = Self {
@@ -181,6 +210,7 @@ struct Driver {
     key_routes: HashMap<TransactionKey, (String, Instant)>,
     incoming: mpsc::UnboundedSender<Event>,
     counters: Arc<EndpointCounters>,
+    observer: Option<Arc<dyn MessageObserver>>,
 }
 
 impl Driver {
@@ -219,6 +249,9 @@ impl Driver {
 
     fn on_datagram(&mut self, source: SocketAddr, bytes: &[u8]) {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer.on_message(false, datagram_method(bytes));
+        }
         let now = Instant::now().into_std();
         if let Err(err) = self
             .transactions
@@ -278,6 +311,9 @@ impl Driver {
     async fn flush(&mut self) {
         while let Some(transmit) = self.transactions.poll_transmit() {
             self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(observer) = &self.observer {
+                observer.on_message(true, datagram_method(&transmit.payload));
+            }
             if let Err(err) = self
                 .socket
                 .send_to(&transmit.payload, transmit.destination)
@@ -335,5 +371,19 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(deadline) => tokio::time::sleep_until(deadline).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_of_datagrams() {
+        assert_eq!(datagram_method(b"INVITE sip:a@b SIP/2.0\r\n"), Some("INVITE"));
+        assert_eq!(datagram_method(b"SIP/2.0 200 OK\r\n"), None);
+        assert_eq!(datagram_method(b"\x00\xff garbage"), None);
+        assert_eq!(datagram_method(b"invite sip:a@b SIP/2.0"), None);
+        assert_eq!(datagram_method(b""), None);
     }
 }

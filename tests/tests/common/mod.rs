@@ -6,7 +6,7 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 /// The workspace's target directory (CARGO_TARGET_DIR when set).
@@ -16,18 +16,25 @@ fn target_dir() -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
 }
 
-/// Path of a workspace binary, built (debug profile) on first use.
+/// Path of a workspace binary (`voxgate` or `voxgate-loadgen`), built (debug profile) on first
+/// use in this test process.
 pub fn binary(name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
+    static BUILT: Mutex<Vec<String>> = Mutex::new(Vec::new());
+    let package = match name {
+        "voxgate" => "voxgate-proxy",
+        other => other,
+    };
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--quiet", "--bins", "--workspace"])
+            .args(["build", "--quiet", "-p", package, "--bin", name])
             .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .status()
             .expect("run cargo build");
-        assert!(status.success(), "cargo build --bins failed");
-    });
+        assert!(status.success(), "cargo build of {name} failed");
+        built.push(name.to_owned());
+    }
     let path = target_dir().join("debug").join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
