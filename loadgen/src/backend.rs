@@ -15,9 +15,9 @@ use voxgate_media::is_rtcp;
 use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
+use voxgate_endpoint::{DialogEvents, Endpoint};
 use voxgate_sip::dialog::Dialog;
 use voxgate_sip::message::{new_tag, response_for, to_tag};
-use voxgate_endpoint::{DialogEvents, Endpoint};
 
 /// Methods the echo Backend implements, for `Allow`.
 const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS";
@@ -126,7 +126,13 @@ fn log_status(shared: &Shared) {
 }
 
 fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
-    let Event::Request { key, request, source, .. } = event else {
+    let Event::Request {
+        key,
+        request,
+        source,
+        ..
+    } = event
+    else {
         // ACKs and responses for calls that are gone: nothing to do.
         return;
     };
@@ -251,13 +257,20 @@ impl<'a> EchoCall<'a> {
                 return;
             }
         }
-        endpoint.respond(key, call.dialog.response(&invite, 200, Some(answer.to_string())));
+        endpoint.respond(
+            key,
+            call.dialog.response(&invite, 200, Some(answer.to_string())),
+        );
         shared.counters.answered.fetch_add(1, Ordering::Relaxed);
         call.echo(&socket, answer_sdp).await;
     }
 
     /// Waits out the answer delay; `Err` when the caller cancelled or hung up.
-    async fn ring(&mut self, invite_key: &TransactionKey, invite: &rsip::Request) -> Result<(), ()> {
+    async fn ring(
+        &mut self,
+        invite_key: &TransactionKey,
+        invite: &rsip::Request,
+    ) -> Result<(), ()> {
         let endpoint = &self.shared.endpoint;
         let answer_at = Instant::now() + self.shared.plan.answer_delay;
         loop {

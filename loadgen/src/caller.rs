@@ -17,14 +17,14 @@ use voxgate_media::{RtpPacket, StreamStats, is_rtcp};
 use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
 
-use voxgate_sip::dialog::{self, Dialog};
-use voxgate_sip::message::response_for;
-use voxgate_endpoint::{DialogEvents, Endpoint};
 use crate::probe::{self, G711, PACKET_LEN, ProbeSender};
 use crate::progress::Progress;
 use crate::report::{
     CallCounts, Limits, Percentiles, Report, RtpCounts, Settings, SipCounts, ratio,
 };
+use voxgate_endpoint::{DialogEvents, Endpoint};
+use voxgate_sip::dialog::{self, Dialog};
+use voxgate_sip::message::response_for;
 
 /// How long to keep listening for echoes after the last packet was sent.
 const ECHO_DRAIN: Duration = Duration::from_millis(300);
@@ -246,7 +246,11 @@ async fn place_call(context: &CallContext, index: u64) -> CallRecord {
         rtp_sent: call.rtp_sent,
         rtp_received: call.rtp_received,
         foreign: call.foreign,
-        jitter_seconds: call.stats.as_ref().filter(|s| s.packets() > 1).map(StreamStats::jitter_seconds),
+        jitter_seconds: call
+            .stats
+            .as_ref()
+            .filter(|s| s.packets() > 1)
+            .map(StreamStats::jitter_seconds),
     }
 }
 
@@ -266,7 +270,9 @@ impl<'a> Call<'a> {
     fn new(context: &'a CallContext, index: u64) -> Self {
         Self {
             context,
-            rng: SmallRng::seed_from_u64(context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+            rng: SmallRng::seed_from_u64(
+                context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ),
             setup: None,
             rtt_us: new_histogram(),
             rtp_sent: 0,
@@ -324,7 +330,10 @@ impl<'a> Call<'a> {
 
         let media = answer_media(&answer);
         let outcome = match media {
-            Some((remote, codec)) => self.hold(&rtp, remote, codec, &mut events, &ack, next_hop).await,
+            Some((remote, codec)) => {
+                self.hold(&rtp, remote, codec, &mut events, &ack, next_hop)
+                    .await
+            }
             None => Some(Outcome::Failed("no usable SDP answer")),
         };
         if let Some(outcome) = outcome {
@@ -393,7 +402,12 @@ impl<'a> Call<'a> {
         next_hop: SocketAddr,
     ) -> Option<Outcome> {
         let context = self.context;
-        let mut sender = ProbeSender::new(codec, self.rng.random(), self.rng.random(), self.rng.random());
+        let mut sender = ProbeSender::new(
+            codec,
+            self.rng.random(),
+            self.rng.random(),
+            self.rng.random(),
+        );
         self.stats = Some(StreamStats::new(8000));
         let mut out = [0u8; PACKET_LEN];
         let mut buf = [0u8; 2048];
@@ -465,13 +479,23 @@ impl<'a> Call<'a> {
         let now = Instant::now();
         if let Some(sent_at) = sent_at {
             let rtt = (now - self.context.epoch).saturating_sub(sent_at);
-            let _ = self.rtt_us.record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
+            let _ = self
+                .rtt_us
+                .record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
         }
         if let Some(stats) = &mut self.stats {
-            stats.record(now.into_std(), packet.sequence(), packet.timestamp(), datagram.len());
+            stats.record(
+                now.into_std(),
+                packet.sequence(),
+                packet.timestamp(),
+                datagram.len(),
+            );
         }
         self.rtp_received += 1;
-        self.context.live.rtp_received.fetch_add(1, Ordering::Relaxed);
+        self.context
+            .live
+            .rtp_received
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     async fn await_bye_answer(
@@ -624,8 +648,8 @@ fn progress_line(live: &Live, totals: &Totals) -> String {
 
 fn new_histogram() -> Histogram<u64> {
     // 1 us to 1 hour at 3 significant digits; auto-resize covers anything beyond.
-    let mut histogram =
-        Histogram::new_with_bounds(1, 3_600_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    let mut histogram = Histogram::new_with_bounds(1, 3_600_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
     histogram.auto(true);
     histogram
 }
@@ -644,8 +668,6 @@ fn answer_media(response: &rsip::Response) -> Option<(SocketAddr, G711)> {
     }
     Some((SocketAddr::new(sdp.connection, sdp.port), codec))
 }
-
-
 
 /// The local address the kernel would use to reach `target` from `bind`, so Via, Contact and SDP
 /// carry a routable address even when bound to 0.0.0.0.

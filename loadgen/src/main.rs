@@ -124,7 +124,12 @@ struct BackendArgs {
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     media_timeout: Duration,
     /// Codecs accepted, in preference order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "pcmu,pcma,opus,telephone-event")]
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "pcmu,pcma,opus,telephone-event"
+    )]
     codecs: Vec<CodecName>,
     /// Log a status line this often (0s: never).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
@@ -161,7 +166,10 @@ impl From<CodecName> for CodecKind {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the runtime: {err}");
@@ -261,6 +269,8 @@ fn positive_f64(s: &str) -> Result<f64, String> {
 fn fraction(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
-        _ => Err(format!("{s:?} is not a fraction between 0 and 1 (0.01 = 1 %)")),
+        _ => Err(format!(
+            "{s:?} is not a fraction between 0 and 1 (0.01 = 1 %)"
+        )),
     }
 }

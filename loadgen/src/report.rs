@@ -198,13 +198,13 @@ impl Report {
                 ));
             }
         }
-        if let Some(max) = limits.max_loss {
-            if self.rtp.loss_ratio > max {
-                violations.push(format!(
-                    "RTP loss {:.6} exceeds --max-loss {max}",
-                    self.rtp.loss_ratio
-                ));
-            }
+        if let Some(max) = limits.max_loss
+            && self.rtp.loss_ratio > max
+        {
+            violations.push(format!(
+                "RTP loss {:.6} exceeds --max-loss {max}",
+                self.rtp.loss_ratio
+            ));
         }
         self.verdict = Verdict {
             passed: violations.is_empty(),
@@ -346,6 +346,9 @@ mod tests {
         assert_eq!(p.count, 1000);
         assert!((p.p50 - 0.5).abs() < 0.01, "{p:?}");
         assert!((p.max - 1.0).abs() < 0.01);
-        assert_eq!(Percentiles::from_micros(&Histogram::new(3).unwrap()).count, 0);
+        assert_eq!(
+            Percentiles::from_micros(&Histogram::new(3).unwrap()).count,
+            0
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The loadgen's caller against its echo Backend on loopback: calls, media echo, the cap, bad input.
 
-#![allow(clippy::disallowed_methods)] // a plain test thread drives real processes: real clock
+// A plain test thread drives real processes: real clock and sleeps; setup failures may panic.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 mod common;
 
@@ -59,7 +60,11 @@ fn calls_complete_with_media_echoed() {
     assert!(field_f64(&report, &["setup_ms", "p50"]) > 0.0);
     let summary = String::from_utf8_lossy(&output.stdout);
     assert!(summary.contains("verdict   PASS"), "{summary}");
-    assert!(backend.terminate(Duration::from_secs(10)), "backend did not exit 0:\n{}", backend.log());
+    assert!(
+        backend.terminate(Duration::from_secs(10)),
+        "backend did not exit 0:\n{}",
+        backend.log()
+    );
 }
 
 #[test]
@@ -79,13 +84,25 @@ fn backend_cap_answers_503_with_retry_after() {
     ]);
     assert!(output.status.success(), "{report:#}");
     assert_eq!(field(&report, &["calls", "answered"]), 3, "{report:#}");
-    assert_eq!(field(&report, &["calls", "rejected", "503"]), 3, "{report:#}");
+    assert_eq!(
+        field(&report, &["calls", "rejected", "503"]),
+        3,
+        "{report:#}"
+    );
 
     // The 503 itself carries Retry-After. Fill the cap again with held calls, then probe by hand.
     let holder = std::thread::spawn(move || {
         run_calls(&[
-            "--target", &addr.to_string(), "--rate", "100", "--concurrency", "3", "--total", "3",
-            "--hold", "3s",
+            "--target",
+            &addr.to_string(),
+            "--rate",
+            "100",
+            "--concurrency",
+            "3",
+            "--total",
+            "3",
+            "--hold",
+            "3s",
         ])
     });
     std::thread::sleep(Duration::from_millis(1200));
@@ -103,22 +120,46 @@ fn garbage_gets_400_or_silence_and_the_backend_keeps_working() {
     let no_call_id = invite(addr, "x").replace("Call-ID: x@test\r\n", "");
     let response = exchange(addr, &no_call_id);
     assert!(response.starts_with("SIP/2.0 400 "), "{response}");
-    assert!(response.contains("branch=z9hG4bKtest"), "response lost the Via: {response}");
+    assert!(
+        response.contains("branch=z9hG4bKtest"),
+        "response lost the Via: {response}"
+    );
     // Binary noise, a truncated message and an oversized one get no answer at all or a 4xx/5xx.
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.send_to(&[0xff, 0x00, 0x13, 0x37, 0x80], addr).unwrap();
+    socket
+        .send_to(&[0xff, 0x00, 0x13, 0x37, 0x80], addr)
+        .unwrap();
     let truncated = &invite(addr, "trunc")[..120];
     socket.send_to(truncated.as_bytes(), addr).unwrap();
     let mut huge = invite(addr, "huge");
-    huge.insert_str(huge.find("Max-Forwards").unwrap(), &format!("X-Pad: {}\r\n", "a".repeat(17_000)));
+    huge.insert_str(
+        huge.find("Max-Forwards").unwrap(),
+        &format!("X-Pad: {}\r\n", "a".repeat(17_000)),
+    );
     let answer = exchange(addr, &huge);
-    assert!(answer.is_empty() || answer.starts_with("SIP/2.0 4") || answer.starts_with("SIP/2.0 5"), "{answer}");
+    assert!(
+        answer.is_empty() || answer.starts_with("SIP/2.0 4") || answer.starts_with("SIP/2.0 5"),
+        "{answer}"
+    );
     // Still alive and answering.
     wait_for_sip(addr, Duration::from_secs(2));
-    let (output, report) = run_calls(&["--target", &addr.to_string(), "--total", "2", "--rate", "10", "--hold", "300ms"]);
+    let (output, report) = run_calls(&[
+        "--target",
+        &addr.to_string(),
+        "--total",
+        "2",
+        "--rate",
+        "10",
+        "--hold",
+        "300ms",
+    ]);
     assert!(output.status.success());
     assert_eq!(field(&report, &["calls", "completed"]), 2, "{report:#}");
-    assert!(backend.terminate(Duration::from_secs(10)), "{}", backend.log());
+    assert!(
+        backend.terminate(Duration::from_secs(10)),
+        "{}",
+        backend.log()
+    );
     assert!(!backend.log().contains("panicked"), "{}", backend.log());
 }
 
@@ -136,7 +177,9 @@ fn invite(addr: SocketAddr, call_id: &str) -> String {
 /// Sends `message` and returns the first final response (or "" after 2 s of silence).
 fn exchange(addr: SocketAddr, message: &str) -> String {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     // The Via names port 9; responses go to the source address (rport behaviour).
     socket.send_to(message.as_bytes(), addr).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(2);

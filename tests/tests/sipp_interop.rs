@@ -1,7 +1,8 @@
 //! Interop with SIPp (Debian `sip-tester`): loadgen calls a SIPp UAS, a SIPp UAC calls the loadgen
 //! echo Backend. Skipped with a printed reason where sipp is not installed.
 
-#![allow(clippy::disallowed_methods)] // a plain test thread drives real processes: real clock
+// A plain test thread drives real processes: real clock and sleeps; setup failures may panic.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
 
 mod common;
 
@@ -13,7 +14,10 @@ use common::{
 };
 
 fn sipp() -> Option<std::path::PathBuf> {
-    let output = Command::new("sh").args(["-c", "command -v sipp"]).output().ok()?;
+    let output = Command::new("sh")
+        .args(["-c", "command -v sipp"])
+        .output()
+        .ok()?;
     let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
     (!path.is_empty()).then(|| path.into())
 }
@@ -21,7 +25,9 @@ fn sipp() -> Option<std::path::PathBuf> {
 #[test]
 fn loadgen_calls_a_sipp_uas() {
     let Some(sipp) = sipp() else {
-        eprintln!("SKIPPED loadgen_calls_a_sipp_uas: sipp not installed (apt-get install sip-tester)");
+        eprintln!(
+            "SKIPPED loadgen_calls_a_sipp_uas: sipp not installed (apt-get install sip-tester)"
+        );
         return;
     };
     let port = free_udp_port();
@@ -31,26 +37,55 @@ fn loadgen_calls_a_sipp_uas() {
         "sipp-uas",
         &sipp,
         &[
-            "-sn", "uas", "-i", "127.0.0.1", "-p", &port_s, "-mi", "127.0.0.1", "-mp", &media_s,
-            "-rtp_echo", "-nostdin", "-timeout", "60",
+            "-sn",
+            "uas",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &port_s,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_s,
+            "-rtp_echo",
+            "-nostdin",
+            "-timeout",
+            "60",
         ],
     );
     let target = format!("127.0.0.1:{port}");
     wait_for_udp_bound(port, Duration::from_secs(10));
     let (output, report) = run_calls(&[
-        "--target", &target, "--rate", "10", "--concurrency", "5", "--total", "5", "--hold",
-        "1s", "--user", "service", "--max-failure-rate", "0",
+        "--target",
+        &target,
+        "--rate",
+        "10",
+        "--concurrency",
+        "5",
+        "--total",
+        "5",
+        "--hold",
+        "1s",
+        "--user",
+        "service",
+        "--max-failure-rate",
+        "0",
     ]);
     assert!(output.status.success(), "{report:#}");
     assert_eq!(field(&report, &["calls", "completed"]), 5, "{report:#}");
     // sipp -rtp_echo reflects our probe stream.
-    assert!(field(&report, &["rtp", "received"]) > 0, "no echo from sipp: {report:#}");
+    assert!(
+        field(&report, &["rtp", "received"]) > 0,
+        "no echo from sipp: {report:#}"
+    );
 }
 
 #[test]
 fn sipp_uac_calls_the_loadgen_backend() {
     let Some(sipp) = sipp() else {
-        eprintln!("SKIPPED sipp_uac_calls_the_loadgen_backend: sipp not installed (apt-get install sip-tester)");
+        eprintln!(
+            "SKIPPED sipp_uac_calls_the_loadgen_backend: sipp not installed (apt-get install sip-tester)"
+        );
         return;
     };
     let port = free_udp_port();
@@ -65,9 +100,30 @@ fn sipp_uac_calls_the_loadgen_backend() {
     let media_port = free_udp_port().to_string();
     let output = Command::new(&sipp)
         .args([
-            "-sn", "uac", &backend_addr, "-i", "127.0.0.1", "-p", &uac_port, "-mi", "127.0.0.1",
-            "-mp", &media_port, "-m", "10", "-r", "10", "-l", "10", "-d", "500", "-nostdin",
-            "-timeout", "30", "-timeout_error", "-trace_err",
+            "-sn",
+            "uac",
+            &backend_addr,
+            "-i",
+            "127.0.0.1",
+            "-p",
+            &uac_port,
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            &media_port,
+            "-m",
+            "10",
+            "-r",
+            "10",
+            "-l",
+            "10",
+            "-d",
+            "500",
+            "-nostdin",
+            "-timeout",
+            "30",
+            "-timeout_error",
+            "-trace_err",
         ])
         .current_dir(scratch_dir())
         .stdin(Stdio::null())

@@ -38,7 +38,10 @@ impl Capacity {
 impl std::ops::Add for Capacity {
     type Output = Capacity;
     fn add(self, rhs: Self) -> Self {
-        Capacity::new(self.active.saturating_add(rhs.active), self.limit.saturating_add(rhs.limit))
+        Capacity::new(
+            self.active.saturating_add(rhs.active),
+            self.limit.saturating_add(rhs.limit),
+        )
     }
 }
 

@@ -36,7 +36,10 @@ impl RegionId {
         if name.is_empty() || name.len() > Self::MAX_NAME_LEN {
             return err("name must be 1-32 characters");
         }
-        if !name.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-') {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'-')
+        {
             return err("name may hold only upper-case letters, digits and '-'");
         }
         if name.starts_with('-') || name.ends_with('-') {
@@ -82,8 +85,14 @@ impl NodeId {
         if s.is_empty() || s.len() > Self::MAX_LEN {
             return Err(IdError::Node(s.to_owned(), "must be 1-64 characters"));
         }
-        if !s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
-            return Err(IdError::Node(s.to_owned(), "only letters, digits, '-', '_' and '.'"));
+        if !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        {
+            return Err(IdError::Node(
+                s.to_owned(),
+                "only letters, digits, '-', '_' and '.'",
+            ));
         }
         Ok(Self(s.to_owned()))
     }
@@ -128,7 +137,9 @@ mod tests {
             assert_eq!(id.as_str(), ok);
             assert_eq!(id.country(), &ok[..2]);
         }
-        for bad in ["", "US", "us-east", "USA-EAST", "US-", "US-east", "US-EAST-", "US--X", "U1-X"] {
+        for bad in [
+            "", "US", "us-east", "USA-EAST", "US-", "US-east", "US-EAST-", "US--X", "U1-X",
+        ] {
             assert!(RegionId::new(bad).is_err(), "{bad} accepted");
         }
         let long = format!("US-{}", "A".repeat(33));

@@ -380,7 +380,10 @@ mod tests {
 
     #[test]
     fn methods_of_datagrams() {
-        assert_eq!(datagram_method(b"INVITE sip:a@b SIP/2.0\r\n"), Some("INVITE"));
+        assert_eq!(
+            datagram_method(b"INVITE sip:a@b SIP/2.0\r\n"),
+            Some("INVITE")
+        );
         assert_eq!(datagram_method(b"SIP/2.0 200 OK\r\n"), None);
         assert_eq!(datagram_method(b"\x00\xff garbage"), None);
         assert_eq!(datagram_method(b"invite sip:a@b SIP/2.0"), None);

@@ -1,7 +1,8 @@
 //! Shared helpers for the end-to-end tests: building and starting the binaries, free ports, reports.
 
-#![allow(dead_code)] // each test file uses a different subset
-#![allow(clippy::disallowed_methods)] // blocking helpers on a plain test thread: real clock and sleeps
+// Each test file uses a different subset of these blocking helpers, which run on a plain test
+// thread (real clock and sleeps) and may panic on setup failures.
+#![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -128,10 +129,10 @@ pub fn wait_for_sip(addr: SocketAddr, timeout: Duration) {
         );
         let _ = socket.send_to(options.as_bytes(), addr);
         let mut buf = [0u8; 4096];
-        if let Ok((len, _)) = socket.recv_from(&mut buf) {
-            if buf[..len].starts_with(b"SIP/2.0 ") {
-                return;
-            }
+        if let Ok((len, _)) = socket.recv_from(&mut buf)
+            && buf[..len].starts_with(b"SIP/2.0 ")
+        {
+            return;
         }
     }
     panic!("nothing answered SIP on {addr} within {timeout:?}");

@@ -1,0 +1,776 @@
+//! One B2BUA call: the caller's leg (we are its UAS), the Backend's leg (we are its UAC), the
+//! media relay between them, and everything that ends the call.
+//!
+//! Topology hiding: each leg is a dialog of its own (own Call-ID, tags, Via, Contact), and both
+//! SDPs point at this node, so neither side sees the other's addresses. The session slot, the
+//! Backend lease and the relay's port leases are owned here; whatever path ends the task drops
+//! them, which is what releases them.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::rngs::SmallRng;
+use rsip::Header;
+use tokio::time::Instant;
+use voxgate_cluster::{BackendLease, SessionSlot, Trunk};
+use voxgate_core::{NodeId, RegionId, SessionId};
+use voxgate_endpoint::DialogEvents;
+use voxgate_sip::dialog::{self, Dialog, uri_user};
+use voxgate_sip::message::{new_tag, response_for};
+use voxgate_sip::sdp::{AudioSdp, Direction};
+use voxgate_sip::{Event, TransactionKey};
+
+use crate::gateway::{Gateway, SessionInfo, USER_AGENT};
+use crate::metrics;
+use crate::relay::{PeerMedia, Relay, RelaySockets, Side};
+
+/// Where a new call goes.
+#[derive(Debug, Clone)]
+pub enum Destination {
+    /// Inbound: the least-loaded Backend of `region` (or its spillover regions).
+    Backend {
+        /// The caller's region.
+        region: RegionId,
+    },
+    /// Outbound: a Backend's call to the outside, through this trunk.
+    Trunk(Trunk),
+}
+
+/// Cooldown of a Backend that answered 503 without Retry-After.
+const DEFAULT_COOLDOWN: Duration = Duration::from_secs(5);
+
+/// Why a call ended, as the `cause` label of `voxgate_sessions_ended_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EndCause {
+    CallerBye,
+    BackendBye,
+    Cancelled,
+    Rejected,
+    MediaTimeout,
+    AckTimeout,
+    NoBackend,
+}
+
+impl EndCause {
+    fn as_str(self) -> &'static str {
+        match self {
+            EndCause::CallerBye => "caller_bye",
+            EndCause::BackendBye => "backend_bye",
+            EndCause::Cancelled => "cancelled",
+            EndCause::Rejected => "rejected",
+            EndCause::MediaTimeout => "media_timeout",
+            EndCause::AckTimeout => "ack_timeout",
+            EndCause::NoBackend => "no_backend",
+        }
+    }
+}
+
+/// The caller's side: its INVITE transaction and dialog.
+struct CallerLeg {
+    key: TransactionKey,
+    invite: rsip::Request,
+    dialog: Dialog,
+    events: DialogEvents,
+    /// Where requests to the caller go when its Contact is not a literal address.
+    source: SocketAddr,
+    answered: bool,
+}
+
+/// The Backend's side, once an INVITE to it was answered.
+struct BackendLeg {
+    dialog: Dialog,
+    events: DialogEvents,
+    /// Its address, for requests when the Contact is not a literal address.
+    address: SocketAddr,
+    ack: rsip::Request,
+    _lease: Option<BackendLease>,
+}
+
+/// An INVITE sent to one Backend (or trunk), waiting for its final answer.
+struct Attempt {
+    dialog: Dialog,
+    events: DialogEvents,
+    invite: rsip::Request,
+    address: SocketAddr,
+    backend: Option<NodeId>,
+    lease: Option<BackendLease>,
+    provisional: bool,
+}
+
+/// The outcome of one attempt.
+enum AttemptResult {
+    Answered(rsip::Response),
+    /// This Backend failed (5xx, 408, timeout); another may be tried.
+    Next,
+    /// A final non-2xx the caller gets (already mapped).
+    Reject(u16),
+    /// The caller cancelled; it has been answered.
+    Cancelled,
+}
+
+struct Call {
+    gateway: Arc<Gateway>,
+    id: SessionId,
+    rng: SmallRng,
+    caller: CallerLeg,
+    offer: AudioSdp,
+    relay: Relay,
+    ports: (u16, u16),
+    /// The Backend's SDP answer, between its 2xx and our answer to the caller.
+    backend_answer: Option<AudioSdp>,
+    /// `o=` session version per side (caller, Backend), raised on every SDP we send.
+    sdp_versions: [u64; 2],
+    started: Instant,
+}
+
+/// Runs one call from its INVITE to its end. `slot` is this call's share of the node cap.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    slot: SessionSlot,
+    key: TransactionKey,
+    source: SocketAddr,
+    invite: rsip::Request,
+    destination: Destination,
+) {
+    let started = Instant::now();
+    let mut rng = gateway.call_rng();
+    let local_tag = new_tag(&mut rng);
+    let mut caller_dialog =
+        Dialog::incoming(&invite, gateway.sip_addr, local_tag, "voxgate", USER_AGENT);
+    if caller_dialog.next_hop().is_none() {
+        caller_dialog.remote_target = format!("sip:{source}");
+    }
+    let events = gateway.endpoint.register(&caller_dialog.call_id);
+    let caller = CallerLeg {
+        key,
+        invite,
+        dialog: caller_dialog,
+        events,
+        source,
+        answered: false,
+    };
+    let reject = |code: u16, extra: Vec<Header>| {
+        let mut response = caller.dialog.response(&caller.invite, code, None);
+        response.headers.extend(extra);
+        gateway.endpoint.respond(caller.key.clone(), response);
+    };
+
+    let offer = std::str::from_utf8(&caller.invite.body)
+        .ok()
+        .and_then(|text| AudioSdp::parse(text).ok());
+    let Some(offer) = offer else {
+        // Offerless INVITEs (offer in the 200 OK) are not supported: the relay needs both ends.
+        metrics::session_rejected("bad_sdp");
+        reject(
+            488,
+            vec![warning("no usable SDP offer (audio RTP/AVP expected)")],
+        );
+        return;
+    };
+    let sockets = match RelaySockets::bind(&gateway.ports, gateway.config.media.bind_ip) {
+        Ok(sockets) => sockets,
+        Err(err) => {
+            tracing::warn!(%err, "no media ports for a new call");
+            metrics::session_rejected("media_ports");
+            let secs = gateway.retry_after().as_secs().max(1);
+            reject(503, vec![Header::RetryAfter(secs.to_string().into())]);
+            return;
+        }
+    };
+    let ports = (sockets.port(Side::Caller), sockets.port(Side::Backend));
+    let relay = Relay::start(sockets, gateway.config.media.timeout);
+    relay.set_peer(Side::Caller, peer_media(&offer));
+    let id = gateway.new_session_id();
+    gateway.sessions.insert(
+        id,
+        SessionInfo {
+            caller_call_id: caller.dialog.call_id.clone(),
+            backend_call_id: None,
+            peer: None,
+            region: match &destination {
+                Destination::Backend { region } => region.clone(),
+                Destination::Trunk(trunk) => trunk.region.clone(),
+            },
+            ports,
+        },
+    );
+    let mut call = Call {
+        gateway: gateway.clone(),
+        id,
+        rng,
+        caller,
+        offer,
+        relay,
+        ports,
+        backend_answer: None,
+        sdp_versions: [1, 1],
+        started,
+    };
+    let cause = call.run(destination).await;
+    metrics::session_ended(cause.as_str());
+    gateway.sessions.remove(&id);
+    tracing::debug!(session = %id, cause = cause.as_str(), "call ended");
+    drop(call);
+    drop(slot);
+}
+
+impl Call {
+    async fn run(&mut self, destination: Destination) -> EndCause {
+        let mut backend = match self.connect(destination).await {
+            Ok(backend) => backend,
+            Err(cause) => return cause,
+        };
+        if let Err(cause) = self.answer(&backend) {
+            return cause;
+        }
+        self.established(&mut backend).await
+    }
+
+    /// Places the call on a Backend (failing over) or the trunk; on error the caller has been
+    /// answered with the final response.
+    async fn connect(&mut self, destination: Destination) -> Result<BackendLeg, EndCause> {
+        let gateway = self.gateway.clone();
+        let mut tried: Vec<NodeId> = Vec::new();
+        let attempts = gateway.config.routing.max_attempts.max(1);
+        for round in 0..attempts {
+            let (address, lease, backend) = match &destination {
+                Destination::Backend { region } => {
+                    let now = Instant::now().into_std();
+                    match gateway.picker.pick(now, region, &tried) {
+                        Ok(lease) => {
+                            let id = lease.id().clone();
+                            tried.push(id.clone());
+                            (lease.address(), Some(lease), Some(id))
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Destination::Trunk(trunk) => match trunk.outbound {
+                    Some(address) if round == 0 => (address, None, None),
+                    _ => break,
+                },
+            };
+            let mut attempt = self.start_attempt(address, lease, backend, &destination);
+            match self.await_attempt(&mut attempt).await {
+                AttemptResult::Answered(response) => return self.confirm(attempt, response),
+                AttemptResult::Next => {
+                    tracing::debug!(session = %self.id, %address, "backend failed; trying the next");
+                }
+                AttemptResult::Reject(code) => {
+                    self.reject(code, Vec::new());
+                    return Err(EndCause::Rejected);
+                }
+                AttemptResult::Cancelled => return Err(EndCause::Cancelled),
+            }
+        }
+        metrics::session_rejected("no_backend");
+        let secs = gateway.retry_after().as_secs().max(1);
+        self.reject(503, vec![Header::RetryAfter(secs.to_string().into())]);
+        Err(EndCause::NoBackend)
+    }
+
+    fn start_attempt(
+        &mut self,
+        address: SocketAddr,
+        lease: Option<BackendLease>,
+        backend: Option<NodeId>,
+        destination: &Destination,
+    ) -> Attempt {
+        let gateway = self.gateway.clone();
+        let public_ip = gateway.config.media.public_ip;
+        let caller_uri = dialog::name_addr_uri(
+            &dialog::header_value(&self.caller.invite.headers, "From").unwrap_or_default(),
+        );
+        let from_user = uri_user(&caller_uri).unwrap_or("anonymous").to_owned();
+        let request_uri = self.caller.invite.uri.to_string();
+        let to_user = uri_user(&request_uri).unwrap_or("voxgate").to_owned();
+        let to_uri = match destination {
+            // Outbound: keep the dialled host, so the carrier sees its own domain.
+            Destination::Trunk(_) => {
+                let host = dialog::uri_host(&request_uri)
+                    .unwrap_or("invalid")
+                    .to_owned();
+                format!("sip:{to_user}@{host}")
+            }
+            Destination::Backend { .. } => format!("sip:{to_user}@{address}"),
+        };
+        let mut leg = Dialog::outgoing(
+            &mut self.rng,
+            gateway.sip_addr,
+            format!("sip:{from_user}@{public_ip}"),
+            to_uri,
+            USER_AGENT,
+        );
+        leg.local_contact = format!("sip:voxgate@{}", gateway.sip_addr);
+        let sdp = self.sdp_for(Side::Backend, &self.offer.clone());
+        let mut invite = leg.invite(&mut self.rng, sdp);
+        if let Some(max_forwards) =
+            dialog::header_value(&self.caller.invite.headers, "Max-Forwards")
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        {
+            invite
+                .headers
+                .retain(|h| !matches!(h, Header::MaxForwards(_)));
+            invite.headers.push(Header::MaxForwards(
+                max_forwards.saturating_sub(1).to_string().into(),
+            ));
+        }
+        let events = gateway.endpoint.register(&leg.call_id);
+        if let Some(mut info) = gateway.sessions.get_mut(&self.id) {
+            info.backend_call_id = Some(leg.call_id.clone());
+            info.peer = Some(
+                backend
+                    .as_ref()
+                    .map_or_else(|| address.to_string(), |b| b.to_string()),
+            );
+        }
+        gateway.endpoint.request(address, invite.clone());
+        Attempt {
+            dialog: leg,
+            events,
+            invite,
+            address,
+            backend,
+            lease,
+            provisional: false,
+        }
+    }
+
+    async fn await_attempt(&mut self, attempt: &mut Attempt) -> AttemptResult {
+        let gateway = self.gateway.clone();
+        let deadline = Instant::now() + gateway.config.routing.invite_timeout;
+        loop {
+            tokio::select! {
+                event = attempt.events.recv() => match event {
+                    Some(Event::Response { response, .. }) if dialog::is_invite_response(&response) => {
+                        let code = response.status_code.code();
+                        match code {
+                            100 => attempt.provisional = true,
+                            101..=199 => {
+                                attempt.provisional = true;
+                                self.early_response(code, &response);
+                            }
+                            200..=299 => return AttemptResult::Answered(response),
+                            503 => {
+                                let cooldown = retry_after(&response).unwrap_or(DEFAULT_COOLDOWN);
+                                if let Some(id) = &attempt.backend {
+                                    let until = Instant::now().into_std() + cooldown;
+                                    gateway.picker.cool_down(id, until);
+                                }
+                                return AttemptResult::Next;
+                            }
+                            408 | 500..=599 => return AttemptResult::Next,
+                            // Redirects would reveal the Backend's contacts: the caller sees 480.
+                            300..=399 => return AttemptResult::Reject(480),
+                            _ => return AttemptResult::Reject(code),
+                        }
+                    }
+                    Some(Event::Timeout { .. }) | None => return AttemptResult::Next,
+                    Some(Event::Request { key, request, .. }) => {
+                        gateway.endpoint.respond(key, response_for(&request, 481, None));
+                    }
+                    Some(_) => {}
+                },
+                event = self.caller.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) => {
+                        if request.method == rsip::Method::Cancel {
+                            gateway.endpoint.respond(key, response_for(&request, 200, None));
+                            self.reject(487, Vec::new());
+                            if attempt.provisional {
+                                gateway.endpoint.request(attempt.address, dialog::cancel(&attempt.invite));
+                            }
+                            return AttemptResult::Cancelled;
+                        }
+                        let code = if request.method == rsip::Method::Invite { 482 } else { 481 };
+                        gateway.endpoint.respond(key, response_for(&request, code, None));
+                    }
+                    Some(_) => {}
+                    None => return AttemptResult::Cancelled,
+                },
+                () = tokio::time::sleep_until(deadline), if !attempt.provisional => {
+                    // Not even a 100 Trying: this Backend is not there. Its transaction runs out
+                    // on its own; a late answer finds no route and is ignored.
+                    return AttemptResult::Next;
+                }
+            }
+        }
+    }
+
+    /// Relays a 180/183 to the caller, with the early-media SDP rewritten when present.
+    fn early_response(&mut self, code: u16, response: &rsip::Response) {
+        let sdp = parse_sdp(&response.body).map(|answer| {
+            self.relay.set_peer(Side::Backend, peer_media(&answer));
+            self.sdp_for(Side::Caller, &answer)
+        });
+        let reply = self.caller.dialog.response(&self.caller.invite, code, sdp);
+        self.gateway
+            .endpoint
+            .respond(self.caller.key.clone(), reply);
+    }
+
+    /// ACKs the Backend's 2xx and sets up its side of the relay.
+    fn confirm(
+        &mut self,
+        mut attempt: Attempt,
+        response: rsip::Response,
+    ) -> Result<BackendLeg, EndCause> {
+        attempt.dialog.confirm(&response);
+        let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
+        let ack = attempt.dialog.ack(&mut self.rng, invite_cseq);
+        let next_hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
+        self.gateway.endpoint.stateless(next_hop, ack.clone());
+        let mut leg = BackendLeg {
+            dialog: attempt.dialog,
+            events: attempt.events,
+            address: attempt.address,
+            ack,
+            _lease: attempt.lease,
+        };
+        match parse_sdp(&response.body) {
+            Some(answer) if answer.port != 0 => {
+                self.relay.set_peer(Side::Backend, peer_media(&answer));
+                self.backend_answer = Some(answer);
+                Ok(leg)
+            }
+            _ => {
+                // Answered without usable media: hang the Backend up and tell the caller.
+                self.bye(Side::Backend, &mut leg);
+                self.reject(502, vec![warning("backend answered without usable SDP")]);
+                Err(EndCause::Rejected)
+            }
+        }
+    }
+
+    /// Answers the caller with the Backend's SDP answer rewritten to this node.
+    fn answer(&mut self, _backend: &BackendLeg) -> Result<(), EndCause> {
+        let Some(answer) = self.backend_answer.take() else {
+            return Err(EndCause::Rejected);
+        };
+        let mut sdp = answer;
+        // We terminate RTCP multiplexing ourselves: accept it on the caller's side whenever
+        // the caller offered it, whatever the Backend chose.
+        sdp.rtcp_mux = self.offer.rtcp_mux;
+        let body = self.sdp_for(Side::Caller, &sdp);
+        let ok = self
+            .caller
+            .dialog
+            .response(&self.caller.invite, 200, Some(body));
+        self.gateway.endpoint.respond(self.caller.key.clone(), ok);
+        self.caller.answered = true;
+        self.relay.arm();
+        metrics::session_started();
+        metrics::setup_time(self.started.elapsed());
+        Ok(())
+    }
+
+    /// The answered call, until one side ends it.
+    async fn established(&mut self, backend: &mut BackendLeg) -> EndCause {
+        let gateway = self.gateway.clone();
+        loop {
+            tokio::select! {
+                event = self.caller.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) => match request.method {
+                        rsip::Method::Bye => {
+                            gateway.endpoint.respond(key, self.caller.dialog.response(&request, 200, None));
+                            self.bye(Side::Backend, backend);
+                            return EndCause::CallerBye;
+                        }
+                        rsip::Method::Invite => self.reinvite(Side::Caller, key, request, backend).await,
+                        rsip::Method::Info => self.forward(Side::Caller, key, request, backend).await,
+                        _ => gateway.endpoint.respond(key, self.caller.dialog.response(&request, 200, None)),
+                    },
+                    Some(Event::AckTimeout { .. }) => {
+                        self.bye(Side::Backend, backend);
+                        self.bye(Side::Caller, backend);
+                        return EndCause::AckTimeout;
+                    }
+                    Some(_) => {}
+                    None => return EndCause::CallerBye,
+                },
+                event = backend.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) => match request.method {
+                        rsip::Method::Bye => {
+                            gateway.endpoint.respond(key, backend.dialog.response(&request, 200, None));
+                            self.bye(Side::Caller, backend);
+                            return EndCause::BackendBye;
+                        }
+                        rsip::Method::Invite => self.reinvite(Side::Backend, key, request, backend).await,
+                        rsip::Method::Info => self.forward(Side::Backend, key, request, backend).await,
+                        _ => gateway.endpoint.respond(key, backend.dialog.response(&request, 200, None)),
+                    },
+                    Some(Event::Response { response, .. })
+                        if dialog::is_invite_response(&response) && response.status_code.code() / 100 == 2 =>
+                    {
+                        // A retransmitted 2xx: our ACK was lost.
+                        let next_hop = backend.dialog.next_hop().unwrap_or(backend.address);
+                        gateway.endpoint.stateless(next_hop, backend.ack.clone());
+                    }
+                    Some(_) => {}
+                    None => return EndCause::BackendBye,
+                },
+                side = self.relay.silence() => {
+                    tracing::info!(session = %self.id, ?side, "media timeout: ending the call");
+                    self.bye(Side::Caller, backend);
+                    self.bye(Side::Backend, backend);
+                    return EndCause::MediaTimeout;
+                }
+            }
+        }
+    }
+
+    /// Forwards a re-INVITE from `from` to the other side: SDP rewritten both ways, relay
+    /// re-pointed, the answer mapped back. We ACK the far side's 2xx ourselves.
+    async fn reinvite(
+        &mut self,
+        from: Side,
+        key: TransactionKey,
+        request: rsip::Request,
+        backend: &mut BackendLeg,
+    ) {
+        let gateway = self.gateway.clone();
+        let Some(offer) = parse_sdp(&request.body) else {
+            let reply = self.dialog(from, backend).response(&request, 488, None);
+            gateway.endpoint.respond(key, reply);
+            return;
+        };
+        self.relay.set_peer(from, peer_media(&offer));
+        let to = other(from);
+        let sdp = self.sdp_for(to, &offer);
+        let outcome = self
+            .transact(to, rsip::Method::Invite, Some(sdp), backend)
+            .await;
+        let reply = match outcome {
+            Some(response) if response.status_code.code() / 100 == 2 => {
+                let cseq = voxgate_sip::message::cseq(&response).map_or(1, |(n, _)| n);
+                let mut rng = self.call_rng();
+                let (leg, hop) = self.leg_mut(to, backend);
+                let ack = leg.ack(&mut rng, cseq);
+                gateway.endpoint.stateless(hop, ack);
+                match parse_sdp(&response.body) {
+                    Some(answer) => {
+                        self.relay.set_peer(to, peer_media(&answer));
+                        let body = self.sdp_for(from, &answer);
+                        self.dialog(from, backend)
+                            .response(&request, 200, Some(body))
+                    }
+                    None => self.dialog(from, backend).response(&request, 488, None),
+                }
+            }
+            Some(response) => {
+                let code = map_failure(response.status_code.code());
+                self.dialog(from, backend).response(&request, code, None)
+            }
+            None => self.dialog(from, backend).response(&request, 408, None),
+        };
+        gateway.endpoint.respond(key, reply);
+    }
+
+    /// Forwards a non-INVITE in-dialog request (INFO) and maps its final answer back.
+    async fn forward(
+        &mut self,
+        from: Side,
+        key: TransactionKey,
+        request: rsip::Request,
+        backend: &mut BackendLeg,
+    ) {
+        let body =
+            (!request.body.is_empty()).then(|| String::from_utf8_lossy(&request.body).into_owned());
+        let content_type = dialog::header_value(&request.headers, "Content-Type");
+        let outcome = self
+            .transact_with_type(other(from), request.method, body, content_type, backend)
+            .await;
+        let code = outcome.map_or(408, |r| map_failure(r.status_code.code()));
+        let reply = self.dialog(from, backend).response(&request, code, None);
+        self.gateway.endpoint.respond(key, reply);
+    }
+
+    /// Sends a request on side `to` and waits for its final response (None on timeout).
+    async fn transact(
+        &mut self,
+        to: Side,
+        method: rsip::Method,
+        sdp: Option<String>,
+        backend: &mut BackendLeg,
+    ) -> Option<rsip::Response> {
+        self.transact_with_type(to, method, sdp, Some("application/sdp".into()), backend)
+            .await
+    }
+
+    async fn transact_with_type(
+        &mut self,
+        to: Side,
+        method: rsip::Method,
+        body: Option<String>,
+        content_type: Option<String>,
+        backend: &mut BackendLeg,
+    ) -> Option<rsip::Response> {
+        let mut rng = self.call_rng();
+        let gateway = self.gateway.clone();
+        let (leg, hop) = self.leg_mut(to, backend);
+        let mut request = leg.request(&mut rng, method, None);
+        if let Some(body) = body {
+            let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
+            voxgate_sip::message::set_body(&mut request, body.into_bytes(), Some(&content_type));
+        }
+        let cseq = voxgate_sip::message::cseq(&request).map(|(n, _)| n);
+        gateway.endpoint.request(hop, request);
+        let events = match to {
+            Side::Caller => &mut self.caller.events,
+            Side::Backend => &mut backend.events,
+        };
+        let deadline = Instant::now() + Duration::from_secs(32);
+        loop {
+            let event = tokio::select! {
+                event = events.recv() => event?,
+                () = tokio::time::sleep_until(deadline) => return None,
+            };
+            match event {
+                Event::Response { response, .. }
+                    if voxgate_sip::message::cseq(&response).map(|(n, _)| n) == cseq
+                        && response.status_code.code() >= 200 =>
+                {
+                    return Some(response);
+                }
+                Event::Timeout { .. } => return None,
+                // Requests crossing ours are answered so the peer does not retransmit them.
+                Event::Request { key, request, .. } => {
+                    let code = if request.method == rsip::Method::Invite {
+                        491
+                    } else {
+                        200
+                    };
+                    gateway
+                        .endpoint
+                        .respond(key, response_for(&request, code, None));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Sends BYE on side `side` (not waiting: the transaction layer retransmits it).
+    fn bye(&mut self, side: Side, backend: &mut BackendLeg) {
+        let mut rng = self.call_rng();
+        let gateway = self.gateway.clone();
+        if side == Side::Caller && !self.caller.answered {
+            return;
+        }
+        let (leg, hop) = self.leg_mut(side, backend);
+        let bye = leg.bye(&mut rng);
+        gateway.endpoint.request(hop, bye);
+    }
+
+    fn dialog<'a>(&'a self, side: Side, backend: &'a BackendLeg) -> &'a Dialog {
+        match side {
+            Side::Caller => &self.caller.dialog,
+            Side::Backend => &backend.dialog,
+        }
+    }
+
+    /// The dialog of `side` and where its next request goes.
+    fn leg_mut<'a>(
+        &'a mut self,
+        side: Side,
+        backend: &'a mut BackendLeg,
+    ) -> (&'a mut Dialog, SocketAddr) {
+        match side {
+            Side::Caller => {
+                let hop = self.caller.dialog.next_hop().unwrap_or(self.caller.source);
+                (&mut self.caller.dialog, hop)
+            }
+            Side::Backend => {
+                let hop = backend.dialog.next_hop().unwrap_or(backend.address);
+                (&mut backend.dialog, hop)
+            }
+        }
+    }
+
+    fn call_rng(&mut self) -> SmallRng {
+        use rand::SeedableRng;
+        SmallRng::from_rng(&mut self.rng)
+    }
+
+    /// A final response to the caller's INVITE.
+    fn reject(&self, code: u16, extra: Vec<Header>) {
+        let mut response = self.caller.dialog.response(&self.caller.invite, code, None);
+        response.headers.extend(extra);
+        self.gateway
+            .endpoint
+            .respond(self.caller.key.clone(), response);
+    }
+
+    /// `sdp` as this node presents it to `side`: our address and that side's relay port, our
+    /// origin with a version raised each time.
+    fn sdp_for(&mut self, side: Side, sdp: &AudioSdp) -> String {
+        let index = match side {
+            Side::Caller => 0,
+            Side::Backend => 1,
+        };
+        self.sdp_versions[index] += 1;
+        let public_ip = self.gateway.config.media.public_ip;
+        let mut out = sdp.clone();
+        out.origin = voxgate_sip::sdp::Origin {
+            username: "voxgate".into(),
+            session_id: self.id.0,
+            session_version: self.sdp_versions[index],
+            address: public_ip,
+        };
+        out.session_name = "voxgate".into();
+        out.connection = public_ip;
+        if out.port != 0 {
+            out.port = match side {
+                Side::Caller => self.ports.0,
+                Side::Backend => self.ports.1,
+            };
+        }
+        out.rtcp = None;
+        out.to_string()
+    }
+}
+
+fn other(side: Side) -> Side {
+    match side {
+        Side::Caller => Side::Backend,
+        Side::Backend => Side::Caller,
+    }
+}
+
+/// A failure code as the other side gets it: a 503 is never passed on (RFC 3261 16.7); it is
+/// this node's to give, with its own Retry-After.
+fn map_failure(code: u16) -> u16 {
+    match code {
+        503 => 500,
+        300..=399 => 480,
+        other => other,
+    }
+}
+
+/// The media a peer announced in `sdp`.
+fn peer_media(sdp: &AudioSdp) -> PeerMedia {
+    let rtp = SocketAddr::new(sdp.connection, sdp.port);
+    let rtcp_port = sdp.rtcp.unwrap_or(sdp.port.saturating_add(1));
+    PeerMedia {
+        rtp,
+        rtcp: SocketAddr::new(sdp.connection, rtcp_port),
+        mux: sdp.rtcp_mux,
+        sends: sdp.port != 0 && matches!(sdp.direction, Direction::SendRecv | Direction::SendOnly),
+    }
+}
+
+fn parse_sdp(body: &[u8]) -> Option<AudioSdp> {
+    let text = std::str::from_utf8(body).ok()?;
+    AudioSdp::parse(text).ok()
+}
+
+/// Seconds of a response's Retry-After header.
+fn retry_after(response: &rsip::Response) -> Option<Duration> {
+    let value = dialog::header_value(&response.headers, "Retry-After")?;
+    let secs: u64 = value.split([';', '(', ' ']).next()?.trim().parse().ok()?;
+    Some(Duration::from_secs(secs.min(3600)))
+}
+
+/// A Warning header (RFC 3261 20.43) with our agent name.
+fn warning(text: &str) -> Header {
+    Header::Other("Warning".into(), format!("399 voxgate \"{text}\""))
+}

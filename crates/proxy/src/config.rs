@@ -1,0 +1,883 @@
+//! The node's configuration: TOML file (or the embedded default) + `VOXGATE_SECTION__KEY` env overrides.
+//!
+//! Loading is three steps. The TOML text becomes a `toml::Table`; each `VOXGATE_A__B__C=value`
+//! variable sets `a.b.c` in that tree (the value read as a TOML literal when it is one, else as a
+//! string); the tree is deserialized into [`Config`] with `serde_path_to_error`, so a type error
+//! names its key; then [`Config::validate`] checks what types cannot. Every failure is one
+//! [`ConfigError`] naming the key (`limits.max_sessions`, `backends[1].id`) and why.
+//!
+//! Precedence, lowest first: built-in defaults, the file, env variables, CLI flags (applied by the
+//! binary between [`parse`] and [`Config::validate`]).
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+use voxgate_cluster::backend::BackendSpec;
+use voxgate_cluster::health::HealthConfig;
+use voxgate_cluster::picker::Spillover;
+use voxgate_cluster::trunk::{Trunk, TrunkTable};
+use voxgate_core::{NodeId, RegionId};
+
+/// The embedded default configuration (`config/voxgate.toml`), used when no file is given.
+pub const DEFAULT_TOML: &str = include_str!("../../../config/voxgate.toml");
+
+/// Prefix of environment variables that override config keys.
+pub const ENV_PREFIX: &str = "VOXGATE_";
+
+/// A configuration that cannot be used: which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("config key `{key}`: {reason}")]
+pub struct ConfigError {
+    /// Dotted path of the offending key (`limits.max_sessions`, `backends[0].id`); for file and
+    /// syntax errors, the file path (or `<toml>` for embedded text).
+    pub key: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Loads `path` (or the embedded default), applies `env` overrides and validates the result.
+///
+/// `env` is usually `std::env::vars()`; only `VOXGATE_*` variables with a `__` in them are read.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let config = parse(path, env)?;
+    config.validate()?;
+    Ok(config)
+}
+
+/// [`load`] without the final [`Config::validate`], for callers that change the config further
+/// (CLI flags) and validate afterwards.
+pub fn parse(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let (origin, text) = match path {
+        Some(path) => {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path)
+                .map_err(|err| ConfigError::new(&origin, format!("cannot read: {err}")))?;
+            (origin, text)
+        }
+        None => ("<toml>".to_owned(), DEFAULT_TOML.to_owned()),
+    };
+    parse_str(&origin, &text, env)
+}
+
+/// [`parse`] over TOML text; `origin` names it in syntax errors.
+pub fn parse_str(
+    origin: &str,
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Config, ConfigError> {
+    let table: toml::Table = text.parse().map_err(|err: toml::de::Error| {
+        let reason = match err.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                format!(
+                    "TOML syntax error at line {line}, column {column}: {}",
+                    err.message()
+                )
+            }
+            None => format!("TOML syntax error: {}", err.message()),
+        };
+        ConfigError::new(origin, reason)
+    })?;
+    let mut tree = toml::Value::Table(table);
+    let overrides = apply_env(&mut tree, env)?;
+    serde_path_to_error::deserialize::<_, Config>(tree).map_err(|err| {
+        let mut key = err.path().to_string();
+        let mut reason = err.inner().message().trim().to_owned();
+        if key == "." {
+            key = "<root>".to_owned();
+        }
+        let from_env = |path: &String| {
+            key.strip_prefix(path.as_str())
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with(['.', '[']))
+        };
+        if let Some((_, var)) = overrides.iter().find(|(path, _)| from_env(path)) {
+            let hint = if reason.starts_with("invalid type") {
+                "; quote the value to force a string, e.g. '\"1234\"'"
+            } else {
+                ""
+            };
+            reason = format!("{reason} (set by {var}{hint})");
+        }
+        ConfigError::new(key, reason)
+    })
+}
+
+/// 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+/// Sets every `VOXGATE_A__B=value` into `tree`; returns dotted path -> variable name.
+fn apply_env(
+    tree: &mut toml::Value,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<BTreeMap<String, String>, ConfigError> {
+    let mut applied = BTreeMap::new();
+    // Sorted, so that a whole-table value (`VOXGATE_ROUTING__SPILLOVER`) applies before the keys
+    // inside it, whatever order the process environment lists them in.
+    let mut env: Vec<(String, String)> = env.into_iter().collect();
+    env.sort();
+    for (name, raw) in env {
+        // Plain `VOXGATE_X` (no `__`) is left to other uses, e.g. a future `VOXGATE_CONFIG`.
+        let Some(rest) = name
+            .strip_prefix(ENV_PREFIX)
+            .filter(|rest| rest.contains("__"))
+        else {
+            continue;
+        };
+        let segments: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if segments.iter().any(String::is_empty) {
+            return Err(ConfigError::new(
+                name,
+                "empty key segment (`__` at an end or doubled)",
+            ));
+        }
+        let mut path = String::new();
+        set_path(tree, &segments, literal(&raw), &mut path).map_err(|(path, reason)| {
+            ConfigError::new(path, format!("{reason} (set by {name})"))
+        })?;
+        applied.insert(path, name);
+    }
+    Ok(applied)
+}
+
+/// `raw` as a TOML value (`20`, `0.5`, `true`, `["US-WEST"]`) when it is one, else as a string.
+fn literal(raw: &str) -> toml::Value {
+    match format!("v = {raw}").parse::<toml::Table>() {
+        Ok(mut table) if table.len() == 1 => table
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.to_owned())),
+        _ => toml::Value::String(raw.to_owned()),
+    }
+}
+
+/// Sets `value` at `segments` below `node`, creating tables as needed; a numeric segment indexes an
+/// existing array (`backends.0.address`). `path` accumulates the key in `serde_path_to_error` form.
+fn set_path(
+    node: &mut toml::Value,
+    segments: &[String],
+    value: toml::Value,
+    path: &mut String,
+) -> Result<(), (String, &'static str)> {
+    let Some((first, rest)) = segments.split_first() else {
+        *node = value;
+        return Ok(());
+    };
+    match node {
+        toml::Value::Table(table) => {
+            if !path.is_empty() {
+                path.push('.');
+            }
+            path.push_str(first);
+            let child = table
+                .entry(first.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            set_path(child, rest, value, path)
+        }
+        toml::Value::Array(items) => {
+            let Some(item) = first.parse::<usize>().ok().and_then(|i| items.get_mut(i)) else {
+                return Err((
+                    path.clone(),
+                    "is an array; index it with an existing position",
+                ));
+            };
+            path.push_str(&format!("[{first}]"));
+            set_path(item, rest, value, path)
+        }
+        _ => Err((path.clone(), "is not a table")),
+    }
+}
+
+/// Everything a voxgate node is told at start. Every field has a default; see `config/voxgate.toml`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Who this node is.
+    pub node: NodeConfig,
+    /// SIP listeners.
+    pub sip: SipConfig,
+    /// RTP/RTCP relay.
+    pub media: MediaConfig,
+    /// The private HTTP listener (metrics, health, admin).
+    pub http: HttpConfig,
+    /// The node cap.
+    pub limits: LimitsConfig,
+    /// Backend selection and failover.
+    pub routing: RoutingConfig,
+    /// OPTIONS probing of Backends.
+    pub health: ProbeConfig,
+    /// The Backends calls are placed on.
+    pub backends: Vec<BackendConfig>,
+    /// SIP trunks: inbound region by source network, outbound targets.
+    pub trunks: Vec<TrunkConfig>,
+    /// Logging.
+    pub log: LogConfig,
+}
+
+impl Config {
+    /// Checks what the types cannot; the error names the first offending key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: &str| Err(ConfigError::new(key, reason));
+        let limits = &self.limits;
+        if limits.max_sessions < 1 {
+            return fail("limits.max_sessions", "must be at least 1");
+        }
+        if !(limits.high_water > 0.0 && limits.high_water <= 1.0) {
+            return fail("limits.high_water", "must be a fraction in (0, 1]");
+        }
+        if limits.retry_after < Duration::from_secs(1) {
+            return fail(
+                "limits.retry_after",
+                "must be at least 1s (Retry-After counts whole seconds)",
+            );
+        }
+        self.validate_media()?;
+        if self.routing.max_attempts < 1 {
+            return fail("routing.max_attempts", "must be at least 1");
+        }
+        if self.routing.invite_timeout.is_zero() {
+            return fail("routing.invite_timeout", "must be more than 0s");
+        }
+        if self.health.interval.is_zero() {
+            return fail("health.interval", "must be more than 0s");
+        }
+        if self.health.failures_to_down < 1 {
+            return fail("health.failures_to_down", "must be at least 1");
+        }
+        if self.health.successes_to_up < 1 {
+            return fail("health.successes_to_up", "must be at least 1");
+        }
+        if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
+            return Err(ConfigError::new(
+                "log.filter",
+                format!("not a tracing filter: {err}"),
+            ));
+        }
+        self.validate_backends()?;
+        let known = self.regions();
+        self.validate_trunks(&known)?;
+        for (region, next) in &self.routing.spillover {
+            let key = format!("routing.spillover.{region}");
+            if !known.contains(region) {
+                return Err(ConfigError::new(
+                    key,
+                    "unknown region (not node.region nor any backend's region)",
+                ));
+            }
+            if let Some(unknown) = next.iter().find(|r| !known.contains(*r)) {
+                return Err(ConfigError::new(
+                    key,
+                    format!("unknown region {unknown} (no backend serves it)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_media(&self) -> Result<(), ConfigError> {
+        let media = &self.media;
+        if media.public_ip.is_unspecified() {
+            return Err(ConfigError::new(
+                "media.public_ip",
+                "must be an address peers can reach, not 0.0.0.0 or ::",
+            ));
+        }
+        if media.port_min < 1024 {
+            return Err(ConfigError::new("media.port_min", "must be at least 1024"));
+        }
+        if media.port_min >= media.port_max {
+            return Err(ConfigError::new(
+                "media.port_max",
+                "must be greater than media.port_min",
+            ));
+        }
+        // RTP takes an even port and RTCP the odd one above it.
+        let first_even = u32::from(media.port_min) + u32::from(media.port_min % 2);
+        if first_even + 1 > u32::from(media.port_max) {
+            return Err(ConfigError::new(
+                "media.port_max",
+                "range holds no even/odd RTP/RTCP port pair",
+            ));
+        }
+        if media.timeout.is_zero() {
+            return Err(ConfigError::new("media.timeout", "must be more than 0s"));
+        }
+        Ok(())
+    }
+
+    fn validate_backends(&self) -> Result<(), ConfigError> {
+        let mut ids = HashSet::new();
+        let mut addresses = HashSet::new();
+        for (i, backend) in self.backends.iter().enumerate() {
+            if !ids.insert(&backend.id) {
+                return Err(ConfigError::new(
+                    format!("backends[{i}].id"),
+                    format!("duplicate backend id {}", backend.id),
+                ));
+            }
+            if !addresses.insert(backend.address) {
+                return Err(ConfigError::new(
+                    format!("backends[{i}].address"),
+                    format!("{} is already another backend's address", backend.address),
+                ));
+            }
+            if backend.max_sessions < 1 {
+                return Err(ConfigError::new(
+                    format!("backends[{i}].max_sessions"),
+                    "must be at least 1",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_trunks(&self, known: &BTreeSet<RegionId>) -> Result<(), ConfigError> {
+        let mut names = HashSet::new();
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            if trunk.name.is_empty() {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].name"),
+                    "must not be empty",
+                ));
+            }
+            if !names.insert(trunk.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].name"),
+                    format!("duplicate trunk name {:?}", trunk.name),
+                ));
+            }
+            if let Some(region) = &trunk.region
+                && !known.contains(region)
+            {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].region"),
+                    format!("unknown region {region} (not node.region nor any backend's region)"),
+                ));
+            }
+            if trunk.sources.is_empty() && trunk.outbound.is_none() {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].sources"),
+                    "a trunk needs sources, an outbound address, or both",
+                ));
+            }
+            if let Some(j) = trunk.hosts.iter().position(|h| h.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].hosts[{j}]"),
+                    "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Regions this node knows: its own and every Backend's.
+    pub fn regions(&self) -> BTreeSet<RegionId> {
+        let mut regions: BTreeSet<RegionId> = self
+            .backends
+            .iter()
+            .map(|b| self.region_or_node(b.region.as_ref()).clone())
+            .collect();
+        regions.insert(self.node.region.clone());
+        regions
+    }
+
+    /// The Backends for [`voxgate_cluster::BackendPicker`], regions defaulted to `node.region`.
+    pub fn backend_specs(&self) -> Vec<BackendSpec> {
+        self.backends
+            .iter()
+            .map(|b| BackendSpec {
+                id: b.id.clone(),
+                region: self.region_or_node(b.region.as_ref()).clone(),
+                address: b.address,
+                max_sessions: b.max_sessions,
+                enabled: b.enabled,
+            })
+            .collect()
+    }
+
+    /// The configured spillover order.
+    pub fn spillover(&self) -> Spillover {
+        Spillover::new(
+            self.routing
+                .spillover
+                .iter()
+                .map(|(region, next)| (region.clone(), next.clone())),
+        )
+    }
+
+    /// The configured trunks, regions defaulted to `node.region`.
+    pub fn trunk_table(&self) -> TrunkTable {
+        TrunkTable::new(
+            self.trunks
+                .iter()
+                .map(|t| Trunk {
+                    name: t.name.clone(),
+                    region: self.region_or_node(t.region.as_ref()).clone(),
+                    sources: t.sources.clone(),
+                    outbound: t.outbound,
+                    hosts: t.hosts.clone(),
+                })
+                .collect(),
+        )
+    }
+
+    /// Backend probing settings.
+    pub fn health(&self) -> HealthConfig {
+        HealthConfig {
+            interval: self.health.interval,
+            failures_to_down: self.health.failures_to_down,
+            successes_to_up: self.health.successes_to_up,
+        }
+    }
+
+    fn region_or_node<'a>(&'a self, region: Option<&'a RegionId>) -> &'a RegionId {
+        region.unwrap_or(&self.node.region)
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            node: NodeConfig::default(),
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            http: HttpConfig::default(),
+            limits: LimitsConfig::default(),
+            routing: RoutingConfig::default(),
+            health: ProbeConfig::default(),
+            backends: vec![
+                BackendConfig::local("backend-1", 5080),
+                BackendConfig::local("backend-2", 5081),
+            ],
+            trunks: Vec::new(),
+            log: LogConfig::default(),
+        }
+    }
+}
+
+/// `[node]`: this node's identity.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Unique among nodes; labels metrics and logs.
+    #[serde(deserialize_with = "parsed::value")]
+    pub id: NodeId,
+    /// The region this node serves; calls from no known trunk are placed here.
+    #[serde(deserialize_with = "parsed::value")]
+    pub region: RegionId,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        Self {
+            id: NodeId::new("proxy-1").expect("valid literal"),
+            region: default_region(),
+        }
+    }
+}
+
+fn default_region() -> RegionId {
+    RegionId::new("US-EAST").expect("valid literal")
+}
+
+/// `[sip]`: where SIP is received.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SipConfig {
+    /// UDP listener.
+    pub listen_udp: SocketAddr,
+    /// TCP listener; `None` (an empty string in TOML) turns TCP off.
+    #[serde(deserialize_with = "parsed::empty_is_none")]
+    pub listen_tcp: Option<SocketAddr>,
+}
+
+impl SipConfig {
+    /// Largest SIP message accepted on any transport (fixed, not configurable).
+    pub const MAX_MESSAGE_SIZE: usize = voxgate_sip::MAX_MESSAGE_SIZE;
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        let any = SocketAddr::from(([0, 0, 0, 0], 5060));
+        Self {
+            listen_udp: any,
+            listen_tcp: Some(any),
+        }
+    }
+}
+
+/// `[media]`: the RTP/RTCP relay.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MediaConfig {
+    /// The address written into SDP on both legs.
+    pub public_ip: IpAddr,
+    /// The address relay sockets bind to.
+    pub bind_ip: IpAddr,
+    /// Lowest relay port (inclusive).
+    pub port_min: u16,
+    /// Highest relay port (inclusive).
+    pub port_max: u16,
+    /// A leg silent this long ends the call.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        Self {
+            public_ip: IpAddr::from([127, 0, 0, 1]),
+            bind_ip: IpAddr::from([0, 0, 0, 0]),
+            port_min: 20000,
+            port_max: 29999,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// `[http]`: the private listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// `/metrics`, `/livez`, `/readyz` (and later the admin API); keep it private.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 9090)),
+        }
+    }
+}
+
+/// `[limits]`: the node cap.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Most sessions (SIP calls + WebRTC peers) at once; beyond it, 503 + Retry-After.
+    pub max_sessions: u32,
+    /// Fraction of `max_sessions` at which `/readyz` turns false.
+    pub high_water: f64,
+    /// Base of the jittered Retry-After sent with a 503.
+    #[serde(with = "humantime_serde")]
+    pub retry_after: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_sessions: 150,
+            high_water: 0.9,
+            retry_after: Duration::from_secs(5),
+        }
+    }
+}
+
+/// `[routing]`: Backend selection and failover.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutingConfig {
+    /// Backends tried per call (first pick + failovers).
+    pub max_attempts: u32,
+    /// No provisional or final response from a Backend within this -> next Backend.
+    #[serde(with = "humantime_serde")]
+    pub invite_timeout: Duration,
+    /// Seed for tie-breaking between equally loaded Backends; `None` seeds from the OS.
+    pub seed: Option<u64>,
+    /// Region -> regions to try next, in order, when it has no eligible Backend.
+    #[serde(deserialize_with = "parsed::spillover")]
+    pub spillover: BTreeMap<RegionId, Vec<RegionId>>,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            invite_timeout: Duration::from_secs(4),
+            seed: None,
+            spillover: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[health]`: OPTIONS probing of Backends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProbeConfig {
+    /// Time between probes of one Backend.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Consecutive failed probes that mark a Backend down.
+    pub failures_to_down: u32,
+    /// Consecutive answered probes that mark it up again.
+    pub successes_to_up: u32,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        let cluster = HealthConfig::default();
+        Self {
+            interval: cluster.interval,
+            failures_to_down: cluster.failures_to_down,
+            successes_to_up: cluster.successes_to_up,
+        }
+    }
+}
+
+/// One `[[backends]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// Unique among Backends; labels metrics.
+    #[serde(deserialize_with = "parsed::value")]
+    pub id: NodeId,
+    /// Region it serves; `None` = `node.region`.
+    #[serde(default, deserialize_with = "parsed::option")]
+    pub region: Option<RegionId>,
+    /// Where INVITEs go.
+    pub address: SocketAddr,
+    /// Most sessions placed on it at once.
+    #[serde(default = "default_backend_max_sessions")]
+    pub max_sessions: u32,
+    /// A disabled Backend takes no new sessions.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl BackendConfig {
+    fn local(id: &str, port: u16) -> Self {
+        Self {
+            id: NodeId::new(id).expect("valid literal"),
+            region: None,
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            max_sessions: default_backend_max_sessions(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_backend_max_sessions() -> u32 {
+    100
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// One `[[trunks]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkConfig {
+    /// Unique among trunks; Backends may pick an outbound trunk by it.
+    pub name: String,
+    /// Region of its inbound calls; `None` = `node.region`.
+    #[serde(default, deserialize_with = "parsed::option")]
+    pub region: Option<RegionId>,
+    /// Source networks of its inbound calls (CIDR).
+    #[serde(default, deserialize_with = "parsed::list")]
+    pub sources: Vec<IpNet>,
+    /// Where outbound calls through it go; `None` = inbound only.
+    #[serde(default)]
+    pub outbound: Option<SocketAddr>,
+    /// Request-URI hosts routed out through it.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// `[log]`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// Line format.
+    pub format: LogFormat,
+    /// `tracing` filter directives, e.g. `info,voxgate_proxy=debug`.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: LogFormat::Text,
+            filter: "info".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Text => "text",
+            Self::Json => "json",
+        })
+    }
+}
+
+/// Deserializers for types that parse from strings (`FromStr`) but have no serde impl.
+mod parsed {
+    use std::collections::BTreeMap;
+    use std::fmt::Display;
+    use std::str::FromStr;
+
+    use serde::de::{Deserialize, Deserializer, Error};
+    use voxgate_core::RegionId;
+
+    /// A `T` read from a string; used inside collections so errors keep their exact path.
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    struct Parsed<T>(T);
+
+    impl<'de, T> Deserialize<'de> for Parsed<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            let text = String::deserialize(deserializer)?;
+            text.parse().map(Parsed).map_err(D::Error::custom)
+        }
+    }
+
+    pub(super) fn value<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        Parsed::deserialize(deserializer).map(|p| p.0)
+    }
+
+    pub(super) fn option<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        value(deserializer).map(Some)
+    }
+
+    pub(super) fn list<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let items = Vec::<Parsed<T>>::deserialize(deserializer)?;
+        Ok(items.into_iter().map(|p| p.0).collect())
+    }
+
+    pub(super) fn empty_is_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: FromStr,
+        T::Err: Display,
+    {
+        let text = String::deserialize(deserializer)?;
+        if text.trim().is_empty() {
+            Ok(None)
+        } else {
+            text.parse().map(Some).map_err(D::Error::custom)
+        }
+    }
+
+    pub(super) fn spillover<'de, D>(
+        deserializer: D,
+    ) -> Result<BTreeMap<RegionId, Vec<RegionId>>, D::Error>
+    where
+        D: Deserializer<'de>,
+    {
+        let map = BTreeMap::<Parsed<RegionId>, Vec<Parsed<RegionId>>>::deserialize(deserializer)?;
+        Ok(map
+            .into_iter()
+            .map(|(k, v)| (k.0, v.into_iter().map(|r| r.0).collect()))
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn embedded_default_equals_default_impl() {
+        assert_eq!(load(None, []).unwrap(), Config::default());
+    }
+
+    #[test]
+    fn literal_reads_toml_or_falls_back_to_string() {
+        assert_eq!(literal("20"), toml::Value::Integer(20));
+        assert_eq!(literal("true"), toml::Value::Boolean(true));
+        assert_eq!(
+            literal("127.0.0.1:5070"),
+            toml::Value::String("127.0.0.1:5070".into())
+        );
+        assert_eq!(literal("\"quoted\""), toml::Value::String("quoted".into()));
+        assert_eq!(literal("1\nx = 2"), toml::Value::String("1\nx = 2".into()));
+    }
+
+    #[test]
+    fn env_indexes_arrays_and_rejects_out_of_range() {
+        let config = load(None, env(&[("VOXGATE_BACKENDS__1__MAX_SESSIONS", "7")])).unwrap();
+        assert_eq!(config.backends[1].max_sessions, 7);
+        let err = load(None, env(&[("VOXGATE_BACKENDS__5__MAX_SESSIONS", "7")])).unwrap_err();
+        assert_eq!(err.key, "backends");
+        assert!(
+            err.reason.contains("VOXGATE_BACKENDS__5__MAX_SESSIONS"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_without_double_underscore_is_ignored() {
+        assert_eq!(
+            load(None, env(&[("VOXGATE_CONFIG", "x.toml")])).unwrap(),
+            Config::default()
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let err = parse_str("test.toml", "[limits]\nmax_sessions = = 3\n", []).unwrap_err();
+        assert_eq!(err.key, "test.toml");
+        assert!(err.reason.contains("line 2, column"), "{err}");
+    }
+}

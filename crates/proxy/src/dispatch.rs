@@ -1,0 +1,140 @@
+//! Requests that belong to no live call: new INVITEs (admission, then a call task), OPTIONS,
+//! and the RFC 3261 answers for everything else (481, 405, 501, 483).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rsip::Header;
+use tokio::sync::mpsc;
+use voxgate_sip::message::{response_for, to_tag};
+use voxgate_sip::{Event, TransactionKey};
+
+use crate::call::{self, Destination};
+use crate::gateway::Gateway;
+use crate::metrics;
+
+/// Methods the gateway implements, for `Allow`.
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+
+/// Methods RFC 3261 and its extensions define that the gateway does not implement: 405.
+const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
+    rsip::Method::Register,
+    rsip::Method::Subscribe,
+    rsip::Method::Notify,
+    rsip::Method::Publish,
+    rsip::Method::Message,
+    rsip::Method::Refer,
+];
+
+/// Handles events the endpoint could not route to a call, until the endpoint stops.
+pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Event>) {
+    while let Some(event) = incoming.recv().await {
+        if let Event::Request {
+            key,
+            source,
+            request,
+            ..
+        } = event
+        {
+            on_request(&gateway, key, source, request);
+        }
+        // ACKs for answers of ended calls and stray responses need nothing.
+    }
+}
+
+fn on_request(
+    gateway: &Arc<Gateway>,
+    key: TransactionKey,
+    source: SocketAddr,
+    request: rsip::Request,
+) {
+    let reply = |code: u16, extra: Vec<Header>| {
+        let mut response = response_for(&request, code, None);
+        response
+            .headers
+            .push(Header::Server(crate::gateway::USER_AGENT.into()));
+        for header in extra {
+            response.headers.push(header);
+        }
+        gateway.endpoint.respond(key.clone(), response);
+    };
+    let retry_after = || {
+        let secs = gateway.retry_after().as_secs().max(1);
+        vec![Header::RetryAfter(secs.to_string().into())]
+    };
+    let allow = || vec![Header::Allow(ALLOW.into())];
+    let method = request.method;
+    if method != rsip::Method::Ack
+        && method != rsip::Method::Options
+        && max_forwards(&request) == Some(0)
+    {
+        reply(483, Vec::new());
+        return;
+    }
+    match method {
+        rsip::Method::Invite if to_tag(&request).is_some() => reply(481, Vec::new()),
+        rsip::Method::Invite => {
+            if !gateway.accepting() {
+                metrics::session_rejected("draining");
+                reply(503, retry_after());
+                return;
+            }
+            let Some(slot) = gateway.slots.try_reserve() else {
+                metrics::session_rejected("capacity");
+                reply(503, retry_after());
+                return;
+            };
+            let destination = if gateway.is_backend(source) {
+                let trunk_name =
+                    voxgate_sip::dialog::header_value(&request.headers, "X-Voxgate-Trunk");
+                let host = request.uri.host_with_port.host.to_string();
+                match gateway.trunks.outbound(trunk_name.as_deref(), &host) {
+                    Some(trunk) => Destination::Trunk(trunk.clone()),
+                    None => {
+                        metrics::session_rejected("no_route");
+                        reply(404, Vec::new());
+                        return;
+                    }
+                }
+            } else {
+                let region = gateway
+                    .trunks
+                    .inbound(source.ip())
+                    .map_or_else(|| gateway.region().clone(), |t| t.region.clone());
+                Destination::Backend { region }
+            };
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                call::run(gateway, slot, key, source, request, destination).await;
+            });
+        }
+        rsip::Method::Options => {
+            let full = gateway.slots.capacity().is_full();
+            if full || !gateway.accepting() {
+                reply(503, retry_after());
+            } else {
+                let mut extra = allow();
+                extra.push(Header::Accept("application/sdp".into()));
+                reply(200, extra);
+            }
+        }
+        rsip::Method::Ack => {}
+        rsip::Method::Bye
+        | rsip::Method::Cancel
+        | rsip::Method::Info
+        | rsip::Method::Update
+        | rsip::Method::PRack => {
+            reply(481, Vec::new());
+        }
+        m if KNOWN_NOT_ALLOWED.contains(&m) => reply(405, allow()),
+        _ => reply(501, Vec::new()),
+    }
+}
+
+/// The Max-Forwards value, if present and numeric.
+fn max_forwards(request: &rsip::Request) -> Option<u32> {
+    voxgate_sip::dialog::header_value(&request.headers, "Max-Forwards")?
+        .trim()
+        .parse()
+        .ok()
+}

@@ -1,0 +1,173 @@
+//! The gateway's shared state: configuration, the SIP endpoint, the node cap, the Backend picker,
+//! trunks, the media port pool and the table of live sessions.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use voxgate_cluster::{BackendPicker, SessionSlots, TrunkTable};
+use voxgate_core::{RegionId, SessionId};
+use voxgate_endpoint::{Endpoint, MessageObserver};
+use voxgate_media::pool::PortPool;
+
+use crate::config::Config;
+use crate::http::Health;
+use crate::metrics;
+
+/// User-Agent and Server header value of the gateway's SIP messages.
+pub const USER_AGENT: &str = concat!("voxgate/", env!("CARGO_PKG_VERSION"));
+
+/// What the session table holds per live session.
+#[derive(Debug, Clone)]
+pub struct SessionInfo {
+    /// Call-ID of the caller's leg.
+    pub caller_call_id: String,
+    /// Call-ID of the Backend's leg, once an INVITE went out.
+    pub backend_call_id: Option<String>,
+    /// The Backend (or trunk) serving the session.
+    pub peer: Option<String>,
+    /// Region the session was routed in.
+    pub region: RegionId,
+    /// Relay ports: caller side, Backend side.
+    pub ports: (u16, u16),
+}
+
+/// Everything the call tasks share.
+#[derive(Debug)]
+pub struct Gateway {
+    /// The validated configuration.
+    pub config: Config,
+    /// The SIP endpoint.
+    pub endpoint: Endpoint,
+    /// Our SIP address as peers see it (media.public_ip and the SIP port).
+    pub sip_addr: SocketAddr,
+    /// The node cap.
+    pub slots: SessionSlots,
+    /// Backend choice.
+    pub picker: BackendPicker,
+    /// Trunks for inbound regions and outbound calls.
+    pub trunks: TrunkTable,
+    /// Media ports.
+    pub ports: PortPool,
+    /// Live sessions.
+    pub sessions: DashMap<SessionId, SessionInfo>,
+    /// Backend SIP addresses: an INVITE from one of them is an outbound call.
+    backend_addrs: HashSet<SocketAddr>,
+    next_session: AtomicU64,
+    accepting: AtomicBool,
+    rng: Mutex<SmallRng>,
+}
+
+impl Gateway {
+    /// Builds the state from `config` around a bound `endpoint`.
+    pub fn new(config: Config, endpoint: Endpoint, ports: PortPool) -> Self {
+        let seed = config.routing.seed.unwrap_or_else(rand::random);
+        let picker = BackendPicker::new(config.backend_specs(), config.spillover(), seed);
+        let sip_addr = SocketAddr::new(config.media.public_ip, endpoint.local_addr().port());
+        Self {
+            slots: SessionSlots::new(config.limits.max_sessions),
+            trunks: config.trunk_table(),
+            backend_addrs: config.backends.iter().map(|b| b.address).collect(),
+            picker,
+            ports,
+            sip_addr,
+            endpoint,
+            sessions: DashMap::new(),
+            next_session: AtomicU64::new(1),
+            accepting: AtomicBool::new(true),
+            rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
+            config,
+        }
+    }
+
+    /// A fresh session id.
+    pub fn new_session_id(&self) -> SessionId {
+        SessionId(self.next_session.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// A seeded generator for one call (tags, branches, SSRC-free ids).
+    pub fn call_rng(&self) -> SmallRng {
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        SmallRng::from_rng(&mut *rng)
+    }
+
+    /// Retry-After for a 503: the configured base plus up to half of it at random, so refused
+    /// callers do not come back in lockstep.
+    pub fn retry_after(&self) -> Duration {
+        let base = self.config.limits.retry_after.max(Duration::from_secs(1));
+        let mut rng = self.rng.lock().unwrap_or_else(|e| e.into_inner());
+        let jitter = rng.random_range(0..=base.as_millis() as u64 / 2);
+        base + Duration::from_millis(jitter)
+    }
+
+    /// Whether `source` is one of our Backends (its calls go out through a trunk).
+    pub fn is_backend(&self, source: SocketAddr) -> bool {
+        self.backend_addrs.contains(&source)
+    }
+
+    /// Whether new sessions are taken (false while draining or shutting down).
+    pub fn accepting(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new sessions.
+    pub fn stop_accepting(&self) {
+        self.accepting.store(false, Ordering::Release);
+    }
+
+    /// This node's region.
+    pub fn region(&self) -> &RegionId {
+        &self.config.node.region
+    }
+}
+
+impl Health for Gateway {
+    fn readiness(&self) -> Result<(), String> {
+        if !self.accepting() {
+            return Err("draining".into());
+        }
+        if !self.slots.below_high_water(self.config.limits.high_water) {
+            return Err(format!(
+                "{} of {} sessions in use (high-water mark {})",
+                self.slots.active(),
+                self.slots.limit(),
+                self.config.limits.high_water
+            ));
+        }
+        Ok(())
+    }
+
+    fn refresh_gauges(&self) {
+        metrics::sessions(self.slots.active(), self.slots.limit());
+        let now = tokio::time::Instant::now().into_std();
+        for backend in self.picker.snapshot(now) {
+            metrics::backend(
+                backend.id.as_str(),
+                backend.region.as_str(),
+                backend.sessions,
+                backend.up,
+            );
+        }
+        metrics::media_ports(self.ports.in_use(), self.ports.capacity());
+    }
+}
+
+/// Counts SIP datagrams per method and direction for `/metrics`.
+#[derive(Debug)]
+pub struct SipMetrics;
+
+impl MessageObserver for SipMetrics {
+    fn on_message(&self, outbound: bool, method: Option<&str>) {
+        let direction = if outbound {
+            metrics::Direction::Out
+        } else {
+            metrics::Direction::In
+        };
+        metrics::sip_message(method.unwrap_or(metrics::RESPONSE), direction);
+    }
+}

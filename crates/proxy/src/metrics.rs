@@ -1,0 +1,329 @@
+//! Prometheus metrics: the process-global recorder, every metric's description, and one-line helpers.
+//!
+//! Names carry the `voxgate_` prefix and base units; counters end in `_total`; labels stay low
+//! cardinality (a fixed set of reasons, causes, methods and directions; Backend ids and regions come
+//! from config). Call sites use the helpers below rather than the `metrics` macros so a name or label
+//! is spelled in one place.
+
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use metrics::{
+    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Buckets of `voxgate_session_setup_seconds`, 1 ms to 10 s.
+pub const SETUP_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// How often histogram samples are folded into buckets when nobody scrapes.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// SIP methods counted under their own name; anything else is `other`.
+const KNOWN_METHODS: &[&str] = &[
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "OPTIONS",
+    "REGISTER",
+    "PRACK",
+    "UPDATE",
+    "INFO",
+    "REFER",
+    "MESSAGE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+];
+
+/// The `method` label of SIP responses in `voxgate_sip_messages_total`.
+pub const RESPONSE: &str = "response";
+
+static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Why the recorder could not be installed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MetricsError {
+    /// The exporter rejected its configuration, or another global recorder is already installed.
+    #[error("cannot install the Prometheus recorder: {0}")]
+    Install(#[from] BuildError),
+}
+
+/// Installs the process-global Prometheus recorder (no HTTP listener of its own: `/metrics` is served
+/// by [`crate::http`]), describes every metric and sets `voxgate_build_info`. Idempotent: later calls
+/// return the same handle.
+pub fn install() -> Result<PrometheusHandle, MetricsError> {
+    let mut slot = HANDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = slot.as_ref() {
+        return Ok(handle.clone());
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("voxgate_session_setup_seconds".to_owned()),
+            SETUP_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    gauge!("voxgate_build_info", "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    *slot = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Folds histogram samples into buckets every [`UPKEEP_INTERVAL`] so memory stays bounded between
+/// scrapes; run it as a task for the life of the process.
+pub async fn upkeep(handle: PrometheusHandle) {
+    let mut tick = tokio::time::interval(UPKEEP_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        handle.run_upkeep();
+    }
+}
+
+fn describe() {
+    describe_gauge!(
+        "voxgate_sessions_active",
+        Unit::Count,
+        "Sessions (SIP calls + WebRTC peers) holding a slot of the node cap."
+    );
+    describe_gauge!(
+        "voxgate_sessions_limit",
+        Unit::Count,
+        "The node cap, limits.max_sessions."
+    );
+    describe_gauge!(
+        "voxgate_sessions_available",
+        Unit::Count,
+        "Slots left under the node cap."
+    );
+    describe_counter!(
+        "voxgate_sessions_started_total",
+        Unit::Count,
+        "Sessions admitted under the node cap."
+    );
+    describe_counter!(
+        "voxgate_sessions_rejected_total",
+        Unit::Count,
+        "Sessions refused, by reason."
+    );
+    describe_counter!(
+        "voxgate_sessions_ended_total",
+        Unit::Count,
+        "Admitted sessions that ended, by cause."
+    );
+    describe_histogram!(
+        "voxgate_session_setup_seconds",
+        Unit::Seconds,
+        "From the caller's INVITE to the answer sent back."
+    );
+    describe_gauge!(
+        "voxgate_backend_sessions_active",
+        Unit::Count,
+        "Sessions this proxy has placed on a Backend, in flight and answered."
+    );
+    describe_gauge!(
+        "voxgate_backend_up",
+        "1 when the Backend's health probes pass, else 0."
+    );
+    describe_counter!(
+        "voxgate_rtp_packets_total",
+        Unit::Count,
+        "RTP/RTCP packets relayed, by direction."
+    );
+    describe_counter!(
+        "voxgate_rtp_bytes_total",
+        Unit::Bytes,
+        "RTP/RTCP payload bytes relayed (UDP payload), by direction."
+    );
+    describe_counter!(
+        "voxgate_rtp_dropped_total",
+        Unit::Count,
+        "RTP/RTCP packets dropped, by reason."
+    );
+    describe_counter!(
+        "voxgate_sip_messages_total",
+        Unit::Count,
+        "SIP messages received and sent, by method (\"response\" for responses) and direction."
+    );
+    describe_gauge!(
+        "voxgate_media_ports_in_use",
+        Unit::Count,
+        "RTP/RTCP port pairs leased to relay legs."
+    );
+    describe_gauge!(
+        "voxgate_media_ports_capacity",
+        Unit::Count,
+        "RTP/RTCP port pairs in the configured range."
+    );
+    describe_gauge!(
+        "voxgate_build_info",
+        "Always 1; the version label names the build."
+    );
+}
+
+/// Whether a SIP message was received or sent by this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Received from the network.
+    In,
+    /// Sent to the network.
+    Out,
+}
+
+impl Direction {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::In => "in",
+            Self::Out => "out",
+        }
+    }
+}
+
+/// Which way a relayed media packet travels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtpDirection {
+    /// From the caller's leg to the Backend's.
+    CallerToBackend,
+    /// From the Backend's leg to the caller's.
+    BackendToCaller,
+}
+
+impl RtpDirection {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CallerToBackend => "caller_to_backend",
+            Self::BackendToCaller => "backend_to_caller",
+        }
+    }
+}
+
+/// Sets `voxgate_sessions_active`, `_limit` and `_available`.
+pub fn sessions(active: u32, limit: u32) {
+    gauge!("voxgate_sessions_active").set(f64::from(active));
+    gauge!("voxgate_sessions_limit").set(f64::from(limit));
+    gauge!("voxgate_sessions_available").set(f64::from(limit.saturating_sub(active)));
+}
+
+/// A session was admitted.
+pub fn session_started() {
+    counter!("voxgate_sessions_started_total").increment(1);
+}
+
+/// A session was refused; `reason` from a fixed set, e.g. `capacity`, `no_backend`, `draining`,
+/// `backend_failed`.
+pub fn session_rejected(reason: &'static str) {
+    counter!("voxgate_sessions_rejected_total", "reason" => reason).increment(1);
+}
+
+/// An admitted session ended; `cause` from a fixed set, e.g. `caller_bye`, `backend_bye`, `cancel`,
+/// `media_timeout`, `backend_error`, `admin`.
+pub fn session_ended(cause: &'static str) {
+    counter!("voxgate_sessions_ended_total", "cause" => cause).increment(1);
+}
+
+/// Time from the caller's INVITE to the answer.
+pub fn setup_time(elapsed: Duration) {
+    histogram!("voxgate_session_setup_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Sets one Backend's `voxgate_backend_sessions_active` and `voxgate_backend_up`.
+pub fn backend(backend: &str, region: &str, active: u32, up: bool) {
+    let labels = [
+        ("backend", backend.to_owned()),
+        ("region", region.to_owned()),
+    ];
+    gauge!("voxgate_backend_sessions_active", &labels).set(f64::from(active));
+    gauge!("voxgate_backend_up", &labels).set(if up { 1.0 } else { 0.0 });
+}
+
+/// `packets` relayed RTP or RTCP packets totalling `bytes` (UDP payload); relays count locally
+/// and flush here about once a second, so the per-packet path touches no shared counter.
+pub fn rtp_packets(direction: RtpDirection, packets: u64, bytes: u64) {
+    counter!("voxgate_rtp_packets_total", "direction" => direction.as_str()).increment(packets);
+    counter!("voxgate_rtp_bytes_total", "direction" => direction.as_str()).increment(bytes);
+}
+
+/// `count` media packets dropped; `reason` from a fixed set: `strict_source`, `malformed`,
+/// `no_destination`, `send_failed`.
+pub fn rtp_dropped(reason: &'static str, count: u64) {
+    counter!("voxgate_rtp_dropped_total", "reason" => reason).increment(count);
+}
+
+/// Sets `voxgate_media_ports_in_use` and `_capacity` (port pairs).
+pub fn media_ports(in_use: usize, capacity: usize) {
+    gauge!("voxgate_media_ports_in_use").set(in_use as f64);
+    gauge!("voxgate_media_ports_capacity").set(capacity as f64);
+}
+
+/// One SIP message; `method` is the request method or [`RESPONSE`].
+pub fn sip_message(method: &str, direction: Direction) {
+    counter!("voxgate_sip_messages_total", "method" => method_label(method), "direction" => direction.as_str())
+        .increment(1);
+}
+
+/// `method` if it is a known SIP method or [`RESPONSE`], else `other` (bounds the label's values).
+pub fn method_label(method: &str) -> &'static str {
+    if method == RESPONSE {
+        return RESPONSE;
+    }
+    KNOWN_METHODS
+        .iter()
+        .find(|known| **known == method)
+        .copied()
+        .unwrap_or("other")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_label_is_bounded() {
+        assert_eq!(method_label("INVITE"), "INVITE");
+        assert_eq!(method_label("response"), "response");
+        // SIP methods are case-sensitive (RFC 3261 7.1).
+        assert_eq!(method_label("invite"), "other");
+        assert_eq!(method_label("X-EVIL-1234"), "other");
+    }
+
+    #[test]
+    fn install_is_idempotent_and_renders_every_helper() {
+        let handle = install().unwrap();
+        let again = install().unwrap();
+        sessions(3, 10);
+        session_started();
+        session_rejected("capacity");
+        session_ended("caller_bye");
+        setup_time(Duration::from_millis(30));
+        backend("backend-1", "US-EAST", 2, true);
+        rtp_packets(RtpDirection::CallerToBackend, 1, 172);
+        rtp_dropped("strict_source", 1);
+        sip_message("INVITE", Direction::In);
+        sip_message("FOO", Direction::Out);
+        let text = again.render();
+        // Both handles read the one global recorder.
+        assert!(handle.render().contains("voxgate_sessions_limit 10"));
+        for needle in [
+            "voxgate_sessions_active 3",
+            "voxgate_sessions_available 7",
+            "voxgate_sessions_limit 10",
+            "voxgate_sessions_rejected_total{reason=\"capacity\"} 1",
+            "voxgate_sessions_ended_total{cause=\"caller_bye\"} 1",
+            "voxgate_session_setup_seconds_bucket{le=\"0.05\"} 1",
+            "voxgate_backend_up{backend=\"backend-1\",region=\"US-EAST\"} 1",
+            "voxgate_rtp_bytes_total{direction=\"caller_to_backend\"} 172",
+            "voxgate_rtp_dropped_total{reason=\"strict_source\"} 1",
+            "voxgate_sip_messages_total{method=\"other\",direction=\"out\"} 1",
+            "voxgate_build_info{version=\"",
+            "# HELP voxgate_sessions_started_total",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
+}
