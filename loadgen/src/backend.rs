@@ -6,12 +6,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use crate::echo::{EchoSocket, PeerActivity};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use voxgate_media::is_rtcp;
 use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
@@ -50,13 +49,13 @@ struct Counters {
     answered: AtomicU64,
     rejected: AtomicU64,
     ended: AtomicU64,
-    rtp_echoed: AtomicU64,
 }
 
 struct Shared {
     plan: BackendPlan,
     endpoint: Endpoint,
     media_ip: IpAddr,
+    echo: EchoSocket,
     counters: Counters,
     shutdown: watch::Receiver<bool>,
 }
@@ -74,6 +73,7 @@ pub async fn run(plan: BackendPlan) -> anyhow::Result<()> {
         plan: plan.clone(),
         endpoint,
         media_ip,
+        echo: EchoSocket::start(media_ip)?,
         counters: Counters::default(),
         shutdown,
     });
@@ -120,7 +120,7 @@ fn log_status(shared: &Shared) {
         answered = c.answered.load(Ordering::Relaxed),
         rejected = c.rejected.load(Ordering::Relaxed),
         ended = c.ended.load(Ordering::Relaxed),
-        rtp_echoed = c.rtp_echoed.load(Ordering::Relaxed),
+        rtp_echoed = shared.echo.echoed(),
         "backend status"
     );
 }
@@ -186,7 +186,7 @@ fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
     }
 }
 
-/// One answered call: SIP dialog plus its echo socket.
+/// One answered call: its SIP dialog (media goes through the shared echo socket).
 struct EchoCall<'a> {
     shared: &'a Shared,
     rng: SmallRng,
@@ -224,14 +224,7 @@ impl<'a> EchoCall<'a> {
             reply(488, None);
             return;
         };
-        let Ok(socket) = UdpSocket::bind((shared.media_ip, 0)).await else {
-            reply(500, None);
-            return;
-        };
-        let Ok(media_addr) = socket.local_addr() else {
-            reply(500, None);
-            return;
-        };
+        let media_addr = shared.echo.local_addr();
         let answer_sdp = |offer: &AudioSdp, version: u64| {
             AudioSdp::answer(
                 offer,
@@ -262,7 +255,10 @@ impl<'a> EchoCall<'a> {
             call.dialog.response(&invite, 200, Some(answer.to_string())),
         );
         shared.counters.answered.fetch_add(1, Ordering::Relaxed);
-        call.echo(&socket, answer_sdp).await;
+        let activity = shared
+            .echo
+            .watch(SocketAddr::new(offer.connection, offer.port));
+        call.echo(activity, answer_sdp).await;
     }
 
     /// Waits out the answer delay; `Err` when the caller cancelled or hung up.
@@ -294,30 +290,17 @@ impl<'a> EchoCall<'a> {
     }
 
     /// Echoes RTP until the call ends.
-    async fn echo<F, E>(&mut self, socket: &UdpSocket, answer_sdp: F)
+    async fn echo<F, E>(&mut self, mut activity: PeerActivity, answer_sdp: F)
     where
         F: Fn(&AudioSdp, u64) -> Result<AudioSdp, E>,
     {
         let shared = self.shared;
         let endpoint = &shared.endpoint;
         let mut shutdown = shared.shutdown.clone();
-        let mut buf = [0u8; 2048];
-        let mut last_media = Instant::now();
         let mut sdp_version = 1;
         let mut media_check = tokio::time::interval(Duration::from_secs(1));
         loop {
             tokio::select! {
-                received = socket.recv_from(&mut buf) => {
-                    let Ok((len, from)) = received else { continue };
-                    last_media = Instant::now();
-                    // RTCP (muxed) is not echoed: a reflected sender report would confuse the caller.
-                    if is_rtcp(&buf[..len]) {
-                        continue;
-                    }
-                    if socket.send_to(&buf[..len], from).await.is_ok() {
-                        shared.counters.rtp_echoed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
                 event = self.events.recv() => match event {
                     Some(Event::Request { key, request, .. }) => match request.method {
                         rsip::Method::Bye => {
@@ -327,10 +310,13 @@ impl<'a> EchoCall<'a> {
                         rsip::Method::Invite => {
                             // A re-INVITE (hold, resume, codec change): answer on the same port.
                             sdp_version += 1;
-                            let answer = std::str::from_utf8(&request.body)
+                            let offer = std::str::from_utf8(&request.body)
                                 .ok()
-                                .and_then(|text| AudioSdp::parse(text).ok())
-                                .and_then(|offer| answer_sdp(&offer, sdp_version).ok());
+                                .and_then(|text| AudioSdp::parse(text).ok());
+                            if let Some(offer) = &offer {
+                                activity = shared.echo.watch(SocketAddr::new(offer.connection, offer.port));
+                            }
+                            let answer = offer.and_then(|offer| answer_sdp(&offer, sdp_version).ok());
                             let response = match answer {
                                 Some(answer) => self.dialog.response(&request, 200, Some(answer.to_string())),
                                 None => response_for(&request, 488, None),
@@ -351,7 +337,7 @@ impl<'a> EchoCall<'a> {
                     None => return,
                 },
                 _ = media_check.tick() => {
-                    if last_media.elapsed() >= shared.plan.media_timeout {
+                    if activity.silence() >= shared.plan.media_timeout {
                         tracing::debug!(call_id = %self.dialog.call_id, "media timeout: hanging up");
                         self.hang_up();
                         return;

@@ -13,11 +13,11 @@ use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
-use voxgate_media::{RtpPacket, StreamStats, is_rtcp};
 use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
 
-use crate::probe::{self, G711, PACKET_LEN, ProbeSender};
+use crate::media::{MediaEngine, StreamResult};
+use crate::probe::G711;
 use crate::progress::Progress;
 use crate::report::{
     CallCounts, Limits, Percentiles, Report, RtpCounts, Settings, SipCounts, ratio,
@@ -70,8 +70,6 @@ struct Live {
     answered: AtomicU64,
     rejected: AtomicU64,
     failed: AtomicU64,
-    rtp_sent: AtomicU64,
-    rtp_received: AtomicU64,
     first_start_us: AtomicU64,
     last_start_us: AtomicU64,
 }
@@ -91,17 +89,15 @@ struct CallRecord {
     outcome: Outcome,
     answered: bool,
     setup: Option<Duration>,
-    rtt_us: Histogram<u64>,
     rtp_sent: u64,
     rtp_received: u64,
-    foreign: u64,
     jitter_seconds: Option<f64>,
 }
 
 struct CallContext {
     plan: CallPlan,
     endpoint: Endpoint,
-    local_ip: IpAddr,
+    media: MediaEngine,
     epoch: Instant,
     live: Live,
 }
@@ -125,11 +121,12 @@ pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
         }
     });
 
+    let epoch = Instant::now();
     let context = Arc::new(CallContext {
         plan: plan.clone(),
         endpoint,
-        local_ip,
-        epoch: Instant::now(),
+        media: MediaEngine::start(local_ip, epoch)?,
+        epoch,
         live: Live::default(),
     });
     let (records_tx, mut records) = mpsc::unbounded_channel();
@@ -148,7 +145,7 @@ pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
                 None => break,
             },
             _ = tick.tick() => {
-                let line = progress_line(&context.live, &totals);
+                let line = progress_line(&context, &totals);
                 progress.update(context.epoch.elapsed(), context.live.finished.load(Ordering::Relaxed), &line);
             }
             _ = tokio::signal::ctrl_c(), if !interrupted => {
@@ -166,6 +163,10 @@ pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
     let elapsed = context.epoch.elapsed();
     let counters = context.endpoint.counters();
     let mut report = totals.into_report(&plan, elapsed);
+    let media = context.media.counters();
+    report.rtp.foreign = media.foreign.load(Ordering::Relaxed);
+    report.rtp.send_errors = media.send_errors.load(Ordering::Relaxed);
+    report.media_rtt_ms = Percentiles::from_micros(&context.media.rtt_histogram());
     report.calls.achieved_rate = achieved_rate(&context.live);
     report.calls.peak_concurrency = context.live.peak_active.load(Ordering::Relaxed);
     report.sip = SipCounts {
@@ -242,15 +243,9 @@ async fn place_call(context: &CallContext, index: u64) -> CallRecord {
         outcome,
         answered: call.setup.is_some(),
         setup: call.setup,
-        rtt_us: call.rtt_us,
-        rtp_sent: call.rtp_sent,
-        rtp_received: call.rtp_received,
-        foreign: call.foreign,
-        jitter_seconds: call
-            .stats
-            .as_ref()
-            .filter(|s| s.packets() > 1)
-            .map(StreamStats::jitter_seconds),
+        rtp_sent: call.media.sent,
+        rtp_received: call.media.received,
+        jitter_seconds: call.media.jitter_seconds,
     }
 }
 
@@ -259,11 +254,7 @@ struct Call<'a> {
     context: &'a CallContext,
     rng: SmallRng,
     setup: Option<Duration>,
-    rtt_us: Histogram<u64>,
-    rtp_sent: u64,
-    rtp_received: u64,
-    foreign: u64,
-    stats: Option<StreamStats>,
+    media: StreamResult,
 }
 
 impl<'a> Call<'a> {
@@ -274,23 +265,14 @@ impl<'a> Call<'a> {
                 context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
             setup: None,
-            rtt_us: new_histogram(),
-            rtp_sent: 0,
-            rtp_received: 0,
-            foreign: 0,
-            stats: None,
+            media: StreamResult::default(),
         }
     }
 
     async fn run(&mut self) -> Outcome {
         let plan = &self.context.plan;
         let endpoint = &self.context.endpoint;
-        let Ok(rtp) = UdpSocket::bind((self.context.local_ip, 0)).await else {
-            return Outcome::Failed("cannot bind RTP socket");
-        };
-        let Ok(rtp_addr) = rtp.local_addr() else {
-            return Outcome::Failed("cannot bind RTP socket");
-        };
+        let rtp_addr = self.context.media.local_addr();
         let request_uri = format!("sip:{}@{}", plan.user, plan.target);
         let local_uri = format!("sip:loadgen@{}", endpoint.local_addr());
         let mut dialog = Dialog::outgoing(
@@ -330,10 +312,7 @@ impl<'a> Call<'a> {
 
         let media = answer_media(&answer);
         let outcome = match media {
-            Some((remote, codec)) => {
-                self.hold(&rtp, remote, codec, &mut events, &ack, next_hop)
-                    .await
-            }
+            Some((remote, codec)) => self.hold(remote, codec, &mut events, &ack, next_hop).await,
             None => Some(Outcome::Failed("no usable SDP answer")),
         };
         if let Some(outcome) = outcome {
@@ -394,7 +373,6 @@ impl<'a> Call<'a> {
     /// Sends the probe stream for the hold time and collects its echo. `Some` ends the call early.
     async fn hold(
         &mut self,
-        rtp: &UdpSocket,
         remote: SocketAddr,
         codec: G711,
         events: &mut DialogEvents,
@@ -402,31 +380,17 @@ impl<'a> Call<'a> {
         next_hop: SocketAddr,
     ) -> Option<Outcome> {
         let context = self.context;
-        let mut sender = ProbeSender::new(
-            codec,
-            self.rng.random(),
-            self.rng.random(),
-            self.rng.random(),
-        );
-        self.stats = Some(StreamStats::new(8000));
-        let mut out = [0u8; PACKET_LEN];
-        let mut buf = [0u8; 2048];
-        let mut pace = tokio::time::interval(probe::PTIME);
-        pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let rng = &mut self.rng;
+        let (sequence, timestamp) = (rng.random(), rng.random());
+        let stream = context
+            .media
+            .open(|| rng.random(), sequence, timestamp, remote, codec);
+        stream.start();
         let hold_end = Instant::now() + context.plan.hold;
         let mut drain_end: Option<Instant> = None;
-        loop {
-            let sending = drain_end.is_none();
+        let mut check = tokio::time::interval(Duration::from_millis(10));
+        let outcome = loop {
             tokio::select! {
-                biased;
-                received = rtp.recv_from(&mut buf) => {
-                    if let Ok((len, _)) = received {
-                        self.on_rtp(&buf[..len], sender.ssrc());
-                    }
-                    if !sending && self.rtp_received >= self.rtp_sent {
-                        return None;
-                    }
-                }
                 event = events.recv() => match event {
                     Some(Event::Response { response, .. }) if dialog::is_invite_response(&response)
                         && response.status_code.code() / 100 == 2 => {
@@ -438,64 +402,26 @@ impl<'a> Call<'a> {
                         let code = if bye || request.method == rsip::Method::Invite { 200 } else { 405 };
                         context.endpoint.respond(key, response_for(&request, code, None));
                         if bye {
-                            return Some(Outcome::Failed("ended by the far side"));
+                            break Some(Outcome::Failed("ended by the far side"));
                         }
                     }
                     Some(_) => {}
-                    None => return Some(Outcome::Failed("SIP endpoint stopped")),
+                    None => break Some(Outcome::Failed("SIP endpoint stopped")),
                 },
-                _ = pace.tick(), if sending => {
-                    if Instant::now() >= hold_end {
-                        drain_end = Some(Instant::now() + ECHO_DRAIN);
-                        if self.rtp_received >= self.rtp_sent {
-                            return None;
-                        }
-                        continue;
-                    }
-                    sender.next_packet(context.epoch.elapsed(), &mut out);
-                    if rtp.send_to(&out, remote).await.is_ok() {
-                        self.rtp_sent += 1;
-                        context.live.rtp_sent.fetch_add(1, Ordering::Relaxed);
+                () = tokio::time::sleep_until(hold_end), if drain_end.is_none() => {
+                    stream.stop();
+                    drain_end = Some(Instant::now() + ECHO_DRAIN);
+                }
+                _ = check.tick(), if drain_end.is_some() => {
+                    let (sent, received) = stream.progress();
+                    if received >= sent || drain_end.is_some_and(|end| Instant::now() >= end) {
+                        break None;
                     }
                 }
-                () = sleep_until_opt(drain_end) => return None,
             }
-        }
-    }
-
-    fn on_rtp(&mut self, datagram: &[u8], ssrc: u32) {
-        if is_rtcp(datagram) {
-            return;
-        }
-        let Ok(packet) = RtpPacket::parse(datagram) else {
-            self.foreign += 1;
-            return;
         };
-        let sent_at = probe::sent_at(&packet);
-        if packet.ssrc() != ssrc || sent_at.is_none() {
-            self.foreign += 1;
-            return;
-        }
-        let now = Instant::now();
-        if let Some(sent_at) = sent_at {
-            let rtt = (now - self.context.epoch).saturating_sub(sent_at);
-            let _ = self
-                .rtt_us
-                .record(u64::try_from(rtt.as_micros()).unwrap_or(u64::MAX));
-        }
-        if let Some(stats) = &mut self.stats {
-            stats.record(
-                now.into_std(),
-                packet.sequence(),
-                packet.timestamp(),
-                datagram.len(),
-            );
-        }
-        self.rtp_received += 1;
-        self.context
-            .live
-            .rtp_received
-            .fetch_add(1, Ordering::Relaxed);
+        self.media = stream.close();
+        outcome
     }
 
     async fn await_bye_answer(
@@ -548,7 +474,6 @@ impl<'a> Call<'a> {
 struct Totals {
     calls: CallCounts,
     setup_us: Histogram<u64>,
-    rtt_us: Histogram<u64>,
     rtp: RtpCounts,
     jitter_sum: f64,
     jitter_calls: u64,
@@ -559,7 +484,6 @@ impl Totals {
         Self {
             calls: CallCounts::default(),
             setup_us: new_histogram(),
-            rtt_us: new_histogram(),
             rtp: RtpCounts::default(),
             jitter_sum: 0.0,
             jitter_calls: 0,
@@ -586,11 +510,9 @@ impl Totals {
                 .setup_us
                 .record(u64::try_from(setup.as_micros()).unwrap_or(u64::MAX));
         }
-        let _ = self.rtt_us.add(&record.rtt_us);
         self.rtp.sent += record.rtp_sent;
         self.rtp.received += record.rtp_received;
         self.rtp.lost += record.rtp_sent.saturating_sub(record.rtp_received);
-        self.rtp.foreign += record.foreign;
         if let Some(jitter) = record.jitter_seconds {
             let ms = jitter * 1000.0;
             self.jitter_sum += ms;
@@ -617,7 +539,7 @@ impl Totals {
             },
             calls: self.calls,
             setup_ms: Percentiles::from_micros(&self.setup_us),
-            media_rtt_ms: Percentiles::from_micros(&self.rtt_us),
+            media_rtt_ms: Percentiles::default(),
             rtp: self.rtp,
             sip: SipCounts::default(),
             verdict: Default::default(),
@@ -625,15 +547,15 @@ impl Totals {
     }
 }
 
-fn progress_line(live: &Live, totals: &Totals) -> String {
+fn progress_line(context: &CallContext, totals: &Totals) -> String {
     let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let live = &context.live;
+    let media = context.media.counters();
     let setup_p50 = if totals.setup_us.is_empty() {
         0.0
     } else {
         totals.setup_us.value_at_quantile(0.5) as f64 / 1000.0
     };
-    let sent = load(&live.rtp_sent);
-    let received = load(&live.rtp_received);
     format!(
         "active {} answered {} rejected {} failed {} | setup p50 {:.1} ms | rtp tx {} rx {}",
         load(&live.active),
@@ -641,8 +563,8 @@ fn progress_line(live: &Live, totals: &Totals) -> String {
         load(&live.rejected),
         load(&live.failed),
         setup_p50,
-        sent,
-        received,
+        load(&media.sent),
+        load(&media.received),
     )
 }
 
@@ -681,11 +603,4 @@ async fn local_ip_towards(bind: SocketAddr, target: SocketAddr) -> anyhow::Resul
         .await
         .with_context(|| format!("no route to {target}"))?;
     Ok(probe.local_addr()?.ip())
-}
-
-async fn sleep_until_opt(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
-    }
 }

@@ -3,6 +3,8 @@
 
 mod backend;
 mod caller;
+mod echo;
+mod media;
 mod probe;
 mod progress;
 mod report;
@@ -243,6 +245,22 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_LIMIT_EXCEEDED)
     })
+}
+
+/// Socket buffer size asked for on the shared media sockets (the kernel caps it at
+/// net.core.rmem_max / wmem_max).
+const MEDIA_SOCKET_BUFFER: usize = 4 << 20;
+
+/// Enlarges a shared media socket's buffers: one socket carries every call's packets, so a
+/// scheduling hiccup of a few milliseconds must not overflow the default 208 KiB.
+fn enlarge_buffers(socket: &std::net::UdpSocket) {
+    let sock = socket2::SockRef::from(socket);
+    if let Err(err) = sock.set_recv_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the receive buffer");
+    }
+    if let Err(err) = sock.set_send_buffer_size(MEDIA_SOCKET_BUFFER) {
+        tracing::debug!(%err, "cannot enlarge the send buffer");
+    }
 }
 
 fn init_tracing(filter: &str, json: bool) {

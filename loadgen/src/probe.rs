@@ -86,11 +86,6 @@ impl ProbeSender {
             .timestamp
             .wrapping_add(SAMPLES_PER_PACKET as u32);
     }
-
-    /// The stream's SSRC.
-    pub fn ssrc(&self) -> u32 {
-        self.header.ssrc
-    }
 }
 
 /// The send time stamped in a probe packet, if `packet` is one.

@@ -96,6 +96,8 @@ pub struct RtpCounts {
     pub loss_ratio: f64,
     /// Packets received that were not our echo (foreign SSRC or no stamp).
     pub foreign: u64,
+    /// Sends the kernel refused (socket buffer full): the loadgen could not keep up.
+    pub send_errors: u64,
     /// RFC 3550 interarrival jitter of the echoed streams, mean over calls, in ms.
     pub jitter_mean_ms: f64,
     /// The largest per-call jitter, in ms.

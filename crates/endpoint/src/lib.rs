@@ -1,4 +1,5 @@
-//! The async SIP endpoint: one UDP socket and one `voxgate_sip::Transactions`, driven by a task.
+//! The async SIP endpoint: one UDP socket, an optional TCP listener and one
+//! `voxgate_sip::Transactions`, driven by a task.
 //!
 //! This is the one place where SIP bytes meet sockets; the proxy and the loadgen both use it, so
 //! the transaction layer is exercised by the same code in the product and in its test tool.
@@ -6,38 +7,79 @@
 //! Calls talk to the endpoint through a cloneable handle. Events of a dialog are routed to the task
 //! that registered its Call-ID; everything else (new INVITEs, OPTIONS, strays) goes to the
 //! `incoming` channel handed out by [`Endpoint::bind`].
+//!
+//! Transports. Every message the transaction layer emits says its transport. Responses go back
+//! over the transport their request came on (the transaction layer records it). Requests and
+//! stateless messages from [`Endpoint::request`] and [`Endpoint::stateless`] follow the
+//! *connection reuse* rule: TCP when a connection to the destination address is open (accepted or
+//! outbound, or an outbound one being opened), else UDP; [`Endpoint::request_via`] and
+//! [`Endpoint::stateless_via`] name the transport instead. A TCP message to an address without a
+//! connection opens one (RFC 3261 18.2.2 reuses, then connects), which is then read from and
+//! reused like an accepted one. The endpoint does not rewrite Via headers: the caller writes the
+//! transport it meant. TLS, SCTP and WebSocket are not supported.
+
+mod driver;
+pub mod framer;
+mod tcp;
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::AtomicU64;
 
 use anyhow::Context as _;
-use rsip::prelude::*;
-use tokio::net::UdpSocket;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use voxgate_sip::{Event, TimerConfig, TransactionKey, Transactions, Transport};
 
-/// How long a transaction key stays mapped to its Call-ID: longer than any RFC 3261 timer
-/// (64 * T1 plus Timer D), so that late timeouts and retransmissions still reach their call.
-const KEY_ROUTE_TTL: Duration = Duration::from_secs(64);
+use crate::driver::Driver;
+pub use crate::tcp::TcpLimits;
 
 /// Counters of what the endpoint saw on the wire.
 #[derive(Debug, Default)]
 pub struct EndpointCounters {
-    /// Datagrams received.
+    /// Messages received: UDP datagrams and framed TCP messages.
     pub received: AtomicU64,
-    /// Datagrams sent (including retransmissions).
+    /// Messages sent (including retransmissions), over either transport.
     pub sent: AtomicU64,
-    /// Datagrams that did not parse as SIP (answered with 4xx when possible, else dropped).
+    /// Messages that did not parse as SIP (answered with 4xx when possible, else dropped).
     pub malformed: AtomicU64,
+    /// TCP connections open now (accepted and outbound); goes down as well as up.
+    pub tcp_connections: AtomicU64,
+    /// TCP failures: refused accepts over the limit, failed connects, unframeable streams, read
+    /// and write errors, peers disconnected for not reading.
+    pub tcp_errors: AtomicU64,
 }
 
-/// Sees every SIP datagram the endpoint receives or sends (for per-method metrics).
+/// How to set up an [`Endpoint`]; `Default` is UDP only with RFC 3261 timers.
+#[derive(Default)]
+pub struct EndpointOptions {
+    /// Where to listen for SIP over TCP; `None` accepts no connections (outbound connects for
+    /// [`Endpoint::request_via`] still work).
+    pub tcp: Option<SocketAddr>,
+    /// Transaction timers.
+    pub timers: TimerConfig,
+    /// Sees every message received or sent.
+    pub observer: Option<Arc<dyn MessageObserver>>,
+    /// Bounds on TCP connections.
+    pub tcp_limits: TcpLimits,
+}
+
+impl fmt::Debug for EndpointOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EndpointOptions")
+            .field("tcp", &self.tcp)
+            .field("timers", &self.timers)
+            .field("observer", &self.observer.as_ref().map(|_| "..."))
+            .field("tcp_limits", &self.tcp_limits)
+            .finish()
+    }
+}
+
+/// Sees every SIP message the endpoint receives or sends (for per-method metrics).
 pub trait MessageObserver: Send + Sync + 'static {
-    /// One datagram; `method` is the request method, or `None` for a response.
+    /// One datagram or TCP message; `method` is the request method, or `None` for a response.
     fn on_message(&self, outbound: bool, method: Option<&str>);
 }
 
@@ -58,6 +100,7 @@ pub fn datagram_method(bytes: &[u8]) -> Option<&str> {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     local_addr: SocketAddr,
+    tcp_addr: Option<SocketAddr>,
     commands: mpsc::UnboundedSender<Command>,
     counters: Arc<EndpointCounters>,
 }
@@ -81,6 +124,8 @@ enum Command {
     },
     Request {
         destination: SocketAddr,
+        /// `None`: the connection reuse rule decides.
+        transport: Option<Transport>,
         request: rsip::Request,
     },
     Respond {
@@ -89,6 +134,8 @@ enum Command {
     },
     Stateless {
         destination: SocketAddr,
+        /// `None`: the connection reuse rule decides.
+        transport: Option<Transport>,
         message: rsip::SipMessage,
     },
 }
@@ -103,40 +150,76 @@ impl Endpoint {
         Self::bind_observed(addr, timers, None).await
     }
 
-    /// [`Endpoint::bind`] with an observer of every datagram.
+    /// [`Endpoint::bind`] with an observer of every message.
     pub async fn bind_observed(
         addr: SocketAddr,
         timers: TimerConfig,
         observer: Option<Arc<dyn MessageObserver>>,
     ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
-        let socket = UdpSocket::bind(addr)
+        let options = EndpointOptions {
+            timers,
+            observer,
+            ..EndpointOptions::default()
+        };
+        Self::bind_with(addr, options).await
+    }
+
+    /// Binds the UDP socket `udp` and, with [`EndpointOptions::tcp`], a TCP listener, then starts
+    /// the endpoint task. Events for unregistered Call-IDs arrive on the returned receiver.
+    pub async fn bind_with(
+        udp: SocketAddr,
+        options: EndpointOptions,
+    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
+        let socket = UdpSocket::bind(udp)
             .await
-            .with_context(|| format!("cannot bind SIP socket {addr}"))?;
+            .with_context(|| format!("cannot bind SIP socket {udp}"))?;
         let local_addr = socket.local_addr()?;
+        let listener = match options.tcp {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot bind SIP TCP listener {addr}"))?,
+            ),
+            None => None,
+        };
+        let tcp_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (incoming_tx, incoming) = mpsc::unbounded_channel();
         let counters = Arc::new(EndpointCounters::default());
+        let (tcp, tcp_events) = tcp::TcpTasks::new(options.tcp_limits, counters.clone());
+        if let Some(listener) = listener {
+            tcp.spawn_listener(listener);
+        }
         let driver = Driver {
             socket,
-            transactions: Transactions::new(timers),
+            transactions: Transactions::new(options.timers),
             routes: HashMap::new(),
             key_routes: HashMap::new(),
             incoming: incoming_tx,
             counters: counters.clone(),
-            observer,
+            observer: options.observer,
+            tcp,
+            tcp_events,
+            connections: HashMap::new(),
         };
         tokio::spawn(driver.run(command_rx));
         let endpoint = Self {
             local_addr,
+            tcp_addr,
             commands,
             counters,
         };
         Ok((endpoint, incoming))
     }
 
-    /// The bound SIP address.
+    /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The TCP listening address, when [`EndpointOptions::tcp`] was set.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        self.tcp_addr
     }
 
     /// Wire counters.
@@ -158,23 +241,55 @@ impl Endpoint {
         }
     }
 
-    /// Starts a client transaction.
+    /// Starts a client transaction, over TCP when a connection to `destination` is open, else
+    /// over UDP (the connection reuse rule, see the crate docs).
     pub fn request(&self, destination: SocketAddr, request: rsip::Request) {
         self.send(Command::Request {
             destination,
+            transport: None,
             request,
         });
     }
 
-    /// Answers a server transaction.
+    /// Starts a client transaction over `transport`; TCP connects when no connection is open.
+    pub fn request_via(
+        &self,
+        destination: SocketAddr,
+        transport: Transport,
+        request: rsip::Request,
+    ) {
+        self.send(Command::Request {
+            destination,
+            transport: Some(transport),
+            request,
+        });
+    }
+
+    /// Answers a server transaction, over the transport its request came on.
     pub fn respond(&self, key: TransactionKey, response: rsip::Response) {
         self.send(Command::Respond { key, response });
     }
 
-    /// Sends a message outside any transaction (ACK for a 2xx).
+    /// Sends a message outside any transaction (ACK for a 2xx), with the transport chosen like
+    /// [`Endpoint::request`]'s.
     pub fn stateless(&self, destination: SocketAddr, message: impl Into<rsip::SipMessage>) {
         self.send(Command::Stateless {
             destination,
+            transport: None,
+            message: message.into(),
+        });
+    }
+
+    /// [`Endpoint::stateless`] over `transport`.
+    pub fn stateless_via(
+        &self,
+        destination: SocketAddr,
+        transport: Transport,
+        message: impl Into<rsip::SipMessage>,
+    ) {
+        self.send(Command::Stateless {
+            destination,
+            transport: Some(transport),
             message: message.into(),
         });
     }
@@ -198,179 +313,6 @@ impl Drop for DialogEvents {
         let _ = self.commands.send(Command::Unregister {
             call_id: std::mem::take(&mut self.call_id),
         });
-    }
-}
-
-struct Driver {
-    socket: UdpSocket,
-    transactions: Transactions,
-    routes: HashMap<String, mpsc::UnboundedSender<Event>>,
-    /// Client and server transaction keys to the Call-ID they belong to, with the time they were
-    /// mapped; `Timeout` and `AckTimeout` carry only a key.
-    key_routes: HashMap<TransactionKey, (String, Instant)>,
-    incoming: mpsc::UnboundedSender<Event>,
-    counters: Arc<EndpointCounters>,
-    observer: Option<Arc<dyn MessageObserver>>,
-}
-
-impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
-        let mut buf = vec![0u8; 65_536];
-        let mut sweep = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            let deadline = self.transactions.poll_timeout().map(Instant::from_std);
-            tokio::select! {
-                received = self.socket.recv_from(&mut buf) => match received {
-                    Ok((len, source)) => {
-                        self.on_datagram(source, &buf[..len]);
-                        // Drain what is already queued before flushing, to batch under load.
-                        for _ in 0..64 {
-                            match self.socket.try_recv_from(&mut buf) {
-                                Ok((len, source)) => self.on_datagram(source, &buf[..len]),
-                                Err(_) => break,
-                            }
-                        }
-                    }
-                    Err(err) => tracing::debug!(%err, "SIP socket receive error"),
-                },
-                command = commands.recv() => match command {
-                    Some(command) => self.on_command(command),
-                    None => break,
-                },
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    self.transactions.handle_timeout(Instant::now().into_std());
-                }
-                _ = sweep.tick() => self.sweep_key_routes(),
-            }
-            self.flush().await;
-        }
-        self.flush().await;
-    }
-
-    fn on_datagram(&mut self, source: SocketAddr, bytes: &[u8]) {
-        self.counters.received.fetch_add(1, Ordering::Relaxed);
-        if let Some(observer) = &self.observer {
-            observer.on_message(false, datagram_method(bytes));
-        }
-        let now = Instant::now().into_std();
-        if let Err(err) = self
-            .transactions
-            .handle_datagram(now, source, Transport::Udp, bytes)
-        {
-            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(%source, %err, "bad SIP datagram");
-        }
-    }
-
-    fn on_command(&mut self, command: Command) {
-        let now = Instant::now();
-        match command {
-            Command::Register { call_id, events } => {
-                self.routes.insert(call_id, events);
-            }
-            Command::Unregister { call_id } => {
-                self.routes.remove(&call_id);
-            }
-            Command::Request {
-                destination,
-                request,
-            } => {
-                let call_id = call_id_of(&request);
-                match self.transactions.send_request(
-                    now.into_std(),
-                    destination,
-                    Transport::Udp,
-                    request,
-                ) {
-                    Ok(key) => {
-                        if let Some(call_id) = call_id {
-                            self.key_routes.insert(key, (call_id, now));
-                        }
-                    }
-                    Err(err) => tracing::warn!(%err, "cannot send request"),
-                }
-            }
-            Command::Respond { key, response } => {
-                if let Err(err) = self
-                    .transactions
-                    .send_response(now.into_std(), &key, response)
-                {
-                    tracing::debug!(%err, "cannot send response");
-                }
-            }
-            Command::Stateless {
-                destination,
-                message,
-            } => {
-                self.transactions
-                    .send_stateless(destination, Transport::Udp, message);
-            }
-        }
-    }
-
-    async fn flush(&mut self) {
-        while let Some(transmit) = self.transactions.poll_transmit() {
-            self.counters.sent.fetch_add(1, Ordering::Relaxed);
-            if let Some(observer) = &self.observer {
-                observer.on_message(true, datagram_method(&transmit.payload));
-            }
-            if let Err(err) = self
-                .socket
-                .send_to(&transmit.payload, transmit.destination)
-                .await
-            {
-                tracing::debug!(%err, destination = %transmit.destination, "SIP send failed");
-            }
-        }
-        while let Some(event) = self.transactions.poll_event() {
-            self.route(event);
-        }
-    }
-
-    fn route(&mut self, event: Event) {
-        let call_id = match &event {
-            Event::Request { key, request, .. } => {
-                let call_id = call_id_of(request);
-                if let Some(call_id) = &call_id {
-                    self.key_routes
-                        .insert(key.clone(), (call_id.clone(), Instant::now()));
-                }
-                call_id
-            }
-            Event::Ack { request, .. } => call_id_of(request),
-            Event::Response { response, .. } | Event::StrayResponse { response, .. } => {
-                response.call_id_header().ok().map(|h| h.value().to_owned())
-            }
-            Event::Timeout { key } | Event::AckTimeout { key } => {
-                self.key_routes.get(key).map(|(call_id, _)| call_id.clone())
-            }
-            _ => None,
-        };
-        let route = call_id.as_ref().and_then(|id| self.routes.get(id));
-        let undelivered = match route {
-            Some(route) => route.send(event).err().map(|e| e.0),
-            None => Some(event),
-        };
-        if let Some(event) = undelivered {
-            let _ = self.incoming.send(event);
-        }
-    }
-
-    fn sweep_key_routes(&mut self) {
-        let now = Instant::now();
-        self.key_routes
-            .retain(|_, (_, since)| now.duration_since(*since) < KEY_ROUTE_TTL);
-    }
-}
-
-fn call_id_of(request: &rsip::Request) -> Option<String> {
-    request.call_id_header().ok().map(|h| h.value().to_owned())
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -4,9 +4,16 @@
 //! Each side owns an RTP and an RTCP socket on a leased port pair; the sans-I/O `RelayLeg`s decide
 //! what is accepted (latching, strict source). The task ends when the handle is dropped, which
 //! closes the sockets and returns the ports to the pool.
+//!
+//! Relay tasks run on a few media worker threads, each a single-threaded tokio runtime, apart from
+//! the signalling runtime: a packet's wakeup, receive and send then stay on one thread, without
+//! the cross-thread wakeups of a work-stealing scheduler, which cost more than the relaying.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -86,9 +93,78 @@ pub struct RelaySockets {
 
 #[derive(Debug)]
 struct SideSockets {
+    rtp: std::net::UdpSocket,
+    rtcp: std::net::UdpSocket,
+    lease: PortLease,
+}
+
+/// The sockets of one side, registered with the media worker's runtime.
+struct BoundSide {
     rtp: UdpSocket,
     rtcp: UdpSocket,
-    lease: PortLease,
+    _lease: PortLease,
+}
+
+impl BoundSide {
+    fn register(side: SideSockets) -> std::io::Result<Self> {
+        Ok(Self {
+            rtp: UdpSocket::from_std(side.rtp)?,
+            rtcp: UdpSocket::from_std(side.rtcp)?,
+            _lease: side.lease,
+        })
+    }
+}
+
+/// The media worker threads: single-threaded runtimes that relay tasks are spread over.
+struct MediaWorkers {
+    handles: Vec<tokio::runtime::Handle>,
+    next: AtomicUsize,
+}
+
+impl MediaWorkers {
+    /// The process's workers, started on first use: one per CPU.
+    fn get() -> &'static MediaWorkers {
+        static WORKERS: OnceLock<MediaWorkers> = OnceLock::new();
+        WORKERS.get_or_init(|| {
+            let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let mut handles = Vec::with_capacity(count);
+            for index in 0..count {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let Ok(runtime) = runtime else {
+                    tracing::error!(index, "cannot start a media worker runtime");
+                    continue;
+                };
+                let handle = runtime.handle().clone();
+                let spawned = std::thread::Builder::new()
+                    .name(format!("media-{index}"))
+                    .spawn(move || runtime.block_on(std::future::pending::<()>()));
+                match spawned {
+                    Ok(_) => handles.push(handle),
+                    Err(err) => tracing::error!(index, %err, "cannot start a media worker thread"),
+                }
+            }
+            MediaWorkers {
+                handles,
+                next: AtomicUsize::new(0),
+            }
+        })
+    }
+
+    /// Spawns `task` on the next worker (round robin), or on the caller's runtime if no worker
+    /// could be started.
+    fn spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        if self.handles.is_empty() {
+            tokio::spawn(task);
+            return;
+        }
+        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[index].spawn(task);
+    }
 }
 
 impl RelaySockets {
@@ -116,7 +192,7 @@ impl SideSockets {
             let bind = |port: u16| {
                 let socket = std::net::UdpSocket::bind((ip, port))?;
                 socket.set_nonblocking(true)?;
-                UdpSocket::from_std(socket)
+                Ok::<_, std::io::Error>(socket)
             };
             match (bind(lease.rtp()), bind(lease.rtcp())) {
                 (Ok(rtp), Ok(rtcp)) => return Ok(Self { rtp, rtcp, lease }),
@@ -141,11 +217,13 @@ enum Command {
 }
 
 /// Controls a running relay; dropping it stops the relay and frees its ports.
+///
+/// The task is not aborted: dropping the handle closes its command channel, and the task then
+/// flushes its last packet counts to the metrics before its sockets and port leases go.
 #[derive(Debug)]
 pub struct Relay {
     commands: mpsc::UnboundedSender<Command>,
     silent: Option<oneshot::Receiver<Side>>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Relay {
@@ -154,11 +232,10 @@ impl Relay {
     pub fn start(sockets: RelaySockets, timeout: Duration) -> Self {
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (silent_tx, silent) = oneshot::channel();
-        let task = tokio::spawn(run(sockets, command_rx, silent_tx, timeout));
+        MediaWorkers::get().spawn(run(sockets, command_rx, silent_tx, timeout));
         Self {
             commands,
             silent: Some(silent),
-            task,
         }
     }
 
@@ -188,12 +265,6 @@ impl Relay {
             },
             None => std::future::pending().await,
         }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -262,7 +333,16 @@ async fn run(
         rtcp_leg: RelayLeg::new(None, now),
         peer: None,
     });
-    let [caller, backend] = &sockets.sides;
+    let [caller, backend] = sockets.sides;
+    let (caller, backend) = match (BoundSide::register(caller), BoundSide::register(backend)) {
+        (Ok(caller), Ok(backend)) => (caller, backend),
+        (Err(err), _) | (_, Err(err)) => {
+            tracing::error!(%err, "cannot register relay sockets");
+            return;
+        }
+    };
+    let sockets = [caller, backend];
+    let [caller, backend] = &sockets;
     let mut tally = Tally::default();
     let mut bufs = [[0u8; 2048]; 4];
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -272,16 +352,16 @@ async fn run(
         let [b0, b1, b2, b3] = &mut bufs;
         tokio::select! {
             r = caller.rtp.recv_from(b0) => if let Ok((n, from)) = r {
-                forward(&sockets, &mut state, &mut tally, Side::Caller, false, from, &b0[..n]).await;
+                forward(&sockets, &mut state, &mut tally, Side::Caller, false, from, &b0[..n]);
             },
             r = caller.rtcp.recv_from(b1) => if let Ok((n, from)) = r {
-                forward(&sockets, &mut state, &mut tally, Side::Caller, true, from, &b1[..n]).await;
+                forward(&sockets, &mut state, &mut tally, Side::Caller, true, from, &b1[..n]);
             },
             r = backend.rtp.recv_from(b2) => if let Ok((n, from)) = r {
-                forward(&sockets, &mut state, &mut tally, Side::Backend, false, from, &b2[..n]).await;
+                forward(&sockets, &mut state, &mut tally, Side::Backend, false, from, &b2[..n]);
             },
             r = backend.rtcp.recv_from(b3) => if let Ok((n, from)) = r {
-                forward(&sockets, &mut state, &mut tally, Side::Backend, true, from, &b3[..n]).await;
+                forward(&sockets, &mut state, &mut tally, Side::Backend, true, from, &b3[..n]);
             },
             command = commands.recv() => match command {
                 Some(Command::Peer { side, media }) => {
@@ -321,8 +401,8 @@ async fn run(
 
 /// Accepts a packet that arrived on `from_side` and sends it out of the other side.
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
-async fn forward(
-    sockets: &RelaySockets,
+fn forward(
+    sockets: &[BoundSide; 2],
     state: &mut [SideState; 2],
     tally: &mut Tally,
     from_side: Side,
@@ -349,7 +429,7 @@ async fn forward(
     };
     let to_side = from_side.other();
     let outbound = &state[to_side.index()];
-    let out_sockets = &sockets.sides[to_side.index()];
+    let out_sockets = &sockets[to_side.index()];
     let target = if kind == PacketKind::Rtcp || on_rtcp_socket {
         outbound.rtcp_destination().map(|(mux, dest)| {
             let socket = if mux {
@@ -369,7 +449,8 @@ async fn forward(
         tally.no_destination += 1;
         return;
     };
-    match socket.send_to(packet, dest).await {
+    // A relay never waits on a full send buffer: the packet is late by then anyway.
+    match socket.try_send_to(packet, dest) {
         Ok(_) => {
             let i = from_side.index();
             tally.packets[i] += 1;

@@ -4,6 +4,8 @@
 // thread (real clock and sleeps) and may panic on setup failures.
 #![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
 
+pub mod uac;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -56,11 +58,22 @@ pub struct Running {
 impl Running {
     /// Starts `program` with `args`, output to files under the test's temp dir.
     pub fn start(name: &str, program: &Path, args: &[&str]) -> Self {
+        Self::start_with_env(name, program, args, &[])
+    }
+
+    /// [`Running::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: &[&str],
+        env: &[(&str, String)],
+    ) -> Self {
         let log = log_path(name);
         let out = std::fs::File::create(&log).expect("log file");
         let err = out.try_clone().expect("log file");
         let child = Command::new(program)
             .args(args)
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -149,6 +162,14 @@ pub fn run_calls(args: &[&str]) -> (Output, serde_json::Value) {
     let report_arg = report.to_string_lossy().into_owned();
     let mut all: Vec<&str> = vec!["call", "--quiet", "--report", &report_arg];
     all.extend_from_slice(args);
+    // The seed makes Call-IDs, tags and branches: runs against one server must not repeat them.
+    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let seed = (u64::from(std::process::id()) << 20)
+        + RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let seed_arg = seed.to_string();
+    if !args.contains(&"--seed") {
+        all.extend_from_slice(&["--seed", &seed_arg]);
+    }
     let output = Command::new(binary("voxgate-loadgen"))
         .args(&all)
         .stdin(Stdio::null())
@@ -198,4 +219,380 @@ pub fn wait_for_udp_bound(port: u16, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("nothing bound UDP port {port} within {timeout:?}");
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` passes; returns whether it held.
+pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A loopback TCP port that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Starts a `voxgate-loadgen backend` on a free loopback port with `extra` flags and waits until
+/// it answers OPTIONS.
+pub fn start_backend(name: &str, extra: &[&str]) -> (Running, SocketAddr) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let listen = addr.to_string();
+    let mut args = vec!["backend", "--listen", &listen];
+    if !extra.contains(&"--status-every") {
+        args.extend_from_slice(&["--status-every", "0s"]);
+    }
+    args.extend_from_slice(extra);
+    let backend = Running::start(name, &binary("voxgate-loadgen"), &args);
+    wait_for_sip(addr, Duration::from_secs(10));
+    (backend, addr)
+}
+
+/// A `[[backends]]` table for a voxgate config.
+pub fn backend_toml(
+    id: &str,
+    address: SocketAddr,
+    max_sessions: u32,
+    region: Option<&str>,
+) -> String {
+    let region = region.map_or(String::new(), |r| format!("region = \"{r}\"\n"));
+    format!(
+        "\n[[backends]]\nid = \"{id}\"\naddress = \"{address}\"\nmax_sessions = {max_sessions}\n{region}"
+    )
+}
+
+/// Size of each proxy's media port range.
+const MEDIA_RANGE: u16 = 200;
+
+/// A media port range in 10000-19999: below the kernel's ephemeral range (32768+) and outside
+/// voxgate's default 20000-29999 (a voxgate run elsewhere on the machine), distinct per proxy in
+/// this process and, by the pid, most likely distinct from other test processes running at once.
+fn media_range() -> (u16, u16) {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let slot = (std::process::id().wrapping_mul(7).wrapping_add(n) % 50) as u16;
+    let min = 10_000 + slot * MEDIA_RANGE;
+    (min, min + MEDIA_RANGE - 1)
+}
+
+/// A running `voxgate` on loopback with its own SIP, HTTP and media ports.
+pub struct Proxy {
+    /// SIP over UDP.
+    pub sip: SocketAddr,
+    /// The private HTTP listener.
+    pub http: SocketAddr,
+    /// The media port range, inclusive.
+    pub media: (u16, u16),
+    /// The process (killed on drop).
+    pub process: Running,
+}
+
+impl Proxy {
+    /// Writes `toml` (every section the test needs: limits, routing, health, backends, trunks)
+    /// to the scratch dir and starts `voxgate --config FILE` with the listeners and the media range
+    /// set by environment overrides (`VOXGATE_SECTION__KEY`); waits for `/livez`.
+    pub fn start(name: &str, toml: &str) -> Self {
+        let config = scratch_dir().join(format!("{name}-{}.toml", std::process::id()));
+        std::fs::write(&config, toml).expect("write config");
+        let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let media = media_range();
+        let env = [
+            ("VOXGATE_SIP__LISTEN_UDP", sip.to_string()),
+            ("VOXGATE_SIP__LISTEN_TCP", String::new()),
+            ("VOXGATE_HTTP__LISTEN", http.to_string()),
+            ("VOXGATE_MEDIA__BIND_IP", "127.0.0.1".to_owned()),
+            ("VOXGATE_MEDIA__PUBLIC_IP", "127.0.0.1".to_owned()),
+            ("VOXGATE_MEDIA__PORT_MIN", media.0.to_string()),
+            ("VOXGATE_MEDIA__PORT_MAX", media.1.to_string()),
+        ];
+        let config_arg = config.to_string_lossy().into_owned();
+        let process =
+            Running::start_with_env(name, &binary("voxgate"), &["--config", &config_arg], &env);
+        let mut proxy = Self {
+            sip,
+            http,
+            media,
+            process,
+        };
+        let up = wait_until(Duration::from_secs(10), || {
+            matches!(proxy.try_get("/livez"), Some((200, _)))
+        });
+        if !up {
+            let exited = proxy.process.child.try_wait();
+            panic!(
+                "voxgate did not come up ({exited:?}):\n{}",
+                proxy.process.log()
+            );
+        }
+        proxy
+    }
+
+    /// `GET path` on the private listener: status and body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        self.try_get(path)
+            .unwrap_or_else(|| panic!("GET {path} failed:\n{}", self.process.log()))
+    }
+
+    fn try_get(&self, path: &str) -> Option<(u16, String)> {
+        http_get(self.http, path)
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.get("/metrics");
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// The value of the sample `name_with_labels` (exactly as rendered, e.g.
+    /// `voxgate_rtp_packets_total{direction="caller_to_backend"}`); `None` when absent.
+    pub fn metric_opt(&self, name_with_labels: &str) -> Option<f64> {
+        sample(&self.metrics(), name_with_labels)
+    }
+
+    /// The value of a sample that must be present (gauges).
+    pub fn metric(&self, name_with_labels: &str) -> f64 {
+        let text = self.metrics();
+        sample(&text, name_with_labels)
+            .unwrap_or_else(|| panic!("no sample {name_with_labels} in\n{text}"))
+    }
+
+    /// A counter's value; 0 when it was never incremented (not rendered yet).
+    pub fn counter(&self, name_with_labels: &str) -> f64 {
+        self.metric_opt(name_with_labels).unwrap_or(0.0)
+    }
+
+    /// Waits until sessions and media ports in use are both back to 0; panics with the metrics
+    /// otherwise.
+    pub fn assert_idle(&self, timeout: Duration) {
+        let idle = wait_until(timeout, || {
+            let text = self.metrics();
+            sample(&text, "voxgate_sessions_active") == Some(0.0)
+                && sample(&text, "voxgate_media_ports_in_use") == Some(0.0)
+        });
+        assert!(
+            idle,
+            "proxy not idle after {timeout:?}:\n{}",
+            self.metrics()
+        );
+    }
+
+    /// Panics if the proxy process exited or logged a panic.
+    pub fn assert_alive(&mut self) {
+        let status = self.process.child.try_wait().expect("try_wait");
+        assert!(
+            status.is_none(),
+            "voxgate exited {status:?}:\n{}",
+            self.process.log()
+        );
+        assert!(
+            !self.process.log().contains("panicked"),
+            "{}",
+            self.process.log()
+        );
+    }
+}
+
+/// The value of `name_with_labels` in Prometheus text.
+pub fn sample(text: &str, name_with_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (name, value) = line.rsplit_once(' ')?;
+            (name == name_with_labels).then(|| value.parse().ok())?
+        })
+}
+
+/// A minimal blocking HTTP/1.1 GET (Connection: close); `None` when the connection fails.
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).ok()?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let status = head.split(' ').nth(1)?.parse().ok()?;
+    let chunked = head.lines().any(|l| {
+        l.to_ascii_lowercase()
+            .starts_with("transfer-encoding: chunked")
+    });
+    let body = if chunked {
+        dechunk(body)
+    } else {
+        body.to_owned()
+    };
+    Some((status, body))
+}
+
+fn dechunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        out.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+/// Every UDP port process `pid` has a socket bound on (from /proc; Linux only).
+pub fn udp_ports_of(pid: u32) -> Vec<u16> {
+    let mut inodes = std::collections::HashSet::new();
+    if let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        for entry in entries.flatten() {
+            if let Ok(link) = std::fs::read_link(entry.path()) {
+                let link = link.to_string_lossy().into_owned();
+                if let Some(inode) = link
+                    .strip_prefix("socket:[")
+                    .and_then(|s| s.strip_suffix(']'))
+                {
+                    inodes.insert(inode.to_owned());
+                }
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 9
+                && inodes.contains(fields[9])
+                && let Some((_, port)) = fields[1].rsplit_once(':')
+                && let Ok(port) = u16::from_str_radix(port, 16)
+            {
+                ports.push(port);
+            }
+        }
+    }
+    ports
+}
+
+/// The runs of ASCII digits in `text`, as numbers (for "does this port appear anywhere").
+pub fn numbers_in(text: &str) -> Vec<u64> {
+    text.split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty() && s.len() <= 6)
+        .filter_map(|s| s.parse().ok())
+        .collect()
+}
+
+/// Sends `message` from a fresh socket on `from_ip` and returns the first final response as text
+/// ("" after `wait` of silence).
+pub fn sip_exchange(from_ip: &str, addr: SocketAddr, message: &[u8], wait: Duration) -> String {
+    let socket = UdpSocket::bind((from_ip, 0)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    socket.send_to(message, addr).unwrap();
+    let deadline = std::time::Instant::now() + wait;
+    let mut buf = vec![0u8; 65_536];
+    while std::time::Instant::now() < deadline {
+        if let Ok((len, _)) = socket.recv_from(&mut buf) {
+            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+            if !text.starts_with("SIP/2.0 1") {
+                return text;
+            }
+        }
+    }
+    String::new()
+}
+
+/// A request `method` to `addr` from `local`, every mandatory header present, `extra` headers
+/// added before Content-Length.
+pub fn raw_request(
+    method: &str,
+    addr: SocketAddr,
+    local: &str,
+    call_id: &str,
+    extra: &str,
+) -> String {
+    format!(
+        "{method} sip:echo@{addr} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK{call_id};rport\r\n\
+         Max-Forwards: 70\r\nFrom: <sip:t@{local}>;tag=t1\r\nTo: <sip:echo@{addr}>\r\n\
+         Call-ID: {call_id}@test\r\nCSeq: 1 {method}\r\nContact: <sip:t@{local}>\r\n{extra}\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// A UDP socket that receives SIP and never answers: a Backend that is there but silent. Records
+/// the Call-ID of every request per method.
+pub struct SilentPeer {
+    /// Its address.
+    pub addr: SocketAddr,
+    seen: std::sync::Arc<Mutex<Vec<(String, String)>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SilentPeer {
+    /// Binds `addr` (port 0: any free port on that address).
+    pub fn bind(addr: &str) -> Self {
+        let socket = UdpSocket::bind(addr).expect("bind silent peer");
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
+        let seen = std::sync::Arc::new(Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen2, stop2) = (seen.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut buf = vec![0u8; 65_536];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Ok((len, _)) = socket.recv_from(&mut buf) {
+                    let text = String::from_utf8_lossy(&buf[..len]).into_owned();
+                    let method = text.split(' ').next().unwrap_or("").to_owned();
+                    let call_id = text
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Call-ID:"))
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    seen2.lock().unwrap().push((method, call_id));
+                }
+            }
+        });
+        Self { addr, seen, stop }
+    }
+
+    /// Distinct Call-IDs of the `method` requests received so far (retransmissions count once).
+    pub fn calls(&self, method: &str) -> usize {
+        let seen = self.seen.lock().unwrap();
+        let ids: std::collections::HashSet<&String> = seen
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, id)| id)
+            .collect();
+        ids.len()
+    }
+}
+
+impl Drop for SilentPeer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// A field of the echo Backend's last `backend status` log line (`active`, `answered`, `ended`, ...).
+pub fn backend_status(log: &str, name: &str) -> Option<u64> {
+    let line = log.lines().rev().find(|l| l.contains("backend status"))?;
+    let needle = format!("{name}=");
+    let value = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(needle.as_str()))?;
+    value.parse().ok()
 }

@@ -1,0 +1,270 @@
+//! The endpoint task: owns the sockets' driver side and the transaction layer, and routes events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rsip::prelude::*;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TrySendError;
+use tokio::time::Instant;
+use voxgate_sip::{Event, TransactionKey, Transactions, Transport};
+
+use crate::tcp::{TcpConnection, TcpEvent, TcpTasks};
+use crate::{Command, EndpointCounters, MessageObserver, datagram_method};
+
+/// How long a transaction key stays mapped to its Call-ID: longer than any RFC 3261 timer
+/// (64 * T1 plus Timer D), so that late timeouts and retransmissions still reach their call.
+const KEY_ROUTE_TTL: Duration = Duration::from_secs(64);
+
+/// Inputs of one kind handled before flushing, to batch under load.
+const BATCH: usize = 64;
+
+pub(crate) struct Driver {
+    pub(crate) socket: UdpSocket,
+    pub(crate) transactions: Transactions,
+    pub(crate) routes: HashMap<String, mpsc::UnboundedSender<Event>>,
+    /// Client and server transaction keys to the Call-ID they belong to, with the time they were
+    /// mapped; `Timeout` and `AckTimeout` carry only a key.
+    pub(crate) key_routes: HashMap<TransactionKey, (String, Instant)>,
+    pub(crate) incoming: mpsc::UnboundedSender<Event>,
+    pub(crate) counters: Arc<EndpointCounters>,
+    pub(crate) observer: Option<Arc<dyn MessageObserver>>,
+    pub(crate) tcp: TcpTasks,
+    pub(crate) tcp_events: mpsc::Receiver<TcpEvent>,
+    /// Open (or opening) TCP connections by peer address; at most one per peer is used.
+    pub(crate) connections: HashMap<SocketAddr, TcpConnection>,
+}
+
+impl Driver {
+    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let mut buf = vec![0u8; 65_536];
+        let mut sweep = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let deadline = self.transactions.poll_timeout().map(Instant::from_std);
+            tokio::select! {
+                received = self.socket.recv_from(&mut buf) => match received {
+                    Ok((len, source)) => {
+                        self.on_message(source, Transport::Udp, &buf[..len]);
+                        for _ in 0..BATCH {
+                            match self.socket.try_recv_from(&mut buf) {
+                                Ok((len, source)) => {
+                                    self.on_message(source, Transport::Udp, &buf[..len]);
+                                }
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    Err(err) => tracing::debug!(%err, "SIP socket receive error"),
+                },
+                // Never `None`: `self.tcp` holds a sender.
+                Some(event) = self.tcp_events.recv() => {
+                    self.on_tcp_event(event);
+                    for _ in 0..BATCH {
+                        match self.tcp_events.try_recv() {
+                            Ok(event) => self.on_tcp_event(event),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                command = commands.recv() => match command {
+                    Some(command) => self.on_command(command),
+                    None => break,
+                },
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    self.transactions.handle_timeout(Instant::now().into_std());
+                }
+                _ = sweep.tick() => self.sweep_key_routes(),
+            }
+            self.flush().await;
+        }
+        self.flush().await;
+    }
+
+    fn on_message(&mut self, source: SocketAddr, transport: Transport, bytes: &[u8]) {
+        self.counters.received.fetch_add(1, Ordering::Relaxed);
+        if let Some(observer) = &self.observer {
+            observer.on_message(false, datagram_method(bytes));
+        }
+        let now = Instant::now().into_std();
+        if let Err(err) = self
+            .transactions
+            .handle_datagram(now, source, transport, bytes)
+        {
+            self.counters.malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%source, ?transport, %err, "bad SIP message");
+        }
+    }
+
+    fn on_tcp_event(&mut self, event: TcpEvent) {
+        match event {
+            TcpEvent::Opened { peer, connection } => {
+                self.connections.insert(peer, connection);
+            }
+            TcpEvent::Message { peer, bytes } => self.on_message(peer, Transport::Tcp, &bytes),
+            TcpEvent::Closed { id, peer } => {
+                if self.connections.get(&peer).is_some_and(|c| c.id == id) {
+                    self.connections.remove(&peer);
+                }
+            }
+        }
+    }
+
+    /// The connection reuse rule: TCP when a connection to `destination` is open (or opening),
+    /// else UDP.
+    fn transport_to(&self, destination: SocketAddr) -> Transport {
+        if self.connections.contains_key(&destination) {
+            Transport::Tcp
+        } else {
+            Transport::Udp
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        let now = Instant::now();
+        match command {
+            Command::Register { call_id, events } => {
+                self.routes.insert(call_id, events);
+            }
+            Command::Unregister { call_id } => {
+                self.routes.remove(&call_id);
+            }
+            Command::Request {
+                destination,
+                transport,
+                request,
+            } => {
+                let call_id = call_id_of(&request);
+                let transport = transport.unwrap_or_else(|| self.transport_to(destination));
+                match self.transactions.send_request(
+                    now.into_std(),
+                    destination,
+                    transport,
+                    request,
+                ) {
+                    Ok(key) => {
+                        if let Some(call_id) = call_id {
+                            self.key_routes.insert(key, (call_id, now));
+                        }
+                    }
+                    Err(err) => tracing::warn!(%err, "cannot send request"),
+                }
+            }
+            Command::Respond { key, response } => {
+                if let Err(err) = self
+                    .transactions
+                    .send_response(now.into_std(), &key, response)
+                {
+                    tracing::debug!(%err, "cannot send response");
+                }
+            }
+            Command::Stateless {
+                destination,
+                transport,
+                message,
+            } => {
+                let transport = transport.unwrap_or_else(|| self.transport_to(destination));
+                self.transactions
+                    .send_stateless(destination, transport, message);
+            }
+        }
+    }
+
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.transactions.poll_transmit() {
+            self.counters.sent.fetch_add(1, Ordering::Relaxed);
+            if let Some(observer) = &self.observer {
+                observer.on_message(true, datagram_method(&transmit.payload));
+            }
+            match transmit.transport {
+                Transport::Udp => {
+                    if let Err(err) = self
+                        .socket
+                        .send_to(&transmit.payload, transmit.destination)
+                        .await
+                    {
+                        tracing::debug!(%err, destination = %transmit.destination, "SIP send failed");
+                    }
+                }
+                Transport::Tcp => self.send_tcp(transmit.destination, transmit.payload),
+            }
+        }
+        while let Some(event) = self.transactions.poll_event() {
+            self.route(event);
+        }
+    }
+
+    /// Queues `payload` on the connection to `destination`, connecting first when there is none.
+    fn send_tcp(&mut self, destination: SocketAddr, payload: Bytes) {
+        let payload = match self.connections.get(&destination) {
+            Some(connection) => match connection.queue.try_send(payload) {
+                Ok(()) => return,
+                Err(TrySendError::Full(_)) => {
+                    // Dropping the queue closes the connection once its task gets to it.
+                    self.connections.remove(&destination);
+                    self.counters.tcp_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%destination, "SIP TCP peer does not read; disconnecting");
+                    return;
+                }
+                // The task ended and its `Closed` is still on the way.
+                Err(TrySendError::Closed(payload)) => payload,
+            },
+            None => payload,
+        };
+        let connection = self.tcp.connect(destination);
+        if connection.queue.try_send(payload).is_err() {
+            tracing::debug!(%destination, "SIP TCP queue of a new connection refused a message");
+        }
+        self.connections.insert(destination, connection);
+    }
+
+    fn route(&mut self, event: Event) {
+        let call_id = match &event {
+            Event::Request { key, request, .. } => {
+                let call_id = call_id_of(request);
+                if let Some(call_id) = &call_id {
+                    self.key_routes
+                        .insert(key.clone(), (call_id.clone(), Instant::now()));
+                }
+                call_id
+            }
+            Event::Ack { request, .. } => call_id_of(request),
+            Event::Response { response, .. } | Event::StrayResponse { response, .. } => {
+                response.call_id_header().ok().map(|h| h.value().to_owned())
+            }
+            Event::Timeout { key } | Event::AckTimeout { key } => {
+                self.key_routes.get(key).map(|(call_id, _)| call_id.clone())
+            }
+            _ => None,
+        };
+        let route = call_id.as_ref().and_then(|id| self.routes.get(id));
+        let undelivered = match route {
+            Some(route) => route.send(event).err().map(|e| e.0),
+            None => Some(event),
+        };
+        if let Some(event) = undelivered {
+            let _ = self.incoming.send(event);
+        }
+    }
+
+    fn sweep_key_routes(&mut self) {
+        let now = Instant::now();
+        self.key_routes
+            .retain(|_, (_, since)| now.duration_since(*since) < KEY_ROUTE_TTL);
+    }
+}
+
+fn call_id_of(request: &rsip::Request) -> Option<String> {
+    request.call_id_header().ok().map(|h| h.value().to_owned())
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
