@@ -19,7 +19,7 @@ use voxgate_endpoint::DialogEvents;
 use voxgate_sip::dialog::{self, Dialog, uri_user};
 use voxgate_sip::message::{new_tag, response_for};
 use voxgate_sip::sdp::{AudioSdp, Direction};
-use voxgate_sip::{Event, TransactionKey};
+use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::gateway::{Gateway, SessionInfo, USER_AGENT};
 use crate::metrics;
@@ -72,9 +72,24 @@ struct CallerLeg {
     invite: rsip::Request,
     dialog: Dialog,
     events: DialogEvents,
-    /// Where requests to the caller go when its Contact is not a literal address.
+    /// Where requests to the caller go when its Contact is not a literal address, and always
+    /// over TCP (the connection it called on).
     source: SocketAddr,
+    transport: Transport,
     answered: bool,
+}
+
+/// A new call's INVITE as the dispatcher received it.
+#[derive(Debug)]
+pub struct Caller {
+    /// Its server transaction.
+    pub key: TransactionKey,
+    /// Where it came from (a TCP connection's peer for TCP).
+    pub source: SocketAddr,
+    /// The transport it came on.
+    pub transport: Transport,
+    /// The INVITE.
+    pub invite: rsip::Request,
 }
 
 /// The Backend's side, once an INVITE to it was answered.
@@ -103,6 +118,9 @@ enum AttemptResult {
     Answered(rsip::Response),
     /// This Backend failed (5xx, 408, timeout); another may be tried.
     Next,
+    /// This Backend did not answer within the INVITE timeout; another may be tried, and a late
+    /// answer from this one must be cleaned up.
+    Silent,
     /// A final non-2xx the caller gets (already mapped).
     Reject(u16),
     /// The caller cancelled; it has been answered.
@@ -128,11 +146,15 @@ struct Call {
 pub async fn run(
     gateway: Arc<Gateway>,
     slot: SessionSlot,
-    key: TransactionKey,
-    source: SocketAddr,
-    invite: rsip::Request,
+    caller: Caller,
     destination: Destination,
 ) {
+    let Caller {
+        key,
+        source,
+        transport,
+        invite,
+    } = caller;
     let started = Instant::now();
     let mut rng = gateway.call_rng();
     let local_tag = new_tag(&mut rng);
@@ -141,6 +163,9 @@ pub async fn run(
     if caller_dialog.next_hop().is_none() {
         caller_dialog.remote_target = format!("sip:{source}");
     }
+    if transport == Transport::Tcp {
+        caller_dialog.transport = "TCP";
+    }
     let events = gateway.endpoint.register(&caller_dialog.call_id);
     let caller = CallerLeg {
         key,
@@ -148,6 +173,7 @@ pub async fn run(
         dialog: caller_dialog,
         events,
         source,
+        transport,
         answered: false,
     };
     let reject = |code: u16, extra: Vec<Header>| {
@@ -257,11 +283,18 @@ impl Call {
                 AttemptResult::Next => {
                     tracing::debug!(session = %self.id, %address, "backend failed; trying the next");
                 }
+                AttemptResult::Silent => {
+                    tracing::debug!(session = %self.id, %address, "backend silent; trying the next");
+                    tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
+                }
                 AttemptResult::Reject(code) => {
                     self.reject(code, Vec::new());
                     return Err(EndCause::Rejected);
                 }
-                AttemptResult::Cancelled => return Err(EndCause::Cancelled),
+                AttemptResult::Cancelled => {
+                    tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
+                    return Err(EndCause::Cancelled);
+                }
             }
         }
         metrics::session_rejected("no_backend");
@@ -389,9 +422,8 @@ impl Call {
                     None => return AttemptResult::Cancelled,
                 },
                 () = tokio::time::sleep_until(deadline), if !attempt.provisional => {
-                    // Not even a 100 Trying: this Backend is not there. Its transaction runs out
-                    // on its own; a late answer finds no route and is ignored.
-                    return AttemptResult::Next;
+                    // Not even a 100 Trying: this Backend is not there (or too slow to count on).
+                    return AttemptResult::Silent;
                 }
             }
         }
@@ -676,7 +708,12 @@ impl Call {
     ) -> (&'a mut Dialog, SocketAddr) {
         match side {
             Side::Caller => {
-                let hop = self.caller.dialog.next_hop().unwrap_or(self.caller.source);
+                // Over TCP, requests go back on the caller's connection (RFC 5923 style reuse):
+                // the endpoint sends on an open connection to that address.
+                let hop = match self.caller.transport {
+                    Transport::Tcp => self.caller.source,
+                    Transport::Udp => self.caller.dialog.next_hop().unwrap_or(self.caller.source),
+                };
                 (&mut self.caller.dialog, hop)
             }
             Side::Backend => {
@@ -726,6 +763,49 @@ impl Call {
         }
         out.rtcp = None;
         out.to_string()
+    }
+}
+
+/// After the caller cancelled, or after the Backend stayed silent past the INVITE timeout: sees
+/// the Backend's INVITE to its end. The CANCEL goes out once the
+/// Backend has sent a provisional response (RFC 3261 9.1); a 2xx that crossed the CANCEL is
+/// ACKed and hung up at once, so the Backend is not left holding a call nobody listens to.
+async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut rng: SmallRng) {
+    let deadline = Instant::now() + Duration::from_secs(32);
+    let mut cancelled = attempt.provisional;
+    loop {
+        let event = tokio::select! {
+            event = attempt.events.recv() => event,
+            () = tokio::time::sleep_until(deadline) => return,
+        };
+        match event {
+            Some(Event::Response { response, .. }) if dialog::is_invite_response(&response) => {
+                match response.status_code.code() {
+                    100..=199 if !cancelled => {
+                        cancelled = true;
+                        gateway
+                            .endpoint
+                            .request(attempt.address, dialog::cancel(&attempt.invite));
+                    }
+                    100..=199 => {}
+                    200..=299 => {
+                        attempt.dialog.confirm(&response);
+                        let cseq =
+                            voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
+                        let hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
+                        gateway
+                            .endpoint
+                            .stateless(hop, attempt.dialog.ack(&mut rng, cseq));
+                        gateway.endpoint.request(hop, attempt.dialog.bye(&mut rng));
+                        return;
+                    }
+                    // The transaction layer ACKs the 487 (or any other final answer).
+                    _ => return,
+                }
+            }
+            Some(Event::Timeout { .. }) | None => return,
+            Some(_) => {}
+        }
     }
 }
 

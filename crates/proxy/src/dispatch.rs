@@ -7,7 +7,7 @@ use std::sync::Arc;
 use rsip::Header;
 use tokio::sync::mpsc;
 use voxgate_sip::message::{response_for, to_tag};
-use voxgate_sip::{Event, TransactionKey};
+use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::call::{self, Destination};
 use crate::gateway::Gateway;
@@ -32,11 +32,11 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Ev
         if let Event::Request {
             key,
             source,
+            transport,
             request,
-            ..
         } = event
         {
-            on_request(&gateway, key, source, request);
+            on_request(&gateway, key, source, transport, request);
         }
         // ACKs for answers of ended calls and stray responses need nothing.
     }
@@ -46,6 +46,7 @@ fn on_request(
     gateway: &Arc<Gateway>,
     key: TransactionKey,
     source: SocketAddr,
+    transport: Transport,
     request: rsip::Request,
 ) {
     let reply = |code: u16, extra: Vec<Header>| {
@@ -105,7 +106,13 @@ fn on_request(
             };
             let gateway = gateway.clone();
             tokio::spawn(async move {
-                call::run(gateway, slot, key, source, request, destination).await;
+                let caller = call::Caller {
+                    key,
+                    source,
+                    transport,
+                    invite: request,
+                };
+                call::run(gateway, slot, caller, destination).await;
             });
         }
         rsip::Method::Options => {

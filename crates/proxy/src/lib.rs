@@ -20,7 +20,7 @@ pub mod shutdown;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use voxgate_endpoint::Endpoint;
+use voxgate_endpoint::{Endpoint, EndpointOptions};
 use voxgate_media::pool::PortPool;
 
 use crate::gateway::{Gateway, SipMetrics};
@@ -40,17 +40,21 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             config.media.port_min, config.media.port_max
         )
     })?;
-    let (endpoint, incoming) = Endpoint::bind_observed(
-        config.sip.listen_udp,
-        voxgate_sip::TimerConfig::default(),
-        Some(Arc::new(SipMetrics)),
-    )
-    .await
-    .with_context(|| format!("binding sip.listen_udp {}", config.sip.listen_udp))?;
+    let options = EndpointOptions {
+        tcp: config.sip.listen_tcp,
+        observer: Some(Arc::new(SipMetrics)),
+        ..EndpointOptions::default()
+    };
+    let (endpoint, incoming) = Endpoint::bind_with(config.sip.listen_udp, options)
+        .await
+        .with_context(|| {
+            format!(
+                "binding sip.listen_udp {} / sip.listen_tcp {:?}",
+                config.sip.listen_udp, config.sip.listen_tcp
+            )
+        })?;
     let sip_addr = endpoint.local_addr();
-    if let Some(tcp) = config.sip.listen_tcp {
-        tracing::warn!(%tcp, "SIP over TCP is not implemented yet; listening on UDP only");
-    }
+    let sip_tcp = endpoint.tcp_addr();
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
@@ -64,6 +68,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         region = %config.node.region,
         http = %http_addr,
         sip_udp = %sip_addr,
+        sip_tcp = ?sip_tcp,
         media_ports = %format!("{}-{}", config.media.port_min, config.media.port_max),
         max_sessions = config.limits.max_sessions,
         backends = config.backends.len(),

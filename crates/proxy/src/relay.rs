@@ -126,7 +126,10 @@ impl MediaWorkers {
     fn get() -> &'static MediaWorkers {
         static WORKERS: OnceLock<MediaWorkers> = OnceLock::new();
         WORKERS.get_or_init(|| {
-            let count = std::thread::available_parallelism().map_or(2, |n| n.get());
+            let count = std::env::var("VOXGATE_MEDIA_WORKERS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
             let mut handles = Vec::with_capacity(count);
             for index in 0..count {
                 let runtime = tokio::runtime::Builder::new_current_thread()

@@ -36,6 +36,8 @@ pub struct Dialog {
     pub local_cseq: u32,
     /// User-Agent header value of our requests.
     pub user_agent: &'static str,
+    /// Transport named in our Via (`UDP` or `TCP`).
+    pub transport: &'static str,
 }
 
 impl Dialog {
@@ -61,6 +63,7 @@ impl Dialog {
             route_set: Vec::new(),
             local_cseq: 1,
             user_agent,
+            transport: "UDP",
         }
     }
 
@@ -90,6 +93,7 @@ impl Dialog {
             // RFC 3261 12.1.1: our CSeq space is independent of the peer's.
             local_cseq: 1,
             user_agent,
+            transport: "UDP",
         }
     }
 
@@ -174,7 +178,8 @@ impl Dialog {
         let mut headers = rsip::Headers::default();
         headers.push(Header::Via(
             format!(
-                "SIP/2.0/UDP {};branch={};rport",
+                "SIP/2.0/{} {};branch={};rport",
+                self.transport,
                 self.local_addr,
                 new_branch(rng)
             )

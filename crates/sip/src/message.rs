@@ -49,6 +49,10 @@ pub enum ParseError {
     /// The start line names a SIP version other than 2.0.
     #[error("unsupported SIP version")]
     UnsupportedVersion,
+    /// A well-formed request whose method this stack does not know (an extension method):
+    /// RFC 3261 8.2.1 answers 501.
+    #[error("unknown method {0}")]
+    UnknownMethod(String),
     /// A mandatory header is absent.
     #[error("missing {0} header")]
     MissingHeader(&'static str),
@@ -73,11 +77,13 @@ pub enum ParseError {
 impl ParseError {
     /// The status code a server answers this error with, when the message was an answerable
     /// request: 513 for [`ParseError::TooLarge`], 505 for [`ParseError::UnsupportedVersion`],
+    /// 501 for [`ParseError::UnknownMethod`],
     /// 400 for everything else.
     pub fn status_code(&self) -> u16 {
         match self {
             Self::TooLarge { .. } => 513,
             Self::UnsupportedVersion => 505,
+            Self::UnknownMethod(_) => 501,
             _ => 400,
         }
     }
@@ -89,6 +95,7 @@ impl ParseError {
             Self::NotUtf8 => "Invalid UTF-8".into(),
             Self::Malformed(_) => "Malformed Message".into(),
             Self::UnsupportedVersion => "Version Not Supported".into(),
+            Self::UnknownMethod(_) => "Not Implemented".into(),
             Self::MissingHeader(header) => format!("Missing {header}"),
             Self::InvalidHeader { header, .. } => format!("Invalid {header}"),
             Self::BodyLength { .. } => "Bad Content-Length".into(),

@@ -316,7 +316,8 @@ pub(crate) fn build(framed: Framed<'_>) -> Result<SipMessage, ParseError> {
     let body = framed.body.to_vec();
     Ok(match framed.start {
         StartLine::Request { method, uri } => SipMessage::Request(rsip::Request {
-            method: parse_method(method).ok_or_else(|| malformed("unsupported method"))?,
+            method: parse_method(method)
+                .ok_or_else(|| ParseError::UnknownMethod(method.to_owned()))?,
             uri: rsip::Uri::try_from(uri).map_err(|_| malformed("bad Request-URI"))?,
             version: rsip::Version::V2,
             headers: headers.into(),
