@@ -1,14 +1,23 @@
 #!/usr/bin/env bash
-# The main job until the gateway lands: an echo Backend on 127.0.0.1:5080 and a 100-call run of
-# the load generator against it (20 calls/s, 5 s hold, G.711 RTP), with the report printed and
-# written to loadgen-report.json. Extra arguments go to `voxgate-loadgen call`.
+# The main job: a single-node voxgate gateway on the embedded default config (SIP on
+# 0.0.0.0:5060 UDP+TCP, metrics/health on 127.0.0.1:9090, RTP ports 20000-29999), with the two
+# Backends that config names (127.0.0.1:5080 and :5081) run as loadgen echo Backends.
+# Arguments go to voxgate (e.g. --max-sessions 50). Ctrl-C drains and stops everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --locked -p voxgate-loadgen
-bin=target/release/voxgate-loadgen
-"$bin" backend --listen 127.0.0.1:5080 --max-sessions 200 &
-backend=$!
-trap 'kill -TERM $backend 2>/dev/null; wait $backend 2>/dev/null || true' EXIT
-sleep 0.5
-"$bin" call --target 127.0.0.1:5080 --rate 20 --concurrency 100 --total 100 --hold 5s \
-    --report loadgen-report.json --max-failure-rate 0 "$@"
+command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain, 1.88 or newer)" >&2; exit 1; }
+cargo build --release --locked -p voxgate-proxy -p voxgate-loadgen
+bin=target/release
+pids=()
+cleanup() { kill -TERM "${pids[@]}" 2>/dev/null || true; wait 2>/dev/null || true; }
+trap cleanup EXIT INT TERM
+for port in 5080 5081; do
+    "$bin/voxgate-loadgen" backend --listen "127.0.0.1:$port" --max-sessions 100 &
+    pids+=($!)
+done
+echo "voxgate: place calls with e.g."
+echo "  $bin/voxgate-loadgen call --target 127.0.0.1:5060 --rate 20 --concurrency 50 --total 200 --hold 5s"
+echo "  curl -s 127.0.0.1:9090/metrics | grep ^voxgate_"
+"$bin/voxgate" "$@" &
+pids+=($!)
+wait "${pids[-1]}"

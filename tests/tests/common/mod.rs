@@ -300,12 +300,17 @@ impl Proxy {
     /// to the scratch dir and starts `voxgate --config FILE` with the listeners and the media range
     /// set by environment overrides (`VOXGATE_SECTION__KEY`); waits for `/livez`.
     pub fn start(name: &str, toml: &str) -> Self {
+        Self::start_with_env(name, toml, &[])
+    }
+
+    /// [`Proxy::start`] with more environment overrides (applied after the harness's own).
+    pub fn start_with_env(name: &str, toml: &str, extra_env: &[(&str, String)]) -> Self {
         let config = scratch_dir().join(format!("{name}-{}.toml", std::process::id()));
         std::fs::write(&config, toml).expect("write config");
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
         let media = media_range();
-        let env = [
+        let mut env = vec![
             ("VOXGATE_SIP__LISTEN_UDP", sip.to_string()),
             ("VOXGATE_SIP__LISTEN_TCP", String::new()),
             ("VOXGATE_HTTP__LISTEN", http.to_string()),
@@ -314,6 +319,7 @@ impl Proxy {
             ("VOXGATE_MEDIA__PORT_MIN", media.0.to_string()),
             ("VOXGATE_MEDIA__PORT_MAX", media.1.to_string()),
         ];
+        env.extend(extra_env.iter().cloned());
         let config_arg = config.to_string_lossy().into_owned();
         let process =
             Running::start_with_env(name, &binary("voxgate"), &["--config", &config_arg], &env);
