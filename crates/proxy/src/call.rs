@@ -502,6 +502,10 @@ impl Call {
         loop {
             tokio::select! {
                 event = self.caller.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) if !in_dialog(&request, &self.caller.dialog) => {
+                        // Same Call-ID, other tags: not this dialog (a stray or a forged request).
+                        gateway.endpoint.respond(key, response_for(&request, 481, None));
+                    }
                     Some(Event::Request { key, request, .. }) => match request.method {
                         rsip::Method::Bye => {
                             gateway.endpoint.respond(key, self.caller.dialog.response(&request, 200, None));
@@ -510,7 +514,7 @@ impl Call {
                         }
                         rsip::Method::Invite => self.reinvite(Side::Caller, key, request, backend).await,
                         rsip::Method::Info => self.forward(Side::Caller, key, request, backend).await,
-                        _ => gateway.endpoint.respond(key, self.caller.dialog.response(&request, 200, None)),
+                        _ => gateway.endpoint.respond(key, answer_other(&self.caller.dialog, &request)),
                     },
                     Some(Event::AckTimeout { .. }) => {
                         self.bye(Side::Backend, backend);
@@ -521,6 +525,9 @@ impl Call {
                     None => return EndCause::CallerBye,
                 },
                 event = backend.events.recv() => match event {
+                    Some(Event::Request { key, request, .. }) if !in_dialog(&request, &backend.dialog) => {
+                        gateway.endpoint.respond(key, response_for(&request, 481, None));
+                    }
                     Some(Event::Request { key, request, .. }) => match request.method {
                         rsip::Method::Bye => {
                             gateway.endpoint.respond(key, backend.dialog.response(&request, 200, None));
@@ -529,7 +536,7 @@ impl Call {
                         }
                         rsip::Method::Invite => self.reinvite(Side::Backend, key, request, backend).await,
                         rsip::Method::Info => self.forward(Side::Backend, key, request, backend).await,
-                        _ => gateway.endpoint.respond(key, backend.dialog.response(&request, 200, None)),
+                        _ => gateway.endpoint.respond(key, answer_other(&backend.dialog, &request)),
                     },
                     Some(Event::Response { response, .. })
                         if dialog::is_invite_response(&response) && response.status_code.code() / 100 == 2 =>
@@ -807,6 +814,26 @@ async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut rng: SmallRn
             Some(_) => {}
         }
     }
+}
+
+/// Whether an in-dialog request belongs to `dialog`: its From tag is the peer's and its To tag
+/// ours (RFC 3261 12.2.2), not just the same Call-ID.
+fn in_dialog(request: &rsip::Request, dialog: &Dialog) -> bool {
+    voxgate_sip::message::to_tag(request).as_deref() == Some(dialog.local_tag.as_str())
+        && voxgate_sip::message::from_tag(request) == dialog.remote_tag
+}
+
+/// The answer to an in-dialog request the B2BUA does not forward: OPTIONS 200, else 405 with
+/// the methods it does handle.
+fn answer_other(dialog: &Dialog, request: &rsip::Request) -> rsip::Response {
+    if request.method == rsip::Method::Options {
+        return dialog.response(request, 200, None);
+    }
+    let mut response = dialog.response(request, 405, None);
+    response
+        .headers
+        .push(Header::Allow(crate::dispatch::ALLOW.into()));
+    response
 }
 
 fn other(side: Side) -> Side {
