@@ -1,4 +1,5 @@
-//! The echo Backend's media: one RTP socket for every call, echoed by a blocking thread.
+//! The echo Backend's media: one RTP socket for every call, echoed by a blocking thread in
+//! batches (`recvmmsg` / `sendmmsg`).
 //!
 //! Each packet goes straight back to the address it came from. Calls register the address their
 //! peer announced in SDP to learn when media last arrived (for the media timeout); packets from
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use voxgate_media::is_rtcp;
+
+use crate::batch::{RecvBatch, SendBatch};
 
 /// The shared echo socket and what it has seen.
 #[derive(Debug, Clone)]
@@ -113,26 +116,33 @@ impl Drop for PeerActivity {
 
 fn echo_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
     let _ = socket.set_read_timeout(Some(Duration::from_millis(500)));
-    let mut buf = [0u8; 2048];
+    let mut batch = RecvBatch::new();
+    let mut sender = SendBatch::new();
+    // Two echo Backends share ~25,000 packets a second at a thousand calls.
+    #[allow(clippy::disallowed_methods)] // a dedicated thread: its own clock
+    let mut coalescer = voxgate_media::coalesce::Coalescer::new(15_000, std::time::Instant::now());
     loop {
-        let received = socket.recv_from(&mut buf);
+        let received = batch.recv(socket);
         let Some(inner) = inner.upgrade() else { return };
-        let Ok((len, from)) = received else { continue };
+        let Ok(count) = received else { continue };
         let now_ms = u64::try_from(inner.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if let Some(last) = inner
-            .peers
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&from)
+        let mut echoes = Vec::with_capacity(crate::batch::BATCH);
         {
-            last.store(now_ms, Ordering::Relaxed);
+            let peers = inner.peers.read().unwrap_or_else(PoisonError::into_inner);
+            for (datagram, from) in batch.datagrams() {
+                let Some(from) = from else { continue };
+                if let Some(last) = peers.get(&from) {
+                    last.store(now_ms, Ordering::Relaxed);
+                }
+                // RTCP (muxed) is not echoed: a reflected sender report would confuse the caller.
+                if !is_rtcp(datagram) {
+                    echoes.push((datagram, from));
+                }
+            }
         }
-        // RTCP (muxed) is not echoed: a reflected sender report would confuse the caller.
-        if is_rtcp(&buf[..len]) {
-            continue;
-        }
-        if socket.send_to(&buf[..len], from).is_ok() {
-            inner.echoed.fetch_add(1, Ordering::Relaxed);
-        }
+        let sent = sender.send(socket, &echoes);
+        inner.echoed.fetch_add(sent as u64, Ordering::Relaxed);
+        drop(inner);
+        crate::batch::coalesce(&mut coalescer, count);
     }
 }

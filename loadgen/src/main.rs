@@ -2,6 +2,7 @@
 //! benchmarks of voxgate or any SIP server.
 
 mod backend;
+mod batch;
 mod caller;
 mod echo;
 mod media;

@@ -70,7 +70,14 @@ fn an_outbound_call_with_no_trunk_gets_404() {
         "1s",
     ]);
     assert!(output.status.success(), "{report:#}");
-    assert_eq!(field(&report, &["calls", "rejected", "404"]), 1, "{report:#}");
-    assert_eq!(proxy.counter("voxgate_sessions_rejected_total{reason=\"no_route\"}"), 1.0);
+    assert_eq!(
+        field(&report, &["calls", "rejected", "404"]),
+        1,
+        "{report:#}"
+    );
+    assert_eq!(
+        proxy.counter("voxgate_sessions_rejected_total{reason=\"no_route\"}"),
+        1.0
+    );
     proxy.assert_idle(Duration::from_secs(5));
 }

@@ -9,6 +9,7 @@
 //! out the RTP/RTCP port pairs that relay sockets bind. This crate does no I/O: it opens no
 //! sockets, spawns no tasks and never reads a clock; receive times are arguments.
 
+pub mod coalesce;
 pub mod g711;
 pub mod pool;
 pub mod relay;
