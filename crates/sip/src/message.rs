@@ -373,6 +373,31 @@ mod tests {
     }
 
     #[test]
+    fn framed_trying_matches_rsip_round_trip() {
+        let folded = "INVITE sip:bob@example.com SIP/2.0\r\n\
+            v: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKa , SIP/2.0/TCP 192.0.2.2;branch=z9hG4bKb\r\n\
+            VIA: SIP/2.0/UDP 192.0.2.3 ; branch=z9hG4bKc\r\n\
+            t: <sip:bob@example.com>\r\n\
+            f: <sip:alice@example.com>\r\n  ;tag=77\r\n\
+            i: abc\r\n\
+            cseq: 1 INVITE\r\n\
+            Allow: INVITE, ACK\r\n\
+            X-Custom: 1\r\n\
+            call-id: second\r\n\
+            l: 0\r\n\r\n";
+        let tagged = INVITE.replace("To: Bob <sip:bob@example.com>", "To: <sip:b@x>;tag=9");
+        for text in [INVITE, folded, tagged.as_str()] {
+            let framed = frame(text.as_bytes()).unwrap();
+            let fast = framed.trying_response();
+            let SipMessage::Request(request) = build(framed).unwrap() else {
+                panic!("not a request");
+            };
+            let slow = encode_response(&response_for(&request, 100, None));
+            assert_eq!(fast, slow, "{text}");
+        }
+    }
+
+    #[test]
     fn new_ids_have_expected_shape() {
         let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
         assert!(new_branch(&mut rng).starts_with(BRANCH_MAGIC));

@@ -57,8 +57,10 @@ pub enum Role {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TransactionKey {
     role: Role,
-    branch: String,
-    sent_by: String,
+    /// The branch followed by the lower-cased sent-by (empty for client keys), in one
+    /// allocation; `split` is where the branch ends.
+    text: String,
+    split: usize,
     method: &'static str,
 }
 
@@ -66,8 +68,8 @@ impl TransactionKey {
     fn client(branch: &str, method: &Method) -> Self {
         Self {
             role: Role::Client,
-            branch: branch.to_string(),
-            sent_by: String::new(),
+            text: branch.to_string(),
+            split: branch.len(),
             method: method_name(method),
         }
     }
@@ -78,10 +80,13 @@ impl TransactionKey {
         } else {
             method
         };
+        let mut text = String::with_capacity(branch.len() + sent_by.len());
+        text.push_str(branch);
+        text.extend(sent_by.chars().map(|c| c.to_ascii_lowercase()));
         Self {
             role: Role::Server,
-            branch: branch.to_string(),
-            sent_by: sent_by.to_ascii_lowercase(),
+            text,
+            split: branch.len(),
             method: method_name(method),
         }
     }
@@ -93,7 +98,7 @@ impl TransactionKey {
 
     /// The top Via branch of the request.
     pub fn branch(&self) -> &str {
-        &self.branch
+        &self.text[..self.split]
     }
 
     /// The request method, upper case (`INVITE`, `BYE`, ...).
@@ -316,19 +321,30 @@ impl Transactions {
         bytes: &[u8],
     ) -> Result<(), TransactionError> {
         let parsed = message::frame(bytes).and_then(|framed| {
-            // Fast path: a retransmitted request is answered without building rsip types.
+            // Fast path: a request other than ACK finds its server transaction without building
+            // rsip types; a retransmission is answered at once, and a new INVITE gets its
+            // 100 Trying straight from the framed header lines.
+            let mut prepared = None;
             if let Some((method, branch, sent_by)) = framed.request_key()
                 && method != Method::Ack
-                && let Some(&id) = self
-                    .by_key
-                    .get(&TransactionKey::server(branch, sent_by, &method))
+                && !branch.is_empty()
             {
-                return Ok(Err(id));
+                let key = TransactionKey::server(branch, sent_by, &method);
+                if let Some(&id) = self.by_key.get(&key) {
+                    return Ok(Err(id));
+                }
+                let trying = (method == Method::Invite && self.auto_trying)
+                    .then(|| framed.trying_response());
+                prepared = Some((key, trying));
             }
-            message::build(framed).map(Ok)
+            message::build(framed).map(|msg| Ok((msg, prepared)))
         });
         match parsed {
-            Ok(Ok(msg)) => self.handle_message(now, source, transport, msg),
+            Ok(Ok((SipMessage::Request(request), Some((key, trying))))) => {
+                self.open_server(source, transport, request, key, trying);
+                Ok(())
+            }
+            Ok(Ok((msg, _))) => self.handle_message(now, source, transport, msg),
             Ok(Err(id)) => {
                 self.repeat_last_response(id);
                 Ok(())
@@ -581,13 +597,26 @@ impl Transactions {
             self.repeat_last_response(id);
             return Ok(());
         }
+        let trying = (request.method == Method::Invite && self.auto_trying)
+            .then(|| message::encode_response(&message::response_for(&request, 100, None)));
+        self.open_server(source, transport, request, key, trying);
+        Ok(())
+    }
+
+    /// Opens the server transaction `key` for a new request (not ACK, no live transaction with
+    /// this key), sends `trying` (the automatic 100 Trying of a new INVITE) and reports the
+    /// request to the TU.
+    fn open_server(
+        &mut self,
+        source: SocketAddr,
+        transport: Transport,
+        request: rsip::Request,
+        key: TransactionKey,
+        trying: Option<Bytes>,
+    ) {
         let invite = request.method == Method::Invite;
-        let mut last_sent = None;
-        if invite && self.auto_trying {
-            let trying = message::response_for(&request, 100, None);
-            let payload = message::encode_response(&trying);
+        if let Some(payload) = &trying {
             self.transmit(source, transport, payload.clone());
-            last_sent = Some(payload);
         }
         self.insert(Transaction {
             key: key.clone(),
@@ -603,7 +632,7 @@ impl Transactions {
             },
             peer: source,
             transport,
-            last_sent,
+            last_sent: trying,
             invite: None,
             ack: None,
             interval: self.config.t1,
@@ -619,7 +648,6 @@ impl Transactions {
             transport,
             request,
         });
-        Ok(())
     }
 
     fn handle_ack(

@@ -2,6 +2,8 @@
 
 use std::borrow::Cow;
 
+use bytes::Bytes;
+
 use rsip::headers::UntypedHeader;
 use rsip::{Header, SipMessage};
 
@@ -39,6 +41,26 @@ pub(super) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
             return Some(at);
         }
         from = at + 1;
+    }
+    None
+}
+
+/// The first `\r\n\r\n` (the end of the header block), the same as
+/// `find(bytes, b"\r\n\r\n")` but looking at every fourth byte only: every 4-byte window
+/// contains exactly one position `i` with `i % 4 == 3`, and a window can only match when that
+/// byte is CR or LF. Windows are tried in order, so the first match is returned.
+pub(super) fn find_blank_line(bytes: &[u8]) -> Option<usize> {
+    const NEEDLE: &[u8] = b"\r\n\r\n";
+    let mut i = NEEDLE.len() - 1;
+    while i < bytes.len() {
+        if matches!(bytes[i], b'\r' | b'\n') {
+            for start in i + 1 - NEEDLE.len()..=i {
+                if bytes.get(start..start + NEEDLE.len()) == Some(NEEDLE) {
+                    return Some(start);
+                }
+            }
+        }
+        i += NEEDLE.len();
     }
     None
 }
@@ -149,11 +171,45 @@ impl<'a> Framed<'a> {
         Some((method, via.branch?, via.sent_by))
     }
 
+    /// The automatic `100 Trying` for this request (RFC 3261 17.2.1), serialized straight from
+    /// the framed header lines: every Via, From, To (no tag added), Call-ID and CSeq in order,
+    /// then `Content-Length: 0`. Byte for byte what [`super::response_for`] plus
+    /// [`super::encode_response`] produce for the built request.
+    pub(crate) fn trying_response(&self) -> Bytes {
+        let mut out = Vec::with_capacity(320);
+        out.extend_from_slice(b"SIP/2.0 100 Trying\r\n");
+        for (name, value) in &self.headers {
+            let Some(name) = response_header_name(name) else {
+                continue;
+            };
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"Content-Length: 0\r\n\r\n");
+        Bytes::from(out)
+    }
+
     fn header(&self, name: &str) -> Option<&str> {
         self.headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_ref())
+    }
+}
+
+/// The display name of the headers a response copies from its request (Via, From, To, Call-ID,
+/// CSeq), as rsip writes them; `None` for every other header.
+fn response_header_name(name: &str) -> Option<&'static str> {
+    let is = |canonical: &str| name.eq_ignore_ascii_case(canonical);
+    match name.len() {
+        2 if is("To") => Some("To"),
+        3 if is("Via") => Some("Via"),
+        4 if is("From") => Some("From"),
+        4 if is("CSeq") => Some("CSeq"),
+        7 if is("Call-ID") => Some("Call-ID"),
+        _ => None,
     }
 }
 
@@ -178,7 +234,7 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
         return Err(malformed("empty message"));
     }
     let head_end =
-        find(bytes, b"\r\n\r\n").ok_or_else(|| malformed("no blank line after the headers"))?;
+        find_blank_line(bytes).ok_or_else(|| malformed("no blank line after the headers"))?;
     let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
     let body = &bytes[head_end + 4..];
 
@@ -230,9 +286,9 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
     }
 
     let mut declared: Option<usize> = None;
-    let mut split = Vec::with_capacity(headers.len() + 2);
-    for (name, mut value) in headers {
-        tighten_semicolons(&mut value);
+    let mut has_via_list = false;
+    for (name, value) in &mut headers {
+        tighten_semicolons(value);
         if name.eq_ignore_ascii_case("Content-Length") {
             let len = value
                 .parse::<usize>()
@@ -242,18 +298,29 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
             }
             declared = Some(len);
         }
-        if name.eq_ignore_ascii_case("Via") && value.contains(',') {
-            match value {
-                Cow::Borrowed(value) => {
-                    split.extend(split_via_list(value).map(|via| ("Via", Cow::Borrowed(via))));
-                }
-                Cow::Owned(value) => split
-                    .extend(split_via_list(&value).map(|via| ("Via", Cow::Owned(via.to_string())))),
-            }
-            continue;
-        }
-        split.push((name, value));
+        has_via_list |= name.eq_ignore_ascii_case("Via") && value.contains(',');
     }
+    // Comma-joined Via values (rare) become one header per via-parm.
+    let headers = if has_via_list {
+        let mut split = Vec::with_capacity(headers.len() + 2);
+        for (name, value) in headers {
+            if name.eq_ignore_ascii_case("Via") && value.contains(',') {
+                match value {
+                    Cow::Borrowed(value) => {
+                        split.extend(split_via_list(value).map(|via| ("Via", Cow::Borrowed(via))));
+                    }
+                    Cow::Owned(value) => split.extend(
+                        split_via_list(&value).map(|via| ("Via", Cow::Owned(via.to_string()))),
+                    ),
+                }
+                continue;
+            }
+            split.push((name, value));
+        }
+        split
+    } else {
+        headers
+    };
     let body = match declared {
         Some(declared) if declared > body.len() => {
             return Err(ParseError::BodyLength {
@@ -266,7 +333,7 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
     };
     let framed = Framed {
         start: start_line,
-        headers: split,
+        headers,
         body,
     };
     validate(&framed)?;
@@ -311,7 +378,7 @@ pub(crate) fn build(framed: Framed<'_>) -> Result<SipMessage, ParseError> {
     let headers: Vec<Header> = framed
         .headers
         .into_iter()
-        .map(|(name, value)| to_header(name, value.into_owned()))
+        .map(|(name, value)| to_header(name, value))
         .collect();
     let body = framed.body.to_vec();
     Ok(match framed.start {
@@ -340,39 +407,41 @@ pub(crate) fn build(framed: Framed<'_>) -> Result<SipMessage, ParseError> {
     })
 }
 
-/// The rsip header for a (canonical name, value) pair: the hot headers directly, the rest
-/// through rsip's own name table.
-fn to_header(name: &str, value: String) -> Header {
+/// The rsip header for a (canonical name, value) pair: the usual headers directly (moving the
+/// value, one allocation at most), the rest through rsip's own name table. Matching is
+/// case-insensitive, as in rsip's table, so the result is the same either way.
+fn to_header(name: &str, value: Cow<'_, str>) -> Header {
     use rsip::headers as h;
     let is = |canonical: &str| name.eq_ignore_ascii_case(canonical);
-    if is("Via") {
-        Header::Via(h::Via::new(value))
-    } else if is("From") {
-        Header::From(h::From::new(value))
-    } else if is("To") {
-        Header::To(h::To::new(value))
-    } else if is("Call-ID") {
-        Header::CallId(h::CallId::new(value))
-    } else if is("CSeq") {
-        Header::CSeq(h::CSeq::new(value))
-    } else if is("Contact") {
-        Header::Contact(h::Contact::new(value))
-    } else if is("Max-Forwards") {
-        Header::MaxForwards(h::MaxForwards::new(value))
-    } else if is("Content-Length") {
-        Header::ContentLength(h::ContentLength::new(value))
-    } else if is("Content-Type") {
-        Header::ContentType(h::ContentType::new(value))
-    } else {
-        let tokenizer = h::header::Tokenizer {
-            name: name.as_bytes(),
-            value: value.as_bytes(),
-        };
-        // Only fails on non-UTF-8, which the framing already excluded.
-        tokenizer
-            .try_into()
-            .unwrap_or_else(|_| Header::Other(name.to_string(), value.clone()))
-    }
+    let value = match name.len() {
+        2 if is("To") => return Header::To(h::To::new(value)),
+        3 if is("Via") => return Header::Via(h::Via::new(value)),
+        4 if is("From") => return Header::From(h::From::new(value)),
+        4 if is("CSeq") => return Header::CSeq(h::CSeq::new(value)),
+        5 if is("Allow") => return Header::Allow(h::Allow::new(value)),
+        5 if is("Route") => return Header::Route(h::Route::new(value)),
+        7 if is("Call-ID") => return Header::CallId(h::CallId::new(value)),
+        7 if is("Contact") => return Header::Contact(h::Contact::new(value)),
+        7 if is("Require") => return Header::Require(h::Require::new(value)),
+        7 if is("Expires") => return Header::Expires(h::Expires::new(value)),
+        9 if is("Supported") => return Header::Supported(h::Supported::new(value)),
+        10 if is("User-Agent") => return Header::UserAgent(h::UserAgent::new(value)),
+        12 if is("Max-Forwards") => return Header::MaxForwards(h::MaxForwards::new(value)),
+        12 if is("Content-Type") => return Header::ContentType(h::ContentType::new(value)),
+        12 if is("Record-Route") => return Header::RecordRoute(h::RecordRoute::new(value)),
+        14 if is("Content-Length") => {
+            return Header::ContentLength(h::ContentLength::new(value));
+        }
+        _ => value,
+    };
+    let tokenizer = h::header::Tokenizer {
+        name: name.as_bytes(),
+        value: value.as_bytes(),
+    };
+    // Only fails on non-UTF-8, which the framing already excluded.
+    tokenizer
+        .try_into()
+        .unwrap_or_else(|_| Header::Other(name.to_string(), value.into_owned()))
 }
 
 /// Checks the mandatory headers. Deliberately lighter than rsip's typed parsers (which cost
@@ -437,5 +506,41 @@ fn check_name_addr(header: &'static str, value: &str) -> Result<(), ParseError> 
         (None, None) => Ok(()),
         (Some(open), Some(close)) if open < close => Ok(()),
         _ => Err(invalid(header, "unbalanced <>")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn find_blank_line_matches_find() {
+        let samples: [&[u8]; 9] = [
+            b"",
+            b"\r\n\r",
+            b"\r\n\r\n",
+            b"a\r\n\r\n",
+            b"ab\r\n\r\nx",
+            b"abc\r\r\n\r\n",
+            b"\n\r\n\r\n\r\n",
+            b"INVITE x SIP/2.0\r\nA: b\r\n\r\nbody\r\n\r\n",
+            b"no blank line\r\n\r",
+        ];
+        for sample in samples {
+            assert_eq!(
+                find_blank_line(sample),
+                find(sample, b"\r\n\r\n"),
+                "{sample:?}"
+            );
+        }
+        // Every position and misalignment.
+        for pad in 0..9 {
+            for tail in 0..5 {
+                let mut bytes = vec![b'x'; pad];
+                bytes.extend_from_slice(b"\r\n\r\n");
+                bytes.extend(std::iter::repeat_n(b'\r', tail));
+                assert_eq!(find_blank_line(&bytes), Some(pad));
+            }
+        }
     }
 }
