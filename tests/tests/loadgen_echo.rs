@@ -8,7 +8,9 @@ mod common;
 use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
-use common::{Running, binary, field, field_f64, free_udp_port, run_calls, wait_for_sip};
+use common::{
+    Running, binary, field, field_f64, free_udp_port, run_calls, sip_exchange, wait_for_sip,
+};
 
 fn start_backend(name: &str, max_sessions: u32) -> (Running, SocketAddr) {
     let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
@@ -106,7 +108,12 @@ fn backend_cap_answers_503_with_retry_after() {
         ])
     });
     std::thread::sleep(Duration::from_millis(1200));
-    let response = exchange(addr, &invite(addr, "cap-probe"));
+    let response = sip_exchange(
+        "127.0.0.1",
+        addr,
+        invite(addr, "cap-probe").as_bytes(),
+        Duration::from_secs(2),
+    );
     assert!(response.starts_with("SIP/2.0 503 "), "{response}");
     assert!(response.contains("Retry-After: 7"), "{response}");
     let (_, held) = holder.join().unwrap();
@@ -118,7 +125,12 @@ fn garbage_gets_400_or_silence_and_the_backend_keeps_working() {
     let (mut backend, addr) = start_backend("echo-garbage", 10);
     // A request missing its Call-ID can be answered (it has a Via): 400.
     let no_call_id = invite(addr, "x").replace("Call-ID: x@test\r\n", "");
-    let response = exchange(addr, &no_call_id);
+    let response = sip_exchange(
+        "127.0.0.1",
+        addr,
+        no_call_id.as_bytes(),
+        Duration::from_secs(2),
+    );
     assert!(response.starts_with("SIP/2.0 400 "), "{response}");
     assert!(
         response.contains("branch=z9hG4bKtest"),
@@ -136,7 +148,7 @@ fn garbage_gets_400_or_silence_and_the_backend_keeps_working() {
         huge.find("Max-Forwards").unwrap(),
         &format!("X-Pad: {}\r\n", "a".repeat(17_000)),
     );
-    let answer = exchange(addr, &huge);
+    let answer = sip_exchange("127.0.0.1", addr, huge.as_bytes(), Duration::from_secs(2));
     assert!(
         answer.is_empty() || answer.starts_with("SIP/2.0 4") || answer.starts_with("SIP/2.0 5"),
         "{answer}"
@@ -172,25 +184,4 @@ fn invite(addr: SocketAddr, call_id: &str) -> String {
          Content-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
-}
-
-/// Sends `message` and returns the first final response (or "" after 2 s of silence).
-fn exchange(addr: SocketAddr, message: &str) -> String {
-    let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-    socket
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    // The Via names port 9; responses go to the source address (rport behaviour).
-    socket.send_to(message.as_bytes(), addr).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    let mut buf = vec![0u8; 65_536];
-    while std::time::Instant::now() < deadline {
-        if let Ok((len, _)) = socket.recv_from(&mut buf) {
-            let text = String::from_utf8_lossy(&buf[..len]).into_owned();
-            if !text.starts_with("SIP/2.0 1") {
-                return text;
-            }
-        }
-    }
-    String::new()
 }

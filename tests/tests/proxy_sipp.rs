@@ -9,16 +9,7 @@ mod common;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Proxy, Running, backend_toml, free_udp_port, scratch_dir, wait_for_udp_bound};
-
-fn sipp() -> Option<std::path::PathBuf> {
-    let output = Command::new("sh")
-        .args(["-c", "command -v sipp"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (!path.is_empty()).then(|| path.into())
-}
+use common::{Proxy, Running, backend_toml, free_udp_port, scratch_dir, sipp, wait_for_udp_bound};
 
 #[test]
 fn sipp_uac_calls_a_sipp_uas_through_voxgate() {

@@ -10,17 +10,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{
-    Running, binary, field, free_udp_port, run_calls, scratch_dir, wait_for_sip, wait_for_udp_bound,
+    Running, binary, field, free_udp_port, run_calls, scratch_dir, sipp, wait_for_sip,
+    wait_for_udp_bound,
 };
-
-fn sipp() -> Option<std::path::PathBuf> {
-    let output = Command::new("sh")
-        .args(["-c", "command -v sipp"])
-        .output()
-        .ok()?;
-    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (!path.is_empty()).then(|| path.into())
-}
 
 #[test]
 fn loadgen_calls_a_sipp_uas() {

@@ -498,6 +498,16 @@ pub fn numbers_in(text: &str) -> Vec<u64> {
         .collect()
 }
 
+/// The sipp binary (Debian `sip-tester`), if installed.
+pub fn sipp() -> Option<PathBuf> {
+    let output = Command::new("sh")
+        .args(["-c", "command -v sipp"])
+        .output()
+        .ok()?;
+    let path = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (!path.is_empty()).then(|| path.into())
+}
+
 /// Sends `message` from a fresh socket on `from_ip` and returns the first final response as text
 /// ("" after `wait` of silence).
 pub fn sip_exchange(from_ip: &str, addr: SocketAddr, message: &[u8], wait: Duration) -> String {
