@@ -16,6 +16,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -58,8 +59,8 @@ pub enum Role {
 pub struct TransactionKey {
     role: Role,
     /// The branch followed by the lower-cased sent-by (empty for client keys), in one
-    /// allocation; `split` is where the branch ends.
-    text: String,
+    /// allocation shared by every clone; `split` is where the branch ends.
+    text: Arc<str>,
     split: usize,
     method: &'static str,
 }
@@ -68,7 +69,7 @@ impl TransactionKey {
     fn client(branch: &str, method: &Method) -> Self {
         Self {
             role: Role::Client,
-            text: branch.to_string(),
+            text: Arc::from(branch),
             split: branch.len(),
             method: method_name(method),
         }
@@ -80,9 +81,24 @@ impl TransactionKey {
         } else {
             method
         };
-        let mut text = String::with_capacity(branch.len() + sent_by.len());
-        text.push_str(branch);
-        text.extend(sent_by.chars().map(|c| c.to_ascii_lowercase()));
+        let text: Arc<str> = if sent_by.bytes().any(|b| b.is_ascii_uppercase()) {
+            let mut text = String::with_capacity(branch.len() + sent_by.len());
+            text.push_str(branch);
+            text.extend(sent_by.chars().map(|c| c.to_ascii_lowercase()));
+            Arc::from(text)
+        } else {
+            let mut buf = [0u8; 128];
+            let len = branch.len() + sent_by.len();
+            match buf.get_mut(..len) {
+                Some(out) => {
+                    out[..branch.len()].copy_from_slice(branch.as_bytes());
+                    out[branch.len()..].copy_from_slice(sent_by.as_bytes());
+                    // Two whole `&str`s back to back: valid UTF-8.
+                    Arc::from(std::str::from_utf8(out).unwrap_or_default())
+                }
+                None => Arc::from([branch, sent_by].concat()),
+            }
+        };
         Self {
             role: Role::Server,
             text,
@@ -271,13 +287,76 @@ impl Transaction {
     }
 }
 
+/// The live transactions, by id: a slot vector with a free list, so a lookup is an index and a
+/// growing table rehashes nothing. An id is an insertion counter (high 32 bits) over the slot
+/// (low 32 bits), so ids still order by creation (ties in `Transactions::deadlines` fire in that
+/// order) and a reused slot never answers to an old id.
+#[derive(Debug, Default)]
+struct Slab {
+    slots: Vec<Option<(u64, Transaction)>>,
+    free: Vec<u32>,
+    inserted: u64,
+    len: usize,
+}
+
+impl Slab {
+    fn get(&self, id: u64) -> Option<&Transaction> {
+        match self.slots.get(id as u32 as usize)? {
+            Some((slot_id, t)) if *slot_id == id => Some(t),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, id: u64) -> Option<&mut Transaction> {
+        match self.slots.get_mut(id as u32 as usize)? {
+            Some((slot_id, t)) if *slot_id == id => Some(t),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, transaction: Transaction) -> u64 {
+        let slot = match self.free.pop() {
+            Some(slot) => slot,
+            None => {
+                let slot = u32::try_from(self.slots.len()).expect("fewer than 2^32 transactions");
+                self.slots.push(None);
+                slot
+            }
+        };
+        let id = (self.inserted << 32) | u64::from(slot);
+        self.inserted = self.inserted.wrapping_add(1) & u64::from(u32::MAX);
+        self.slots[slot as usize] = Some((id, transaction));
+        self.len += 1;
+        id
+    }
+
+    fn remove(&mut self, id: u64) -> Option<Transaction> {
+        let slot = id as u32;
+        let entry = self.slots.get_mut(slot as usize)?;
+        if !matches!(entry, Some((slot_id, _)) if *slot_id == id) {
+            return None;
+        }
+        let (_, t) = entry.take()?;
+        self.len -= 1;
+        self.free.push(slot);
+        Some(t)
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Every client and server transaction of one endpoint.
 #[derive(Debug)]
 pub struct Transactions {
     config: TimerConfig,
     auto_trying: bool,
-    next_id: u64,
-    transactions: HashMap<u64, Transaction>,
+    transactions: Slab,
     by_key: HashMap<TransactionKey, u64>,
     by_ack: HashMap<AckId, u64>,
     deadlines: BTreeSet<(Instant, u64)>,
@@ -291,8 +370,7 @@ impl Transactions {
         Self {
             config,
             auto_trying: true,
-            next_id: 0,
-            transactions: HashMap::new(),
+            transactions: Slab::default(),
             by_key: HashMap::new(),
             by_ack: HashMap::new(),
             deadlines: BTreeSet::new(),
@@ -461,7 +539,7 @@ impl Transactions {
             ));
         }
         let config = self.config;
-        let Some(t) = self.transactions.get_mut(&id) else {
+        let Some(t) = self.transactions.get_mut(id) else {
             return Err(TransactionError::UnknownTransaction);
         };
         let reliable = t.transport.is_reliable();
@@ -532,7 +610,7 @@ impl Transactions {
         let via = message::top_via_parts(cancel)?;
         let key = TransactionKey::server(via.branch?, via.sent_by, &Method::Invite);
         let id = self.by_key.get(&key)?;
-        let t = self.transactions.get(id)?;
+        let t = self.transactions.get(*id)?;
         (t.kind == Kind::InviteServer && t.state == State::Proceeding).then_some(key)
     }
 
@@ -543,7 +621,7 @@ impl Transactions {
                 break;
             }
             self.deadlines.pop_first();
-            if let Some(t) = self.transactions.get_mut(&id) {
+            if let Some(t) = self.transactions.get_mut(id) {
                 t.scheduled = None;
             }
             self.fire(now, id);
@@ -660,7 +738,7 @@ impl Transactions {
         let config = self.config;
         let mut accepted = None;
         if let Some(&id) = self.by_key.get(&key)
-            && let Some(t) = self.transactions.get_mut(&id)
+            && let Some(t) = self.transactions.get_mut(id)
         {
             {
                 match t.state {
@@ -689,7 +767,7 @@ impl Transactions {
             self.by_ack.get(&ack_id).copied()
         });
         if let Some(id) = accepted {
-            if let Some(t) = self.transactions.get_mut(&id) {
+            if let Some(t) = self.transactions.get_mut(id) {
                 t.acked = true;
                 t.retransmit_at = None;
             }
@@ -725,7 +803,7 @@ impl Transactions {
             ));
         }
         let config = self.config;
-        let Some(t) = self.transactions.get_mut(&id) else {
+        let Some(t) = self.transactions.get_mut(id) else {
             return Ok(());
         };
         let reliable = t.transport.is_reliable();
@@ -800,7 +878,7 @@ impl Transactions {
     /// Runs the timers of transaction `id` that are due.
     fn fire(&mut self, now: Instant, id: u64) {
         let config = self.config;
-        let Some(t) = self.transactions.get_mut(&id) else {
+        let Some(t) = self.transactions.get_mut(id) else {
             return;
         };
         if t.expire_at.is_some_and(|at| at <= now) {
@@ -844,7 +922,7 @@ impl Transactions {
 
     /// A retransmitted request: repeat the last response, if any (17.2.1, 17.2.2).
     fn repeat_last_response(&mut self, id: u64) {
-        if let Some(t) = self.transactions.get(&id)
+        if let Some(t) = self.transactions.get(id)
             && t.state != State::Confirmed
             && let Some(payload) = t.last_sent.clone()
         {
@@ -862,16 +940,15 @@ impl Transactions {
     }
 
     fn insert(&mut self, transaction: Transaction) {
-        let id = self.next_id;
-        self.next_id += 1;
-        self.by_key.insert(transaction.key.clone(), id);
-        self.transactions.insert(id, transaction);
+        let key = transaction.key.clone();
+        let id = self.transactions.insert(transaction);
+        self.by_key.insert(key, id);
         self.reschedule(id);
     }
 
     /// Puts transaction `id`'s earliest timer in `deadlines`, replacing its previous entry.
     fn reschedule(&mut self, id: u64) {
-        let Some(t) = self.transactions.get_mut(&id) else {
+        let Some(t) = self.transactions.get_mut(id) else {
             return;
         };
         let next = t.deadline();
@@ -888,7 +965,7 @@ impl Transactions {
     }
 
     fn remove(&mut self, id: u64) {
-        let Some(t) = self.transactions.remove(&id) else {
+        let Some(t) = self.transactions.remove(id) else {
             return;
         };
         self.by_key.remove(&t.key);
