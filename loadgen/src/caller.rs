@@ -536,6 +536,7 @@ impl Totals {
                 total: plan.total,
                 hold_seconds: plan.hold.as_secs_f64(),
                 codec: format!("{:?}", plan.codec).to_uppercase(),
+                seed: plan.seed,
             },
             calls: self.calls,
             setup_ms: Percentiles::from_micros(&self.setup_us),

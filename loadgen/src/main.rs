@@ -98,9 +98,10 @@ struct CallArgs {
     /// Fail (exit 2) when RTP lost / sent exceeds this fraction.
     #[arg(long, value_parser = fraction)]
     max_loss: Option<f64>,
-    /// Seed for Call-IDs, tags and SSRCs (reproducible runs).
-    #[arg(long, default_value_t = 1)]
-    seed: u64,
+    /// Seed for Call-IDs, tags and SSRCs, for a reproducible run. Default: random, so that runs
+    /// against one server never repeat each other's Call-IDs. The report names the seed used.
+    #[arg(long)]
+    seed: Option<u64>,
     /// No progress line; the summary is still printed.
     #[arg(long, short)]
     quiet: bool,
@@ -227,7 +228,10 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             CodecArg::Pcmu => probe::G711::Pcmu,
             CodecArg::Pcma => probe::G711::Pcma,
         },
-        seed: args.seed,
+        seed: args.seed.unwrap_or_else(|| {
+            use rand::{Rng as _, SeedableRng as _};
+            rand::rngs::SmallRng::from_os_rng().random()
+        }),
         limits: report::Limits {
             max_failure_rate: args.max_failure_rate,
             max_loss: args.max_loss,

@@ -44,6 +44,8 @@ pub struct Settings {
     pub hold_seconds: f64,
     /// Payload type offered first.
     pub codec: String,
+    /// Seed of Call-IDs, tags and SSRCs (`--seed` repeats the run).
+    pub seed: u64,
 }
 
 /// Call outcomes.
@@ -220,8 +222,8 @@ impl fmt::Display for Report {
         let c = &self.calls;
         writeln!(
             f,
-            "{} -> {} in {:.1} s",
-            self.tool, self.target, self.duration_seconds
+            "{} -> {} in {:.1} s (seed {})",
+            self.tool, self.target, self.duration_seconds, self.settings.seed
         )?;
         writeln!(
             f,
@@ -295,6 +297,7 @@ mod tests {
                 total: 100,
                 hold_seconds: 1.0,
                 codec: "PCMU".into(),
+                seed: 1,
             },
             calls: CallCounts {
                 attempted: 100,

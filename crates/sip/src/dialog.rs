@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 
 use rand::Rng;
 use rsip::Header;
+use rsip::prelude::UntypedHeader as _;
 
 use crate::message::{self, new_branch, new_call_id, new_tag, set_body};
 
@@ -253,27 +254,61 @@ pub fn is_invite_response(response: &rsip::Response) -> bool {
 
 /// The first value of header `name` (case-insensitive full name).
 pub fn header_value(headers: &rsip::Headers, name: &str) -> Option<String> {
-    header_values(headers, name).into_iter().next()
+    headers.iter().find_map(|header| {
+        let (header_name, value) = name_and_value(header)?;
+        header_name
+            .eq_ignore_ascii_case(name)
+            .then(|| value.trim().to_owned())
+    })
 }
 
 /// Every value of header `name`; Route and Record-Route values split at top-level commas.
 pub fn header_values(headers: &rsip::Headers, name: &str) -> Vec<String> {
+    let routes = name.eq_ignore_ascii_case("Record-Route") || name.eq_ignore_ascii_case("Route");
     let mut values = Vec::new();
     for header in headers.iter() {
-        let text = header.to_string();
-        let Some((header_name, value)) = text.split_once(':') else {
+        let Some((header_name, value)) = name_and_value(header) else {
             continue;
         };
-        if header_name.trim().eq_ignore_ascii_case(name) {
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("Record-Route") || name.eq_ignore_ascii_case("Route") {
-                values.extend(split_name_addrs(value));
+        if header_name.eq_ignore_ascii_case(name) {
+            if routes {
+                values.extend(split_name_addrs(value.trim()));
             } else {
-                values.push(value.to_owned());
+                values.push(value.trim().to_owned());
             }
         }
     }
     values
+}
+
+/// A header's name and value without formatting it: the headers voxgate looks up by name are
+/// read in place; only a rarer one is rendered (`Name: value`) and split.
+fn name_and_value(
+    header: &Header,
+) -> Option<(std::borrow::Cow<'_, str>, std::borrow::Cow<'_, str>)> {
+    use std::borrow::Cow::{Borrowed, Owned};
+    let (name, value) = match header {
+        Header::Via(h) => ("Via", h.value()),
+        Header::From(h) => ("From", h.value()),
+        Header::To(h) => ("To", h.value()),
+        Header::CallId(h) => ("Call-ID", h.value()),
+        Header::CSeq(h) => ("CSeq", h.value()),
+        Header::Contact(h) => ("Contact", h.value()),
+        Header::Route(h) => ("Route", h.value()),
+        Header::RecordRoute(h) => ("Record-Route", h.value()),
+        Header::MaxForwards(h) => ("Max-Forwards", h.value()),
+        Header::RetryAfter(h) => ("Retry-After", h.value()),
+        Header::ContentType(h) => ("Content-Type", h.value()),
+        Header::Other(name, value) => {
+            return Some((Borrowed(name.as_str()), Borrowed(value.as_str())));
+        }
+        other => {
+            let text = other.to_string();
+            let (name, value) = text.split_once(':')?;
+            return Some((Owned(name.trim().to_owned()), Owned(value.to_owned())));
+        }
+    };
+    Some((Borrowed(name), Borrowed(value)))
 }
 
 fn split_name_addrs(value: &str) -> Vec<String> {
@@ -350,6 +385,32 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn headers_by_name() {
+        let mut headers = rsip::Headers::default();
+        headers.push(Header::MaxForwards("69".into()));
+        headers.push(Header::RecordRoute("<sip:p1;lr>, <sip:p2;lr>".into()));
+        headers.push(Header::Other("X-Voxgate-Trunk".into(), "carrier".into()));
+        headers.push(Header::Allow("INVITE, BYE".into()));
+        assert_eq!(
+            header_value(&headers, "max-forwards").as_deref(),
+            Some("69")
+        );
+        assert_eq!(
+            header_value(&headers, "x-voxgate-trunk").as_deref(),
+            Some("carrier")
+        );
+        assert_eq!(
+            header_value(&headers, "Allow").as_deref(),
+            Some("INVITE, BYE")
+        );
+        assert_eq!(header_value(&headers, "Contact"), None);
+        assert_eq!(
+            header_values(&headers, "Record-Route"),
+            vec!["<sip:p1;lr>", "<sip:p2;lr>"]
+        );
+    }
 
     #[test]
     fn uri_and_name_addr_parts() {

@@ -162,14 +162,6 @@ pub fn run_calls(args: &[&str]) -> (Output, serde_json::Value) {
     let report_arg = report.to_string_lossy().into_owned();
     let mut all: Vec<&str> = vec!["call", "--quiet", "--report", &report_arg];
     all.extend_from_slice(args);
-    // The seed makes Call-IDs, tags and branches: runs against one server must not repeat them.
-    static RUNS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    let seed = (u64::from(std::process::id()) << 20)
-        + RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let seed_arg = seed.to_string();
-    if !args.contains(&"--seed") {
-        all.extend_from_slice(&["--seed", &seed_arg]);
-    }
     let output = Command::new(binary("voxgate-loadgen"))
         .args(&all)
         .stdin(Stdio::null())
