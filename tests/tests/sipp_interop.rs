@@ -6,47 +6,18 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{
-    Running, binary, field, free_udp_port, run_calls, scratch_dir, sipp, wait_for_sip,
-    wait_for_udp_bound,
-};
+use common::sipp::{run_uac, sipp_or_skip, start_uas};
+use common::{field, run_calls, start_backend};
 
 #[test]
 fn loadgen_calls_a_sipp_uas() {
-    let Some(sipp) = sipp() else {
-        eprintln!(
-            "SKIPPED loadgen_calls_a_sipp_uas: sipp not installed (apt-get install sip-tester)"
-        );
+    let Some(sipp) = sipp_or_skip("loadgen_calls_a_sipp_uas") else {
         return;
     };
-    let port = free_udp_port();
-    let media_port = free_udp_port();
-    let (port_s, media_s) = (port.to_string(), media_port.to_string());
-    let _uas = Running::start(
-        "sipp-uas",
-        &sipp,
-        &[
-            "-sn",
-            "uas",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &port_s,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_s,
-            "-rtp_echo",
-            "-nostdin",
-            "-timeout",
-            "60",
-        ],
-    );
+    let (_uas, port) = start_uas("sipp-uas", &sipp);
     let target = format!("127.0.0.1:{port}");
-    wait_for_udp_bound(port, Duration::from_secs(10));
     let (output, report) = run_calls(&[
         "--target",
         &target,
@@ -74,59 +45,11 @@ fn loadgen_calls_a_sipp_uas() {
 
 #[test]
 fn sipp_uac_calls_the_loadgen_backend() {
-    let Some(sipp) = sipp() else {
-        eprintln!(
-            "SKIPPED sipp_uac_calls_the_loadgen_backend: sipp not installed (apt-get install sip-tester)"
-        );
+    let Some(sipp) = sipp_or_skip("sipp_uac_calls_the_loadgen_backend") else {
         return;
     };
-    let port = free_udp_port();
-    let backend_addr = format!("127.0.0.1:{port}");
-    let _backend = Running::start(
-        "backend-for-sipp",
-        &binary("voxgate-loadgen"),
-        &["backend", "--listen", &backend_addr, "--max-sessions", "20"],
-    );
-    wait_for_sip(backend_addr.parse().unwrap(), Duration::from_secs(10));
-    let uac_port = free_udp_port().to_string();
-    let media_port = free_udp_port().to_string();
-    let output = Command::new(&sipp)
-        .args([
-            "-sn",
-            "uac",
-            &backend_addr,
-            "-i",
-            "127.0.0.1",
-            "-p",
-            &uac_port,
-            "-mi",
-            "127.0.0.1",
-            "-mp",
-            &media_port,
-            "-m",
-            "10",
-            "-r",
-            "10",
-            "-l",
-            "10",
-            "-d",
-            "500",
-            "-nostdin",
-            "-timeout",
-            "30",
-            "-timeout_error",
-            "-trace_err",
-        ])
-        .current_dir(scratch_dir())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .output()
-        .expect("run sipp");
+    let (_backend, backend) = start_backend("backend-for-sipp", &["--max-sessions", "20"]);
+    let (status, stderr) = run_uac(&sipp, &backend.to_string(), Duration::from_secs(35));
     // sipp exits 0 only when every call succeeded.
-    assert!(
-        output.status.success(),
-        "sipp uac failed ({:?}): {}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert!(status.success(), "sipp uac failed ({status:?}): {stderr}");
 }

@@ -4,6 +4,8 @@
 // thread (real clock and sleeps) and may panic on setup failures.
 #![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
 
+pub mod sipp;
+
 pub mod uac;
 
 use std::net::{SocketAddr, UdpSocket};
