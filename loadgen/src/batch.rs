@@ -91,7 +91,14 @@ impl SendBatch {
 
     /// Sends `datagrams` (payload, destination), [`BATCH`] per system call. Returns how many were
     /// sent; a datagram the kernel refuses is skipped.
-    pub fn send(&mut self, socket: &UdpSocket, datagrams: &[(&[u8], SocketAddr)]) -> usize {
+    /// `sent(i)` is called for each datagram the kernel took (a failed one is skipped, and the
+    /// ones after it are still sent).
+    pub fn send(
+        &mut self,
+        socket: &UdpSocket,
+        datagrams: &[(&[u8], SocketAddr)],
+        mut sent_one: impl FnMut(usize),
+    ) -> usize {
         let mut sent = 0;
         let mut next = 0;
         while next < datagrams.len() {
@@ -115,6 +122,7 @@ impl SendBatch {
                 Ok(results) => {
                     // At least one: sendmmsg fails rather than send none.
                     let n = results.count().max(1);
+                    (next..next + n).for_each(&mut sent_one);
                     sent += n;
                     next += n;
                 }

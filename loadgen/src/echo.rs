@@ -140,7 +140,7 @@ fn echo_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
                 }
             }
         }
-        let sent = sender.send(socket, &echoes);
+        let sent = sender.send(socket, &echoes, |_| {});
         inner.echoed.fetch_add(sent as u64, Ordering::Relaxed);
         drop(inner);
         crate::batch::coalesce(&mut coalescer, count);

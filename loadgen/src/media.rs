@@ -287,11 +287,7 @@ fn send_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
             .zip(&targets)
             .map(|(p, &to)| (&p[..], to))
             .collect();
-        let sent = sender.send(socket, &datagrams);
-        // Datagrams go out in order until one fails; count the rest of a short batch as errors.
-        for stream in senders.iter().take(sent) {
-            stream.lock().sent += 1;
-        }
+        let sent = sender.send(socket, &datagrams, |i| senders[i].lock().sent += 1);
         inner
             .counters
             .sent

@@ -17,8 +17,10 @@ use voxgate_sip::{Event, TransactionKey, Transactions, Transport};
 use crate::tcp::{TcpConnection, TcpEvent, TcpTasks};
 use crate::{Command, EndpointCounters, MessageObserver, datagram_method};
 
-/// How long a transaction key stays mapped to its Call-ID: longer than any RFC 3261 timer
-/// (64 * T1 plus Timer D), so that late timeouts and retransmissions still reach their call.
+/// How long a transaction key stays mapped to its Call-ID after its last request or response:
+/// longer than any RFC 3261 timer (64 * T1 plus Timer D), so that late timeouts still reach their
+/// call. Each response the TU sends renews the mapping, since Timer L (`AckTimeout`) runs from
+/// the 2xx, and an INVITE may ring for any length of time before it.
 const KEY_ROUTE_TTL: Duration = Duration::from_secs(64);
 
 /// Inputs of one kind handled before flushing, to batch under load.
@@ -155,6 +157,9 @@ impl Driver {
                 }
             }
             Command::Respond { key, response } => {
+                if let Some((_, since)) = self.key_routes.get_mut(&key) {
+                    *since = now;
+                }
                 if let Err(err) = self
                     .transactions
                     .send_response(now.into_std(), &key, response)
@@ -223,25 +228,27 @@ impl Driver {
     }
 
     fn route(&mut self, event: Event) {
+        if let Event::Request { key, request, .. } = &event
+            && let Some(call_id) = voxgate_sip::message::call_id(request)
+        {
+            // Only requests open server transactions that may later time out by key alone.
+            self.key_routes
+                .insert(key.clone(), (call_id.to_owned(), Instant::now()));
+        }
         let call_id = match &event {
-            Event::Request { key, request, .. } => {
-                let call_id = call_id_of(request);
-                if let Some(call_id) = &call_id {
-                    self.key_routes
-                        .insert(key.clone(), (call_id.clone(), Instant::now()));
-                }
-                call_id
+            Event::Request { request, .. } | Event::Ack { request, .. } => {
+                voxgate_sip::message::call_id(request)
             }
-            Event::Ack { request, .. } => call_id_of(request),
             Event::Response { response, .. } | Event::StrayResponse { response, .. } => {
-                response.call_id_header().ok().map(|h| h.value().to_owned())
+                voxgate_sip::message::call_id(response)
             }
-            Event::Timeout { key } | Event::AckTimeout { key } => {
-                self.key_routes.get(key).map(|(call_id, _)| call_id.clone())
-            }
+            Event::Timeout { key } | Event::AckTimeout { key } => self
+                .key_routes
+                .get(key)
+                .map(|(call_id, _)| call_id.as_str()),
             _ => None,
         };
-        let route = call_id.as_ref().and_then(|id| self.routes.get(id));
+        let route = call_id.and_then(|id| self.routes.get(id));
         let undelivered = match route {
             Some(route) => route.send(event).err().map(|e| e.0),
             None => Some(event),
