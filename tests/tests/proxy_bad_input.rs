@@ -32,7 +32,7 @@ fn bad_input_is_answered_or_dropped_and_leaks_nothing() {
     );
     let answer = send(huge.as_bytes());
     assert!(
-        answer.is_empty() || answer.starts_with("SIP/2.0 513 "),
+        answer.starts_with("SIP/2.0 513 "),
         "17 KiB datagram: {answer}"
     );
 
@@ -46,10 +46,7 @@ fn bad_input_is_answered_or_dropped_and_leaks_nothing() {
     assert_eq!(noise, "");
     let truncated = raw_request("INVITE", proxy.sip, LOCAL, "trunc", "");
     let answer = send(&truncated.as_bytes()[..100]);
-    assert!(
-        answer.is_empty() || answer.starts_with("SIP/2.0 400 "),
-        "truncated: {answer}"
-    );
+    assert!(answer.starts_with("SIP/2.0 400 "), "truncated: {answer}");
 
     // Max-Forwards 0: 483.
     let looped = raw_request("INVITE", proxy.sip, LOCAL, "loop", "")
