@@ -103,9 +103,15 @@ impl StreamStats {
             SeqVerdict::Restarted => self.transit = None,
             SeqVerdict::Counted | SeqVerdict::Held => {}
         }
-        let elapsed = arrival.saturating_duration_since(first).as_nanos();
-        // Truncating to 32 bits is the modular arithmetic RTP timestamps use.
-        let arrival_ts = (elapsed * u128::from(self.clock_rate) / 1_000_000_000) as u32;
+        let elapsed = arrival.saturating_duration_since(first);
+        let rate = u64::from(self.clock_rate);
+        // u64 arithmetic (no 128-bit division per packet); truncating to 32 bits is the modular
+        // arithmetic RTP timestamps use.
+        let arrival_ts = elapsed
+            .as_secs()
+            .wrapping_mul(rate)
+            .wrapping_add(u64::from(elapsed.subsec_nanos()) * rate / 1_000_000_000)
+            as u32;
         let transit = arrival_ts.wrapping_sub(rtp_timestamp);
         if let Some(prev) = self.transit {
             let d = u64::from((transit.wrapping_sub(prev) as i32).unsigned_abs());
