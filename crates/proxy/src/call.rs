@@ -79,6 +79,15 @@ struct CallerLeg {
     answered: bool,
 }
 
+impl CallerLeg {
+    /// A final response to the caller's INVITE, with `extra` headers.
+    fn reject(&self, gateway: &Gateway, code: u16, extra: Vec<Header>) {
+        let mut response = self.dialog.response(&self.invite, code, None);
+        response.headers.extend(extra);
+        gateway.endpoint.respond(self.key.clone(), response);
+    }
+}
+
 /// A new call's INVITE as the dispatcher received it.
 #[derive(Debug)]
 pub struct Caller {
@@ -135,8 +144,6 @@ struct Call {
     offer: AudioSdp,
     relay: Relay,
     ports: (u16, u16),
-    /// The Backend's SDP answer, between its 2xx and our answer to the caller.
-    backend_answer: Option<AudioSdp>,
     /// `o=` session version per side (caller, Backend), raised on every SDP we send.
     sdp_versions: [u64; 2],
     started: Instant,
@@ -176,11 +183,7 @@ pub async fn run(
         transport,
         answered: false,
     };
-    let reject = |code: u16, extra: Vec<Header>| {
-        let mut response = caller.dialog.response(&caller.invite, code, None);
-        response.headers.extend(extra);
-        gateway.endpoint.respond(caller.key.clone(), response);
-    };
+    let reject = |code: u16, extra: Vec<Header>| caller.reject(&gateway, code, extra);
 
     let offer = std::str::from_utf8(&caller.invite.body)
         .ok()
@@ -199,8 +202,7 @@ pub async fn run(
         Err(err) => {
             tracing::warn!(%err, "no media ports for a new call");
             metrics::session_rejected("media_ports");
-            let secs = gateway.retry_after().as_secs().max(1);
-            reject(503, vec![Header::RetryAfter(secs.to_string().into())]);
+            reject(503, vec![gateway.retry_after_header()]);
             return;
         }
     };
@@ -229,7 +231,6 @@ pub async fn run(
         offer,
         relay,
         ports,
-        backend_answer: None,
         sdp_versions: [1, 1],
         started,
     };
@@ -243,19 +244,20 @@ pub async fn run(
 
 impl Call {
     async fn run(&mut self, destination: Destination) -> EndCause {
-        let mut backend = match self.connect(destination).await {
-            Ok(backend) => backend,
+        let (mut backend, answer) = match self.connect(destination).await {
+            Ok(connected) => connected,
             Err(cause) => return cause,
         };
-        if let Err(cause) = self.answer(&backend) {
-            return cause;
-        }
+        self.answer(answer);
         self.established(&mut backend).await
     }
 
-    /// Places the call on a Backend (failing over) or the trunk; on error the caller has been
-    /// answered with the final response.
-    async fn connect(&mut self, destination: Destination) -> Result<BackendLeg, EndCause> {
+    /// Places the call on a Backend (failing over) or the trunk: its leg and its SDP answer. On
+    /// error the caller has been answered with the final response.
+    async fn connect(
+        &mut self,
+        destination: Destination,
+    ) -> Result<(BackendLeg, AudioSdp), EndCause> {
         let gateway = self.gateway.clone();
         let mut tried: Vec<NodeId> = Vec::new();
         let attempts = gateway.config.routing.max_attempts.max(1);
@@ -298,8 +300,7 @@ impl Call {
             }
         }
         metrics::session_rejected("no_backend");
-        let secs = gateway.retry_after().as_secs().max(1);
-        self.reject(503, vec![Header::RetryAfter(secs.to_string().into())]);
+        self.reject(503, vec![gateway.retry_after_header()]);
         Err(EndCause::NoBackend)
     }
 
@@ -338,10 +339,7 @@ impl Call {
         leg.local_contact = format!("sip:voxgate@{}", gateway.sip_addr);
         let sdp = self.sdp_for(Side::Backend, &self.offer.clone());
         let mut invite = leg.invite(&mut self.rng, sdp);
-        if let Some(max_forwards) =
-            dialog::header_value(&self.caller.invite.headers, "Max-Forwards")
-                .and_then(|v| v.trim().parse::<u32>().ok())
-        {
+        if let Some(max_forwards) = voxgate_sip::message::max_forwards(&self.caller.invite) {
             invite
                 .headers
                 .retain(|h| !matches!(h, Header::MaxForwards(_)));
@@ -441,12 +439,12 @@ impl Call {
             .respond(self.caller.key.clone(), reply);
     }
 
-    /// ACKs the Backend's 2xx and sets up its side of the relay.
+    /// ACKs the Backend's 2xx and sets up its side of the relay; returns its leg and SDP answer.
     fn confirm(
         &mut self,
         mut attempt: Attempt,
         response: rsip::Response,
-    ) -> Result<BackendLeg, EndCause> {
+    ) -> Result<(BackendLeg, AudioSdp), EndCause> {
         attempt.dialog.confirm(&response);
         let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
         let ack = attempt.dialog.ack(&mut self.rng, invite_cseq);
@@ -462,8 +460,7 @@ impl Call {
         match parse_sdp(&response.body) {
             Some(answer) if answer.port != 0 => {
                 self.relay.set_peer(Side::Backend, peer_media(&answer));
-                self.backend_answer = Some(answer);
-                Ok(leg)
+                Ok((leg, answer))
             }
             _ => {
                 // Answered without usable media: hang the Backend up and tell the caller.
@@ -475,11 +472,7 @@ impl Call {
     }
 
     /// Answers the caller with the Backend's SDP answer rewritten to this node.
-    fn answer(&mut self, _backend: &BackendLeg) -> Result<(), EndCause> {
-        let Some(answer) = self.backend_answer.take() else {
-            return Err(EndCause::Rejected);
-        };
-        let mut sdp = answer;
+    fn answer(&mut self, mut sdp: AudioSdp) {
         // We terminate RTCP multiplexing ourselves: accept it on the caller's side whenever
         // the caller offered it, whatever the Backend chose.
         sdp.rtcp_mux = self.offer.rtcp_mux;
@@ -493,7 +486,6 @@ impl Call {
         self.relay.arm();
         metrics::session_started();
         metrics::setup_time(self.started.elapsed());
-        Ok(())
     }
 
     /// The answered call, until one side ends it.
@@ -737,11 +729,7 @@ impl Call {
 
     /// A final response to the caller's INVITE.
     fn reject(&self, code: u16, extra: Vec<Header>) {
-        let mut response = self.caller.dialog.response(&self.caller.invite, code, None);
-        response.headers.extend(extra);
-        self.gateway
-            .endpoint
-            .respond(self.caller.key.clone(), response);
+        self.caller.reject(&self.gateway, code, extra);
     }
 
     /// `sdp` as this node presents it to `side`: our address and that side's relay port, our

@@ -59,15 +59,12 @@ fn on_request(
         }
         gateway.endpoint.respond(key.clone(), response);
     };
-    let retry_after = || {
-        let secs = gateway.retry_after().as_secs().max(1);
-        vec![Header::RetryAfter(secs.to_string().into())]
-    };
+    let retry_after = || vec![gateway.retry_after_header()];
     let allow = || vec![Header::Allow(ALLOW.into())];
     let method = request.method;
     if method != rsip::Method::Ack
         && method != rsip::Method::Options
-        && max_forwards(&request) == Some(0)
+        && voxgate_sip::message::max_forwards(&request) == Some(0)
     {
         reply(483, Vec::new());
         return;
@@ -136,12 +133,4 @@ fn on_request(
         m if KNOWN_NOT_ALLOWED.contains(&m) => reply(405, allow()),
         _ => reply(501, Vec::new()),
     }
-}
-
-/// The Max-Forwards value, if present and numeric.
-fn max_forwards(request: &rsip::Request) -> Option<u32> {
-    voxgate_sip::dialog::header_value(&request.headers, "Max-Forwards")?
-        .trim()
-        .parse()
-        .ok()
 }

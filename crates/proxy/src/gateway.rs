@@ -105,6 +105,12 @@ impl Gateway {
         base + Duration::from_millis(jitter)
     }
 
+    /// The `Retry-After` header of a 503 (whole seconds of [`Gateway::retry_after`]).
+    pub fn retry_after_header(&self) -> rsip::Header {
+        let secs = self.retry_after().as_secs().max(1);
+        rsip::Header::RetryAfter(secs.to_string().into())
+    }
+
     /// Whether `source` is one of our Backends (its calls go out through a trunk).
     pub fn is_backend(&self, source: SocketAddr) -> bool {
         self.backend_addrs.contains(&source)

@@ -20,8 +20,8 @@ pub use encode::{
     encode_request, encode_response, method_name, parse_method, reason_phrase, to_bytes,
 };
 pub use error_response::error_response;
+use frame::is_token_char;
 pub(crate) use frame::{build, frame};
-use frame::{contains_tag, is_token_char};
 
 /// Largest message accepted, in bytes (a UDP datagram or one framed TCP message).
 pub const MAX_MESSAGE_SIZE: usize = 16 * 1024;
@@ -202,6 +202,14 @@ pub fn cseq<M: HasHeaders>(msg: &M) -> Option<(u32, rsip::Method)> {
     Some((seq, parse_method(method)?))
 }
 
+/// The Max-Forwards value, if present and numeric.
+pub fn max_forwards<M: HasHeaders>(msg: &M) -> Option<u32> {
+    msg.headers().iter().find_map(|h| match h {
+        Header::MaxForwards(m) => m.value().trim().parse().ok(),
+        _ => None,
+    })
+}
+
 /// The tag parameter of the From header, if present.
 pub fn from_tag<M: HasHeaders>(msg: &M) -> Option<String> {
     let from = msg.headers().iter().find_map(|h| match h {
@@ -270,7 +278,7 @@ pub fn response_for(request: &rsip::Request, status: u16, to_tag: Option<&str>) 
                 headers.push(header.clone())
             }
             Header::To(to) => match to_tag {
-                Some(tag) if !contains_tag(to.value()) => headers.push(Header::To(
+                Some(tag) if tag_param(to.value()).is_none() => headers.push(Header::To(
                     rsip::headers::To::new(format!("{};tag={tag}", to.value())),
                 )),
                 _ => headers.push(header.clone()),

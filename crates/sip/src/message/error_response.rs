@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use bytes::Bytes;
 
-use super::frame::{canonical_name, contains_tag, find, is_token_char, split_via_list};
+use super::frame::{canonical_name, find, is_token_char, split_via_list};
 use super::{MAX_MESSAGE_SIZE, ParseError, ViaParts};
 
 /// Builds the error response for a request that failed [`parse`](super::parse) with `err`, as bytes.
@@ -34,7 +34,7 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Bytes> {
         let _ = write!(out, "From: {from}\r\n");
     }
     if let Some(to) = scan.to {
-        if contains_tag(to) {
+        if super::tag_param(to).is_some() {
             let _ = write!(out, "To: {to}\r\n");
         } else {
             let _ = write!(out, "To: {to};tag={:016x}\r\n", fnv1a(branch.as_bytes()));

@@ -95,10 +95,6 @@ pub(super) fn is_token_char(c: u8) -> bool {
         )
 }
 
-pub(super) fn contains_tag(value: &str) -> bool {
-    value.to_ascii_lowercase().contains(";tag=")
-}
-
 /// Splits a Via value on the commas that separate via-parms (none appear inside one, outside
 /// quoted strings).
 pub(super) fn split_via_list(value: &str) -> impl Iterator<Item = &str> {
