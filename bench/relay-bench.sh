@@ -8,8 +8,9 @@
 #
 # After SETTLE_SECS (default 10) it samples each process's CPU and RSS for WINDOW_SECS (default
 # 20), and the proxy's relayed-packet counter over the same window, to give CPU per packet.
-# Then it prints the loadgen's summary. VOXGATE_MEDIA_WORKERS=N in the environment sets the
-# proxy's media worker threads (default: one per CPU); BIN_DIR=DIR takes `voxgate` and
+# Then it prints the loadgen's summary. The proxy's media workers run at nice -10
+# (`media.worker_nice`; WORKER_NICE=N changes it, 0 for none); any `VOXGATE_SECTION__KEY` in the
+# environment overrides the proxy's config as usual (e.g. VOXGATE_MEDIA__WORKERS=1); BIN_DIR=DIR takes `voxgate` and
 # `voxgate-loadgen` from DIR instead (A/B runs against an older build). Builds nothing: run
 # `cargo build --release -p voxgate-proxy -p voxgate-loadgen` first.
 set -euo pipefail
@@ -41,6 +42,7 @@ public_ip = "127.0.0.1"
 bind_ip = "127.0.0.1"
 port_min = 20000
 port_max = 39999
+worker_nice = ${WORKER_NICE:--10}
 [limits]
 max_sessions = 5000
 [[backends]]

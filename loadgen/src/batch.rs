@@ -6,23 +6,19 @@ use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd as _;
 
 use nix::sys::socket::{MsgFlags, MultiHeaders, SockaddrStorage, recvmmsg, sendmmsg};
+use voxgate_media::coalesce::Coalescer;
 
 /// Datagrams per system call.
 pub const BATCH: usize = 128;
 
-/// How long a receiver sleeps after a batch that did not fill, letting datagrams gather: a thread
-/// blocked in `recvmmsg` is woken for every datagram (and preempts whoever sent it), which at
-/// 50,000 packets a second costs more than the receiving. Adds up to this much latency.
-pub const COALESCE: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// Sleeps [`COALESCE`] when `coalescer` says the recent packet rate is high and the last batch
+/// Sleeps [`Coalescer::PAUSE`] when `coalescer` says the recent packet rate is high and the last batch
 /// of `received` datagrams did not fill (see `voxgate_media::coalesce`).
-pub fn coalesce(coalescer: &mut voxgate_media::coalesce::Coalescer, received: usize) {
+pub fn coalesce(coalescer: &mut Coalescer, received: usize) {
     #[allow(clippy::disallowed_methods)] // a dedicated receiving thread: its own clock
     let now = std::time::Instant::now();
     if coalescer.record(now, received, received == BATCH) {
         #[allow(clippy::disallowed_methods)] // a dedicated receiving thread, not a runtime's
-        std::thread::sleep(COALESCE);
+        std::thread::sleep(Coalescer::PAUSE);
     }
 }
 
@@ -90,14 +86,13 @@ impl SendBatch {
     }
 
     /// Sends `datagrams` (payload, destination), [`BATCH`] per system call. Returns how many were
-    /// sent; a datagram the kernel refuses is skipped.
-    /// `sent(i)` is called for each datagram the kernel took (a failed one is skipped, and the
-    /// ones after it are still sent).
+    /// sent. A datagram the kernel refuses is skipped (the ones after it are still sent) and
+    /// reported to `refused(i)`.
     pub fn send(
         &mut self,
         socket: &UdpSocket,
         datagrams: &[(&[u8], SocketAddr)],
-        mut sent_one: impl FnMut(usize),
+        mut refused: impl FnMut(usize),
     ) -> usize {
         let mut sent = 0;
         let mut next = 0;
@@ -122,12 +117,14 @@ impl SendBatch {
                 Ok(results) => {
                     // At least one: sendmmsg fails rather than send none.
                     let n = results.count().max(1);
-                    (next..next + n).for_each(&mut sent_one);
                     sent += n;
                     next += n;
                 }
                 // The first datagram of the chunk failed.
-                Err(_) => next += 1,
+                Err(_) => {
+                    refused(next);
+                    next += 1;
+                }
             }
         }
         sent

@@ -278,6 +278,9 @@ fn send_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
             }
             let mut out = [0u8; PACKET_LEN];
             state.sender.next_packet(inner.epoch.elapsed(), &mut out);
+            // Counted before it leaves, under the lock: `close` must never see an echo that
+            // outran its packet's count (received > sent).
+            state.sent += 1;
             packets.push(out);
             targets.push(stream.remote);
             senders.push(stream);
@@ -287,7 +290,7 @@ fn send_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
             .zip(&targets)
             .map(|(p, &to)| (&p[..], to))
             .collect();
-        let sent = sender.send(socket, &datagrams, |i| senders[i].lock().sent += 1);
+        let sent = sender.send(socket, &datagrams, |i| senders[i].lock().sent -= 1);
         inner
             .counters
             .sent

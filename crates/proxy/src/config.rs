@@ -325,6 +325,12 @@ impl Config {
         if media.timeout.is_zero() {
             return Err(ConfigError::new("media.timeout", "must be more than 0s"));
         }
+        if !(-20..=19).contains(&media.worker_nice) {
+            return Err(ConfigError::new(
+                "media.worker_nice",
+                "must be a nice value from -20 to 19",
+            ));
+        }
         Ok(())
     }
 
@@ -544,6 +550,11 @@ pub struct MediaConfig {
     /// A leg silent this long ends the call.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Media worker threads relaying RTP; 0 means one per CPU.
+    pub workers: usize,
+    /// Nice value of the media worker threads (-20..=19; lower runs first). 0 leaves them at
+    /// the process's priority; a negative value needs CAP_SYS_NICE and, if refused, is logged.
+    pub worker_nice: i32,
 }
 
 impl Default for MediaConfig {
@@ -554,6 +565,8 @@ impl Default for MediaConfig {
             port_min: 20000,
             port_max: 29999,
             timeout: Duration::from_secs(60),
+            workers: 0,
+            worker_nice: 0,
         }
     }
 }

@@ -34,6 +34,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     metrics::sessions(0, config.limits.max_sessions);
     let shutdown = shutdown::Shutdown::listen().context("installing signal handlers")?;
 
+    relay::start_workers(config.media.workers, config.media.worker_nice);
     let ports = PortPool::new(config.media.port_min, config.media.port_max).with_context(|| {
         format!(
             "media.port_min..port_max {}..{}",

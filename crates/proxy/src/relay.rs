@@ -108,9 +108,6 @@ const WAKE: u64 = u64::MAX;
 /// Readiness events taken per `epoll_wait`.
 const EVENTS_PER_WAIT: usize = 256;
 
-/// How long a busy worker sleeps between waits, letting packets gather (see [`WorkerLoop::run`]).
-const COALESCE: Duration = Duration::from_millis(2);
-
 /// Packets a second per worker above which it coalesces (see `voxgate_media::coalesce`): about
 /// 400 calls' media on one worker. Below it the worker blocks and relays each packet at once.
 const BUSY_PPS: u64 = 20_000;
@@ -125,31 +122,41 @@ struct MediaWorkers {
     ids: AtomicU64,
 }
 
+/// The process's workers, started by [`start_workers`] (or on first use with the defaults).
+static WORKERS: OnceLock<MediaWorkers> = OnceLock::new();
+
+/// Starts the media workers: `count` threads (0: one per CPU) at nice value `nice` (0: the
+/// process's own priority). Later calls, and relays started before it, keep the first set.
+pub fn start_workers(count: usize, nice: i32) {
+    WORKERS.get_or_init(|| MediaWorkers::spawn(count, nice));
+}
+
 impl MediaWorkers {
-    /// The process's workers: one per CPU, or `VOXGATE_MEDIA_WORKERS` (a benchmarking knob).
+    /// The running workers, started with the defaults if [`start_workers`] was not called.
     fn get() -> &'static MediaWorkers {
-        static WORKERS: OnceLock<MediaWorkers> = OnceLock::new();
-        WORKERS.get_or_init(|| {
-            let count = std::env::var("VOXGATE_MEDIA_WORKERS")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .filter(|&n: &usize| n > 0)
-                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
-            let workers = (0..count)
-                .filter_map(|index| match Worker::spawn(index) {
-                    Ok(worker) => Some(worker),
-                    Err(err) => {
-                        tracing::error!(index, %err, "cannot start a media worker");
-                        None
-                    }
-                })
-                .collect();
-            MediaWorkers {
-                workers,
-                next: AtomicUsize::new(0),
-                ids: AtomicU64::new(0),
-            }
-        })
+        WORKERS.get_or_init(|| MediaWorkers::spawn(0, 0))
+    }
+
+    fn spawn(count: usize, nice: i32) -> MediaWorkers {
+        let count = if count > 0 {
+            count
+        } else {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        };
+        let workers = (0..count)
+            .filter_map(|index| match Worker::spawn(index, nice) {
+                Ok(worker) => Some(worker),
+                Err(err) => {
+                    tracing::error!(index, %err, "cannot start a media worker");
+                    None
+                }
+            })
+            .collect();
+        MediaWorkers {
+            workers,
+            next: AtomicUsize::new(0),
+            ids: AtomicU64::new(0),
+        }
     }
 
     /// The next worker, round robin.
@@ -170,7 +177,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn spawn(index: usize) -> std::io::Result<Self> {
+    fn spawn(index: usize, nice: i32) -> std::io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
         let wake = Arc::new(EventFd::from_flags(
             EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC,
@@ -188,7 +195,10 @@ impl Worker {
         };
         std::thread::Builder::new()
             .name(format!("media-{index}"))
-            .spawn(move || event_loop.run())?;
+            .spawn(move || {
+                set_thread_nice(index, nice);
+                event_loop.run();
+            })?;
         Ok(Self { commands, wake })
     }
 
@@ -218,10 +228,10 @@ impl WorkerLoop {
     /// wait, so each packet costs one `recvfrom` and one `sendto`, never a `recvfrom` that only
     /// finds the queue empty (which edge-triggered readiness, as in tokio, needs to re-arm).
     ///
-    /// While packets flow, the worker sleeps [`COALESCE`] between waits instead of blocking in
-    /// `epoll_wait`: a worker blocked there is woken (and the sender's CPU preempted) for every
-    /// packet, tens of thousands of context switches a second, whereas a sleeping one finds a
-    /// couple of milliseconds' packets ready at once. That adds up to [`COALESCE`] per hop, so it
+    /// While packets flow, the worker sleeps [`Coalescer::PAUSE`] (1 ms) between waits instead of
+    /// blocking in `epoll_wait`: a worker blocked there is woken (and the sender's CPU preempted)
+    /// for every packet, tens of thousands of context switches a second, whereas a sleeping one
+    /// finds a millisecond's packets ready at once. That adds up to the pause per hop, so it
     /// starts only above [`BUSY_PPS`]; a lightly loaded or idle worker blocks and wakes on each
     /// packet as usual.
     fn run(&mut self) {
@@ -233,7 +243,7 @@ impl WorkerLoop {
         loop {
             let wait_ms = if busy {
                 #[allow(clippy::disallowed_methods)] // a dedicated thread, not a runtime's
-                std::thread::sleep(COALESCE);
+                std::thread::sleep(Coalescer::PAUSE);
                 0
             } else {
                 let wait = next_tick.saturating_duration_since(now());
@@ -369,6 +379,24 @@ impl WorkerLoop {
             timeout,
         });
         self.slots.insert(id, slot);
+    }
+}
+
+/// Sets the calling thread's nice value (Linux keeps one per thread); a refusal (no
+/// CAP_SYS_NICE for a negative value) is logged and the thread runs at the process's priority.
+fn set_thread_nice(index: usize, nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = rustix::thread::gettid();
+    match rustix::process::setpriority_process(Some(thread), nice) {
+        Ok(()) => tracing::debug!(index, nice, "media worker priority set"),
+        Err(err) => tracing::warn!(
+            index,
+            nice,
+            %err,
+            "cannot set media.worker_nice (a negative value needs CAP_SYS_NICE); running at the default priority"
+        ),
     }
 }
 

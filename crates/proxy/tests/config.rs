@@ -45,6 +45,7 @@ fn default_loads_with_documented_values() {
         (20000, 29999)
     );
     assert_eq!(config.media.timeout, Duration::from_secs(60));
+    assert_eq!((config.media.workers, config.media.worker_nice), (0, 0));
     assert_eq!(config.http.listen.to_string(), "127.0.0.1:9090");
     assert_eq!(config.limits.max_sessions, 150);
     assert_eq!(config.limits.retry_after, Duration::from_secs(5));
@@ -218,6 +219,8 @@ fn each_validation_error_names_its_key() {
         ("[media]\nport_min = 30001\nport_max = 30002\n".into(), "media.port_max"),
         ("[media]\npublic_ip = \"0.0.0.0\"\n".into(), "media.public_ip"),
         ("[media]\ntimeout = \"0s\"\n".into(), "media.timeout"),
+        ("[media]\nworker_nice = -21\n".into(), "media.worker_nice"),
+        ("[media]\nworker_nice = 20\n".into(), "media.worker_nice"),
         ("[routing]\nmax_attempts = 0\n".into(), "routing.max_attempts"),
         ("[routing]\ninvite_timeout = \"0s\"\n".into(), "routing.invite_timeout"),
         ("[health]\ninterval = \"0s\"\n".into(), "health.interval"),
