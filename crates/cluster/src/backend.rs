@@ -28,8 +28,10 @@ pub struct BackendStatus {
     pub region: RegionId,
     /// As configured.
     pub address: SocketAddr,
-    /// Leases held: in-flight INVITEs and answered calls alike.
+    /// This proxy's leases: in-flight INVITEs and answered calls alike.
     pub sessions: u32,
+    /// Sessions other proxies have placed on it (cluster registry).
+    pub remote_sessions: u32,
     /// `max_sessions` as configured.
     pub limit: u32,
     /// Last health verdict (probes or heartbeat).
@@ -41,13 +43,16 @@ pub struct BackendStatus {
 }
 
 impl BackendStatus {
-    /// Sessions against the limit.
+    /// Every proxy's sessions against the limit.
     pub fn capacity(&self) -> Capacity {
-        Capacity::new(self.sessions, self.limit)
+        Capacity::new(
+            self.sessions.saturating_add(self.remote_sessions),
+            self.limit,
+        )
     }
 
     /// Whether a new session may be placed on it now (ignoring the caller's exclusions).
     pub fn is_eligible(&self) -> bool {
-        self.enabled && self.up && !self.cooling_down && self.sessions < self.limit
+        self.enabled && self.up && !self.cooling_down && !self.capacity().is_full()
     }
 }

@@ -8,20 +8,40 @@
 //! [`trunk::TrunkTable`] maps a caller's source address to its trunk (and so its region) and an
 //! outbound call to the trunk it leaves through.
 //!
+//! [`model`] describes regions and nodes with their operator lifecycle (enabled, disabled,
+//! maintenance), hashed API keys and live [`model::NodeStatus`] reports. [`state::ClusterState`]
+//! validates and applies operator [`state::Change`]s against the live [`state::Statuses`] (new
+//! entities start disabled and in maintenance; deletion is refused while anything still depends on
+//! them) and sums per-region capacity. Storing it (embedded file or Redis) is the proxy's job: the
+//! registries do I/O, so they live in `voxgate-proxy`'s `registry` module, behind one trait.
+//! [`advisor::Advisor`] turns a region's capacity samples into a recommended node count
+//! (required = ceil(peak x 1.5 / per-node) + 1; up within a short window, down one node per long
+//! window, so it never flaps).
+//!
 //! Nothing here does I/O, reads a clock or draws OS randomness: time comes in as `now`, randomness
 //! from a seed, and probes are sent by the proxy, which reports their outcome. Every type is safe to
 //! share between many tasks (state sits behind atomics or a `std::sync::Mutex` held for
-//! microseconds). The cluster registry (embedded and Redis), node and region lifecycle and the
-//! autoscale advisor are not built yet.
+//! microseconds).
 
 pub mod admission;
+pub mod advisor;
 pub mod backend;
 pub mod health;
+pub mod model;
 pub mod picker;
+pub mod state;
 pub mod trunk;
 
 pub use admission::{SessionSlot, SessionSlots};
+pub use advisor::{Action, Advice, Advisor, AdvisorConfig, Sample};
 pub use backend::{BackendSpec, BackendStatus};
 pub use health::{HealthConfig, HealthTracker};
+pub use model::{
+    AdminState, ApiKeyHash, Lifecycle, NewNode, Node, NodeKind, NodeStatus, Reasons, Region,
+    RuntimeState,
+};
 pub use picker::{BackendLease, BackendPicker, PickError, Spillover};
+pub use state::{
+    AuditEntry, Change, ClusterError, ClusterState, ErrorCode, RegionCapacity, Statuses,
+};
 pub use trunk::{Trunk, TrunkTable};

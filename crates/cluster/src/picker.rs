@@ -83,6 +83,8 @@ struct Entry {
     /// Shared with every lease on this Backend; incremented only under the state lock (so the cap
     /// check and the increment are one step), decremented by lease drops without it.
     sessions: Arc<AtomicU32>,
+    /// Sessions other proxies have placed on it (from the cluster registry).
+    remote: u32,
     up: bool,
     cooldown_until: Option<Instant>,
 }
@@ -94,6 +96,7 @@ impl Entry {
         Self {
             spec,
             sessions: Arc::new(AtomicU32::new(0)),
+            remote: 0,
             up: true,
             cooldown_until: None,
         }
@@ -101,6 +104,11 @@ impl Entry {
 
     fn sessions(&self) -> u32 {
         self.sessions.load(Ordering::Acquire)
+    }
+
+    /// Every proxy's sessions on it: ours and the others'.
+    fn load(&self) -> u32 {
+        self.sessions().saturating_add(self.remote)
     }
 
     fn cooling_down(&self, now: Instant) -> bool {
@@ -111,7 +119,7 @@ impl Entry {
         self.spec.region == *region
             && self.spec.enabled
             && self.up
-            && self.sessions() < self.spec.max_sessions
+            && self.load() < self.spec.max_sessions
             && !self.cooling_down(now)
             && !exclude.contains(&self.spec.id)
     }
@@ -181,6 +189,12 @@ impl BackendPicker {
         });
     }
 
+    /// Sessions other proxies have placed on a Backend (read from the cluster registry): they
+    /// count towards its cap and its utilization here too. Unknown ids are ignored.
+    pub fn set_remote_sessions(&self, id: &NodeId, sessions: u32) {
+        self.update(id, |entry| entry.remote = sessions);
+    }
+
     /// Operator switch; existing leases are unaffected. Unknown ids are ignored.
     pub fn set_enabled(&self, id: &NodeId, enabled: bool) {
         self.update(id, |entry| entry.spec.enabled = enabled);
@@ -214,6 +228,7 @@ impl BackendPicker {
                 region: entry.spec.region.clone(),
                 address: entry.spec.address,
                 sessions: entry.sessions(),
+                remote_sessions: entry.remote,
                 limit: entry.spec.max_sessions,
                 up: entry.up,
                 enabled: entry.spec.enabled,
@@ -267,7 +282,7 @@ impl State {
             if !entry.is_eligible(now, region, exclude) {
                 continue;
             }
-            let (sessions, limit) = (entry.sessions(), entry.spec.max_sessions);
+            let (sessions, limit) = (entry.load(), entry.spec.max_sessions);
             match best {
                 // Compare sessions/limit exactly: s1/l1 < s2/l2 <=> s1*l2 < s2*l1 (limits > 0 here).
                 Some((_, best_sessions, best_limit)) => {
@@ -418,6 +433,30 @@ mod tests {
         held.push(lease);
         // small 1/2 = 0.5 vs big 3/10 = 0.3: big.
         assert_eq!(picker.pick(now, &r, &[]).expect("room").id(), &node("big"));
+    }
+
+    #[test]
+    fn other_proxies_sessions_steer_and_cap() {
+        let now = origin();
+        let picker = BackendPicker::new(
+            vec![spec("a1", "US-A", 5080, 10), spec("a2", "US-A", 5081, 10)],
+            Spillover::default(),
+            3,
+        );
+        let r = region("US-A");
+        // Another proxy holds 6 calls on a1: ours go to a2 until it is as loaded.
+        picker.set_remote_sessions(&node("a1"), 6);
+        let held: Vec<_> = (0..6)
+            .map(|_| picker.pick(now, &r, &[]).expect("room"))
+            .collect();
+        assert!(held.iter().all(|lease| lease.id() == &node("a2")));
+        let snapshot = picker.snapshot(now);
+        assert_eq!(snapshot[0].remote_sessions, 6);
+        assert_eq!(snapshot[0].capacity().active, 6);
+        // A Backend full of other proxies' calls takes none of ours.
+        picker.set_remote_sessions(&node("a1"), 10);
+        assert!(!picker.snapshot(now)[0].is_eligible());
+        assert!(picker.pick(now, &r, &[node("a2")]).is_err());
     }
 
     #[test]
