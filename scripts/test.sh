@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then format, lints, docs and every test.
-# Used as is by .ci/run. Needs: the Rust toolchain (cargo, rustfmt, clippy) and, for the
-# interop tests, sipp (Debian package sip-tester), installed here when apt-get is usable.
+# Used as is by .ci/run. Needs: the Rust toolchain (cargo, rustfmt, clippy), sipp (Debian package
+# sip-tester) for the interop tests and redis-server for the cluster registry tests; the two are
+# installed here when apt-get is usable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"

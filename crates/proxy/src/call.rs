@@ -50,6 +50,7 @@ enum EndCause {
     MediaTimeout,
     AckTimeout,
     NoBackend,
+    Shutdown,
 }
 
 impl EndCause {
@@ -62,6 +63,7 @@ impl EndCause {
             EndCause::MediaTimeout => "media_timeout",
             EndCause::AckTimeout => "ack_timeout",
             EndCause::NoBackend => "no_backend",
+            EndCause::Shutdown => "shutdown",
         }
     }
 }
@@ -545,6 +547,12 @@ impl Call {
                     self.bye(Side::Caller, backend);
                     self.bye(Side::Backend, backend);
                     return EndCause::MediaTimeout;
+                }
+                () = gateway.hang_up_requested() => {
+                    tracing::info!(session = %self.id, "shutting down: ending the call");
+                    self.bye(Side::Caller, backend);
+                    self.bye(Side::Backend, backend);
+                    return EndCause::Shutdown;
                 }
             }
         }

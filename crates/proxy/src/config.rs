@@ -12,7 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -233,6 +233,10 @@ pub struct Config {
     pub backends: Vec<BackendConfig>,
     /// SIP trunks: inbound region by source network, outbound targets.
     pub trunks: Vec<TrunkConfig>,
+    /// Graceful shutdown.
+    pub drain: DrainConfig,
+    /// The cluster registry and the admin API.
+    pub cluster: ClusterConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -269,6 +273,34 @@ impl Config {
         }
         if self.health.successes_to_up < 1 {
             return fail("health.successes_to_up", "must be at least 1");
+        }
+        if self.drain.deadline.is_zero() {
+            return fail("drain.deadline", "must be more than 0s");
+        }
+        let cluster = &self.cluster;
+        if cluster.registry != "embedded"
+            && !cluster.registry.starts_with("redis://")
+            && !cluster.registry.starts_with("rediss://")
+        {
+            return fail(
+                "cluster.registry",
+                "must be \"embedded\" or a redis:// (rediss://) URL",
+            );
+        }
+        if !cluster.admin_key.is_empty() && cluster.admin_key.chars().count() < MIN_API_KEY_LEN {
+            return fail(
+                "cluster.admin_key",
+                "must be at least 32 characters (or empty to turn the admin API off)",
+            );
+        }
+        if cluster.status_interval.is_zero() {
+            return fail("cluster.status_interval", "must be more than 0s");
+        }
+        if cluster.heartbeat_ttl <= cluster.status_interval {
+            return fail(
+                "cluster.heartbeat_ttl",
+                "must be longer than cluster.status_interval (a node would flap offline between heartbeats)",
+            );
         }
         if let Err(err) = tracing_subscriber::EnvFilter::try_new(&self.log.filter) {
             return Err(ConfigError::new(
@@ -479,10 +511,63 @@ impl Default for Config {
                 BackendConfig::local("backend-2", 5081),
             ],
             trunks: Vec::new(),
+            drain: DrainConfig::default(),
+            cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
     }
 }
+
+/// `[drain]`: how SIGTERM (or the admin drain action) winds the node down.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DrainConfig {
+    /// Calls still up this long after the drain began are ended with BYE to both sides.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            deadline: Duration::from_secs(50 * 60),
+        }
+    }
+}
+
+/// `[cluster]`: where regions, nodes and their lifecycle live, and who may change them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// `"embedded"` (in this process, persisted to `state_file`) or a `redis://` URL (a Redis
+    /// server shared by every node).
+    pub registry: String,
+    /// The embedded registry's state file (crash-safe JSON; "" keeps the state in memory only).
+    pub state_file: PathBuf,
+    /// Bearer key of the admin API (`/v1`), at least 32 characters; "" turns the API off.
+    pub admin_key: String,
+    /// A node whose last status is older than this is offline.
+    #[serde(with = "humantime_serde")]
+    pub heartbeat_ttl: Duration,
+    /// How often this node publishes its own status.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            registry: "embedded".to_owned(),
+            state_file: PathBuf::from("voxgate-state.json"),
+            admin_key: String::new(),
+            heartbeat_ttl: Duration::from_secs(5),
+            status_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Shortest admin or node API key accepted.
+pub const MIN_API_KEY_LEN: usize = 32;
 
 /// `[node]`: this node's identity.
 #[derive(Debug, Clone, PartialEq, Deserialize)]

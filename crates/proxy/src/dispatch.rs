@@ -72,8 +72,8 @@ fn on_request(
     match method {
         rsip::Method::Invite if to_tag(&request).is_some() => reply(481, Vec::new()),
         rsip::Method::Invite => {
-            if !gateway.accepting() {
-                metrics::session_rejected("draining");
+            if let Some(reason) = gateway.refusal() {
+                metrics::session_rejected(reason);
                 reply(503, retry_after());
                 return;
             }

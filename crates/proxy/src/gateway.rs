@@ -15,6 +15,7 @@ use voxgate_core::{RegionId, SessionId};
 use voxgate_endpoint::{Endpoint, MessageObserver};
 use voxgate_media::pool::PortPool;
 
+use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::http::Health;
 use crate::metrics;
@@ -56,30 +57,41 @@ pub struct Gateway {
     pub ports: PortPool,
     /// Live sessions.
     pub sessions: DashMap<SessionId, SessionInfo>,
+    /// The cluster registry link: lifecycle, fleet-wide load, capacity signals.
+    pub cluster: ClusterLink,
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
-    backend_addrs: HashSet<SocketAddr>,
+    backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
     next_session: AtomicU64,
-    accepting: AtomicBool,
+    draining: AtomicBool,
+    /// The public reason while an operator holds this node (or its region) out of service.
+    maintenance: Mutex<Option<String>>,
+    /// Set once every answered call must end now (drain deadline or a second signal).
+    hang_up: tokio::sync::watch::Sender<bool>,
     rng: Mutex<SmallRng>,
 }
 
 impl Gateway {
     /// Builds the state from `config` around a bound `endpoint`.
-    pub fn new(config: Config, endpoint: Endpoint, ports: PortPool) -> Self {
+    pub fn new(config: Config, endpoint: Endpoint, ports: PortPool, cluster: ClusterLink) -> Self {
         let seed = config.routing.seed.unwrap_or_else(rand::random);
         let picker = BackendPicker::new(config.backend_specs(), config.spillover(), seed);
         let sip_addr = SocketAddr::new(config.media.public_ip, endpoint.local_addr().port());
         Self {
             slots: SessionSlots::new(config.limits.max_sessions),
             trunks: config.trunk_table(),
-            backend_addrs: config.backends.iter().map(|b| b.address).collect(),
+            backend_addrs: std::sync::RwLock::new(
+                config.backends.iter().map(|b| b.address).collect(),
+            ),
+            cluster,
             picker,
             ports,
             sip_addr,
             endpoint,
             sessions: DashMap::new(),
             next_session: AtomicU64::new(1),
-            accepting: AtomicBool::new(true),
+            draining: AtomicBool::new(false),
+            maintenance: Mutex::new(None),
+            hang_up: tokio::sync::watch::Sender::new(false),
             rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
             config,
         }
@@ -113,17 +125,72 @@ impl Gateway {
 
     /// Whether `source` is one of our Backends (its calls go out through a trunk).
     pub fn is_backend(&self, source: SocketAddr) -> bool {
-        self.backend_addrs.contains(&source)
+        self.backend_addrs
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&source)
     }
 
-    /// Whether new sessions are taken (false while draining or shutting down).
+    /// Adds Backend addresses learnt from the cluster registry (config ones stay).
+    pub fn add_backend_addrs(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+        let mut known = self
+            .backend_addrs
+            .write()
+            .unwrap_or_else(|e| e.into_inner());
+        known.extend(addrs);
+    }
+
+    /// Whether new sessions are taken: not draining and not in maintenance.
     pub fn accepting(&self) -> bool {
-        self.accepting.load(Ordering::Acquire)
+        self.refusal().is_none()
     }
 
-    /// Stops taking new sessions.
+    /// Why new sessions are refused (the `reason` label of the rejection), if they are.
+    pub fn refusal(&self) -> Option<&'static str> {
+        if self.draining() {
+            Some("draining")
+        } else if self.maintenance_reason().is_some() {
+            Some("maintenance")
+        } else {
+            None
+        }
+    }
+
+    /// Whether the node is draining.
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// Stops taking new sessions for good (the drain).
     pub fn stop_accepting(&self) {
-        self.accepting.store(false, Ordering::Release);
+        self.draining.store(true, Ordering::Release);
+    }
+
+    /// Holds the node out of service (`Some(public reason)`) or puts it back (`None`), as the
+    /// cluster registry says.
+    pub fn set_maintenance(&self, reason: Option<String>) {
+        *self.maintenance.lock().unwrap_or_else(|e| e.into_inner()) = reason;
+    }
+
+    /// The public reason while the node is held out of service.
+    pub fn maintenance_reason(&self) -> Option<String> {
+        self.maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Ends every answered call with a BYE to both sides (calls still being set up end as soon as
+    /// they are answered). Used when a drain runs out of time or the operator insists.
+    pub fn hang_up_all(&self) {
+        self.hang_up.send_replace(true);
+    }
+
+    /// Resolves once [`Gateway::hang_up_all`] has been called (at once if it already was).
+    pub async fn hang_up_requested(&self) {
+        let mut rx = self.hang_up.subscribe();
+        // The sender lives as long as the gateway, so this only returns when the flag is set.
+        let _ = rx.wait_for(|hang_up| *hang_up).await;
     }
 
     /// This node's region.
@@ -134,8 +201,11 @@ impl Gateway {
 
 impl Health for Gateway {
     fn readiness(&self) -> Result<(), String> {
-        if !self.accepting() {
+        if self.draining() {
             return Err("draining".into());
+        }
+        if let Some(reason) = self.maintenance_reason() {
+            return Err(format!("maintenance: {reason}"));
         }
         if !self.slots.below_high_water(self.config.limits.high_water) {
             return Err(format!(

@@ -2,7 +2,7 @@
 //!
 //! The router asks a [`Health`] (the gateway state) for readiness and to refresh its gauges right
 //! before each scrape, so capacity gauges are exact at the instant Prometheus reads them rather
-//! than as fresh as the last event. The admin API will be merged into the same router later.
+//! than as fresh as the last event. The admin API (`crate::admin`) is merged into the same router.
 
 use std::future::Future;
 use std::io;

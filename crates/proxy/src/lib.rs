@@ -7,13 +7,17 @@
 //! ([`metrics`]), the private HTTP listener ([`http`]) and signal handling ([`shutdown`]). SIP parsing,
 //! transactions, RTP and Backend selection live in those cores, not here.
 
+pub mod admin;
 pub mod call;
+pub mod cluster;
 pub mod config;
+pub mod ctl;
 pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
 pub mod probe;
+pub mod registry;
 pub mod relay;
 pub mod shutdown;
 
@@ -27,11 +31,13 @@ use crate::gateway::{Gateway, SipMetrics};
 
 /// Runs the node until shutdown: metrics, the private HTTP listener, the SIP endpoint with its
 /// dispatcher and call tasks, Backend probing, and signal handling. The first SIGTERM/Ctrl-C
-/// stops new sessions and lets active ones end (up to the media timeout); a second one exits.
+/// drains: no new sessions, calls run to their end or `drain.deadline`; a second one ends the
+/// remaining calls with BYE. Then it returns.
 pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let handle = metrics::install()?;
     tokio::spawn(metrics::upkeep(handle.clone()));
     metrics::sessions(0, config.limits.max_sessions);
+    metrics::drain_remaining(0);
     let shutdown = shutdown::Shutdown::listen().context("installing signal handlers")?;
 
     relay::start_workers(config.media.workers, config.media.worker_nice);
@@ -40,6 +46,15 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
             "media.port_min..port_max {}..{}",
             config.media.port_min, config.media.port_max
         )
+    })?;
+    let cluster = cluster::ClusterLink::open(&config).await.with_context(|| {
+        // The URL may carry a password: name the kind only.
+        let kind = if config.cluster.registry == "embedded" {
+            "embedded"
+        } else {
+            "redis"
+        };
+        format!("opening the cluster registry ({kind})")
     })?;
     let options = EndpointOptions {
         tcp: config.sip.listen_tcp,
@@ -75,35 +90,70 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         backends = config.backends.len(),
         "voxgate listening"
     );
-    let gateway = Arc::new(Gateway::new(config, endpoint, ports));
-    let router = http::router(gateway.clone(), handle);
-    let stop = shutdown.clone();
-    let mut server = tokio::spawn(http::serve(
-        listener,
-        router,
-        async move { stop.wait().await },
-    ));
+
+    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster));
+    // The registry's view (this node's lifecycle, the Backends) applies before the first call.
+    if let Err(err) = cluster::sync(&gateway).await {
+        tracing::warn!(%err, "first cluster registry sync failed");
+    }
+    let router = http::router(gateway.clone(), handle)
+        .merge(admin::router(gateway.clone(), shutdown.clone()));
+    // The HTTP listener outlives the drain: /readyz must answer false, not refuse connections,
+    // and /metrics shows the drain's progress.
+    let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut server = tokio::spawn(http::serve(listener, router, async move {
+        let _ = http_stopped.await;
+    }));
     tokio::spawn(dispatch::run(gateway.clone(), incoming));
     tokio::spawn(probe::run(gateway.clone()));
+    tokio::spawn(cluster::run(gateway.clone()));
 
     tokio::select! {
         result = &mut server => return Ok(result.context("http server task")??),
         () = shutdown.wait() => {}
     }
-    gateway.stop_accepting();
-    tracing::info!(
-        active = gateway.slots.active(),
-        "shutting down: no new sessions; waiting for active ones"
-    );
-    let drained = async {
-        while gateway.slots.active() > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        () = drained => tracing::info!("all sessions ended"),
-        () = shutdown.wait_forced() => tracing::warn!(active = gateway.slots.active(), "second signal: exiting now"),
-    }
+    drain(&gateway, &shutdown).await;
+    let _ = stop_http.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// Winds the node down: no new sessions (503, `/readyz` false), answered calls run to their end
+/// until `drain.deadline` or a second signal, after which the rest are ended with BYE to both
+/// sides. Returns when no session is left.
+async fn drain(gateway: &Gateway, shutdown: &shutdown::Shutdown) {
+    use std::time::Duration;
+    gateway.stop_accepting();
+    let deadline = tokio::time::Instant::now() + gateway.config.drain.deadline;
+    tracing::info!(
+        active = gateway.slots.active(),
+        deadline = ?gateway.config.drain.deadline,
+        "draining: no new sessions; active ones run to their end"
+    );
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    let mut hung_up = false;
+    loop {
+        let active = gateway.slots.active();
+        metrics::drain_remaining(active);
+        if active == 0 {
+            break;
+        }
+        tokio::select! {
+            _ = tick.tick() => continue,
+            () = tokio::time::sleep_until(deadline), if !hung_up => {
+                tracing::warn!(active, "drain deadline reached: ending the remaining calls with BYE");
+            }
+            () = shutdown.wait_forced(), if !hung_up => {
+                tracing::warn!(active, "second signal: ending the remaining calls with BYE");
+            }
+        }
+        gateway.hang_up_all();
+        hung_up = true;
+    }
+    metrics::drain_remaining(0);
+    if hung_up {
+        // The BYEs are on their way; give their answers (and retransmissions) a moment.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    tracing::info!("all sessions ended");
 }

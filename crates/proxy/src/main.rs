@@ -45,6 +45,24 @@ struct Cli {
     /// Log as JSON lines (log.format = "json").
     #[arg(long)]
     log_json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+/// Commands run against a live node instead of starting one.
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Ask the node (found through the same config: http.listen, node.id, cluster.admin_key) to
+    /// drain: no new sessions, calls run to their end or drain.deadline, then it exits 0. For a
+    /// Kubernetes preStop hook or an operator's shell.
+    Drain {
+        /// Return only once the node has exited.
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long.
+        #[arg(long, value_name = "DURATION", default_value = "1h", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
+    },
 }
 
 impl Cli {
@@ -96,6 +114,15 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if let Some(Command::Drain { wait, timeout }) = cli.command {
+        return match runtime.block_on(voxgate_proxy::ctl::drain(&config, wait, timeout)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("voxgate drain: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match runtime.block_on(voxgate_proxy::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -159,6 +159,39 @@ fn describe() {
         Unit::Count,
         "RTP/RTCP port pairs in the configured range."
     );
+    for (name, help) in [
+        (
+            "voxgate_region_sessions_active",
+            "Sessions on the online nodes of a region, per kind (proxy, backend).",
+        ),
+        (
+            "voxgate_region_sessions_limit",
+            "Session caps of the online nodes of a region that take new sessions, per kind.",
+        ),
+        (
+            "voxgate_region_sessions_available",
+            "Free session slots in a region, per kind (limit - active, at least 0).",
+        ),
+        (
+            "voxgate_region_nodes_online",
+            "Nodes of a region with a fresh heartbeat (or answering probes), per kind.",
+        ),
+        (
+            "voxgate_region_desired_nodes",
+            "Nodes the autoscale advisor recommends for a region and kind: ceil(peak x 1.5 / per-node capacity) + 1, up fast, down slowly.",
+        ),
+    ] {
+        describe_gauge!(name, Unit::Count, help);
+    }
+    describe_gauge!(
+        "voxgate_region_capacity_utilization",
+        "Active sessions over the limit of a region, per kind (0 when the limit is 0; above 1 while draining nodes hold more than the rest could take)."
+    );
+    describe_gauge!(
+        "voxgate_drain_remaining_sessions",
+        Unit::Count,
+        "Sessions still up while the node drains (0 when not draining)."
+    );
     describe_gauge!(
         "voxgate_build_info",
         "Always 1; the version label names the build."
@@ -208,6 +241,31 @@ pub fn sessions(active: u32, limit: u32) {
     gauge!("voxgate_sessions_active").set(f64::from(active));
     gauge!("voxgate_sessions_limit").set(f64::from(limit));
     gauge!("voxgate_sessions_available").set(f64::from(limit.saturating_sub(active)));
+}
+
+/// Sets the `voxgate_region_*` gauges of one region and kind.
+pub fn region(
+    region: &str,
+    kind: &'static str,
+    active: u32,
+    limit: u32,
+    utilization: f64,
+    nodes_online: u32,
+    desired_nodes: u32,
+) {
+    let labels = [("region", region.to_owned()), ("kind", kind.to_owned())];
+    gauge!("voxgate_region_sessions_active", &labels).set(f64::from(active));
+    gauge!("voxgate_region_sessions_limit", &labels).set(f64::from(limit));
+    gauge!("voxgate_region_sessions_available", &labels)
+        .set(f64::from(limit.saturating_sub(active)));
+    gauge!("voxgate_region_capacity_utilization", &labels).set(utilization);
+    gauge!("voxgate_region_nodes_online", &labels).set(f64::from(nodes_online));
+    gauge!("voxgate_region_desired_nodes", &labels).set(f64::from(desired_nodes));
+}
+
+/// Sets `voxgate_drain_remaining_sessions`.
+pub fn drain_remaining(sessions: u32) {
+    gauge!("voxgate_drain_remaining_sessions").set(f64::from(sessions));
 }
 
 /// A session was admitted.

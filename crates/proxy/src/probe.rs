@@ -2,36 +2,54 @@
 //! response within the interval counts as a failure. `HealthTracker` turns the results into
 //! up/down with thresholds, and the picker stops or resumes routing to the Backend.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::{Instant, MissedTickBehavior};
 use voxgate_cluster::HealthTracker;
 use voxgate_cluster::backend::BackendSpec;
+use voxgate_core::NodeId;
 use voxgate_sip::Event;
 use voxgate_sip::dialog::Dialog;
 
 use crate::gateway::{Gateway, USER_AGENT};
 
-/// Probes every configured Backend until the process ends.
+/// Probes every Backend the picker knows (the configured ones and those the cluster registry
+/// adds) once per interval until the process ends, except Backends that heartbeat through the
+/// admin API: their heartbeat decides.
 pub async fn run(gateway: Arc<Gateway>) {
     let config = gateway.config.health();
-    for spec in gateway.picker.backends() {
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let mut tracker = HealthTracker::new(config);
-            let mut tick = tokio::time::interval(config.interval);
-            tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let alive =
-                    probe(&gateway, &spec, config.interval.min(Duration::from_secs(4))).await;
-                if let Some(up) = tracker.record(alive) {
-                    tracing::warn!(backend = %spec.id, address = %spec.address, up, "backend health changed");
-                    gateway.picker.set_up(&spec.id, up);
-                }
+    let wait = config.interval.min(Duration::from_secs(4));
+    let mut trackers: HashMap<NodeId, HealthTracker> = HashMap::new();
+    let mut tick = tokio::time::interval(config.interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let specs: Vec<BackendSpec> = gateway
+            .picker
+            .backends()
+            .into_iter()
+            .filter(|spec| !gateway.cluster.heartbeats(&spec.id))
+            .collect();
+        trackers.retain(|id, _| specs.iter().any(|spec| &spec.id == id));
+        let mut probes = tokio::task::JoinSet::new();
+        for spec in specs {
+            let gateway = gateway.clone();
+            probes.spawn(async move {
+                let alive = probe(&gateway, &spec, wait).await;
+                (spec, alive)
+            });
+        }
+        while let Some(Ok((spec, alive))) = probes.join_next().await {
+            let tracker = trackers
+                .entry(spec.id.clone())
+                .or_insert_with(|| HealthTracker::new(config));
+            if let Some(up) = tracker.record(alive) {
+                tracing::warn!(backend = %spec.id, address = %spec.address, up, "backend health changed");
+                gateway.picker.set_up(&spec.id, up);
             }
-        });
+        }
     }
 }
 

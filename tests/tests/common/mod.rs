@@ -94,9 +94,19 @@ impl Running {
 
     /// Sends SIGTERM and waits up to `timeout` for the exit; returns whether it exited 0.
     pub fn terminate(&mut self, timeout: Duration) -> bool {
+        self.signal("TERM");
+        self.wait_exit(timeout)
+    }
+
+    /// Sends signal `name` ("TERM", "KILL", ...) without waiting.
+    pub fn signal(&self, name: &str) {
         let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
+            .args([&format!("-{name}"), &self.child.id().to_string()])
             .status();
+    }
+
+    /// Waits up to `timeout` for the process to exit; returns whether it exited 0.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
         let deadline = std::time::Instant::now() + timeout;
         while std::time::Instant::now() < deadline {
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -312,6 +322,13 @@ impl Proxy {
             ("VOXGATE_MEDIA__PUBLIC_IP", "127.0.0.1".to_owned()),
             ("VOXGATE_MEDIA__PORT_MIN", media.0.to_string()),
             ("VOXGATE_MEDIA__PORT_MAX", media.1.to_string()),
+            (
+                "VOXGATE_CLUSTER__STATE_FILE",
+                scratch_dir()
+                    .join(format!("{name}-{}-state.json", std::process::id()))
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
         ];
         env.extend(extra_env.iter().cloned());
         let config_arg = config.to_string_lossy().into_owned();
@@ -414,10 +431,33 @@ pub fn sample(text: &str, name_with_labels: &str) -> Option<f64> {
 
 /// A minimal blocking HTTP/1.1 GET (Connection: close); `None` when the connection fails.
 pub fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    http_request(addr, "GET", path, None, None)
+}
+
+/// One HTTP/1.1 request with an optional Bearer token and JSON body: status and body.
+pub fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let auth = bearer.map_or(String::new(), |key| {
+        format!("Authorization: Bearer {key}\r\n")
+    });
+    let body = json.unwrap_or("");
+    let content_type = if json.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     stream.write_all(request.as_bytes()).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
@@ -605,4 +645,58 @@ pub fn backend_status(log: &str, name: &str) -> Option<u64> {
         .split_whitespace()
         .find_map(|w| w.strip_prefix(needle.as_str()))?;
     value.parse().ok()
+}
+
+/// A `redis-server` child process on a free loopback port (no persistence), killed on drop.
+pub struct RedisServer {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    process: Running,
+}
+
+impl RedisServer {
+    /// Starts one and waits until it accepts connections. Fails (does not skip) without
+    /// `redis-server`: `scripts/test.sh` installs it.
+    pub fn start(name: &str) -> Self {
+        let port = free_tcp_port();
+        let program = PathBuf::from("redis-server");
+        let found = Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok();
+        assert!(
+            found,
+            "redis-server is missing; these tests need a real Redis: apt-get install redis-server"
+        );
+        let process = Running::start(
+            name,
+            &program,
+            &[
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+        );
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let up = wait_until(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(addr).is_ok()
+        });
+        assert!(up, "redis-server did not start:\n{}", process.log());
+        Self { port, process }
+    }
+
+    /// `redis://127.0.0.1:PORT/`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// Its log so far.
+    pub fn log(&self) -> String {
+        self.process.log()
+    }
 }

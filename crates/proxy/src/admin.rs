@@ -1,0 +1,805 @@
+//! The admin API: JSON under `/v1` on the private HTTP listener.
+//!
+//! Every endpoint but one takes `Authorization: Bearer <cluster.admin_key>`; a node's own status
+//! report (`PUT /v1/nodes/{id}/status`) takes that node's API key instead. No key: 401 with
+//! `WWW-Authenticate: Bearer`; a wrong key: 403. With `cluster.admin_key` empty the API is off
+//! and answers 403 `ADMIN_API_DISABLED`. Errors are `{"code": ..., "message": ...}` with stable
+//! codes: the registry's (`REGION_EXISTS`, `NODES_ONLINE`, ...), and `UNAUTHORIZED`,
+//! `FORBIDDEN`, `INVALID_JSON`, `REASON_REQUIRED`, `NOT_THIS_NODE`, `REGISTRY_UNAVAILABLE`.
+//!
+//! | method and path | what |
+//! |---|---|
+//! | `GET /v1/regions`, `POST /v1/regions` `{"id"}` | list, create (disabled, in maintenance) |
+//! | `GET`, `DELETE /v1/regions/{id}` | one region; delete (refused while enabled or nodes report) |
+//! | `POST /v1/regions/{id}/enable`, `/disable` | lifecycle, body `{"public_reason", "private_reason"}` |
+//! | `POST /v1/regions/{id}/maintenance/on`, `/off` | the same body |
+//! | `GET /v1/regions/{id}/capacity` | capacity per kind with the advisor's numbers and reason |
+//! | `GET /v1/nodes[?region=]`, `POST /v1/nodes` | list, add (disabled, in maintenance) |
+//! | `GET`, `PATCH`, `DELETE /v1/nodes/{id}` | one node with its status; update; delete (safe) |
+//! | `POST /v1/nodes/{id}/enable`, `/disable`, `/maintenance/on`, `/maintenance/off` | lifecycle |
+//! | `GET`, `PUT /v1/nodes/{id}/status` | live status; a node's heartbeat (node key) |
+//! | `POST /v1/nodes/{id}/drain` | drain this node (as SIGTERM does) |
+//! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
+//! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
+//!
+//! Every change is recorded in the audit trail with the actor ("admin" or the node's id), the
+//! action, the target and both reasons.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use voxgate_cluster::model::{NewNode, Node, NodeKind, NodeStatus, Reasons, Region, RuntimeState};
+use voxgate_cluster::state::{Change, ClusterError, ErrorCode};
+use voxgate_core::{NodeId, RegionId};
+
+use crate::gateway::Gateway;
+use crate::registry::{RegistryError, Snapshot, now_ms};
+use crate::shutdown::Shutdown;
+
+/// What the admin handlers share.
+#[derive(Clone)]
+struct Admin {
+    gateway: Arc<Gateway>,
+    shutdown: Shutdown,
+}
+
+/// The `/v1` routes, to merge into the private router.
+pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
+    Router::new()
+        .route("/v1/regions", get(list_regions).post(create_region))
+        .route("/v1/regions/{id}", get(get_region).delete(delete_region))
+        .route("/v1/regions/{id}/enable", post(region_enable))
+        .route("/v1/regions/{id}/disable", post(region_disable))
+        .route(
+            "/v1/regions/{id}/maintenance/{switch}",
+            post(region_maintenance),
+        )
+        .route("/v1/regions/{id}/capacity", get(region_capacity))
+        .route("/v1/nodes", get(list_nodes).post(add_node))
+        .route(
+            "/v1/nodes/{id}",
+            get(get_node).patch(update_node).delete(delete_node),
+        )
+        .route("/v1/nodes/{id}/enable", post(node_enable))
+        .route("/v1/nodes/{id}/disable", post(node_disable))
+        .route(
+            "/v1/nodes/{id}/maintenance/{switch}",
+            post(node_maintenance),
+        )
+        .route("/v1/nodes/{id}/status", put(put_status).get(get_status))
+        .route("/v1/nodes/{id}/drain", post(drain))
+        .route("/v1/capacity", get(capacity))
+        .route("/v1/audit", get(audit))
+        .with_state(Admin { gateway, shutdown })
+}
+
+/// An error answer: status, stable code, message.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = Json(json!({"code": self.code, "message": self.message}));
+        let mut response = (self.status, body).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                header::HeaderValue::from_static("Bearer"),
+            );
+        }
+        response
+    }
+}
+
+impl From<ClusterError> for ApiError {
+    fn from(err: ClusterError) -> Self {
+        let status =
+            StatusCode::from_u16(err.code.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+        Self::new(status, err.code.as_str(), err.message)
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(err: RegistryError) -> Self {
+        match err {
+            RegistryError::Rejected(err) => err.into(),
+            other => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "REGISTRY_UNAVAILABLE",
+                other.to_string(),
+            ),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let code = if status == StatusCode::UNSUPPORTED_MEDIA_TYPE {
+            "UNSUPPORTED_MEDIA_TYPE"
+        } else {
+            "INVALID_JSON"
+        };
+        Self::new(status, code, rejection.body_text())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// The Bearer token of a request, if any.
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// Equal without revealing where they differ (the admin key is compared on every request).
+fn same_key(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
+impl Admin {
+    /// Accepts only the admin key.
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
+        let key = &self.gateway.config.cluster.admin_key;
+        if key.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "ADMIN_API_DISABLED",
+                "the admin API is off: set cluster.admin_key (VOXGATE_CLUSTER__ADMIN_KEY)",
+            ));
+        }
+        match bearer(headers) {
+            None => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "Authorization: Bearer <admin key> required",
+            )),
+            Some(given) if same_key(given, key) => Ok(()),
+            Some(_) => Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "FORBIDDEN",
+                "the key is not the admin key",
+            )),
+        }
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, ApiError> {
+        Ok(self.gateway.cluster.registry.snapshot().await?)
+    }
+
+    async fn apply(&self, change: Change, actor: &str) -> Result<(), ApiError> {
+        self.gateway.cluster.registry.apply(change, actor).await?;
+        // Take effect on this node at once rather than at the next sync.
+        if let Err(err) = crate::cluster::sync(&self.gateway).await {
+            tracing::warn!(%err, "cluster sync after an admin change failed");
+        }
+        Ok(())
+    }
+}
+
+fn region_id(text: &str) -> Result<RegionId, ApiError> {
+    RegionId::new(text).map_err(|err| ClusterError::invalid_region_id(&err).into())
+}
+
+fn node_id(text: &str) -> Result<NodeId, ApiError> {
+    NodeId::new(text).map_err(|err| ClusterError::invalid_node_id(&err).into())
+}
+
+fn not_found(code: ErrorCode, what: &str) -> ApiError {
+    ClusterError::new(code, format!("{what} does not exist")).into()
+}
+
+/// The body of every lifecycle change.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonsBody {
+    #[serde(default)]
+    public_reason: String,
+    #[serde(default)]
+    private_reason: String,
+}
+
+/// Reasons from a JSON body (an empty body has none); the public one is required.
+fn reasons(body: &Bytes) -> Result<Reasons, ApiError> {
+    let body: ReasonsBody = if body.iter().all(u8::is_ascii_whitespace) {
+        ReasonsBody::default()
+    } else {
+        serde_json::from_slice(body).map_err(|err| {
+            ApiError::new(StatusCode::BAD_REQUEST, "INVALID_JSON", err.to_string())
+        })?
+    };
+    if body.public_reason.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "REASON_REQUIRED",
+            "a lifecycle change needs a public_reason (shown to end users); private_reason is for operators",
+        ));
+    }
+    Ok(Reasons {
+        public: body.public_reason,
+        private: body.private_reason,
+    })
+}
+
+fn on_off(switch: &str) -> Result<bool, ApiError> {
+    match switch {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        other => Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            format!("maintenance/{other}: use maintenance/on or maintenance/off"),
+        )),
+    }
+}
+
+fn ok(value: Value) -> ApiResult {
+    Ok(Json(value).into_response())
+}
+
+fn created(value: Value) -> ApiResult {
+    Ok((StatusCode::CREATED, Json(value)).into_response())
+}
+
+fn region_json(region: &Region, snapshot: &Snapshot) -> Value {
+    let nodes: Vec<&Node> = snapshot.state.nodes_in(&region.id).collect();
+    let online = nodes
+        .iter()
+        .filter(|n| snapshot.statuses.is_online(&n.id, snapshot.now_ms))
+        .count();
+    json!({
+        "id": region.id.as_str(),
+        "state": region.lifecycle.state,
+        "maintenance": region.lifecycle.maintenance,
+        "public_reason": region.lifecycle.public_reason,
+        "private_reason": region.lifecycle.private_reason,
+        "changed_at_ms": region.lifecycle.changed_at_ms,
+        "changed_by": region.lifecycle.changed_by,
+        "created_at_ms": region.created_at_ms,
+        "nodes_registered": nodes.len(),
+        "nodes_online": online,
+    })
+}
+
+fn node_json(node: &Node, snapshot: &Snapshot) -> Value {
+    let status = snapshot.statuses.fresh(&node.id, snapshot.now_ms);
+    json!({
+        "id": node.id.as_str(),
+        "region": node.region.as_str(),
+        "kind": node.kind,
+        "endpoint": node.endpoint,
+        "sip_port": node.sip_port,
+        "max_sessions": node.max_sessions,
+        "state": node.lifecycle.state,
+        "maintenance": node.lifecycle.maintenance,
+        "public_reason": node.lifecycle.public_reason,
+        "private_reason": node.lifecycle.private_reason,
+        "changed_at_ms": node.lifecycle.changed_at_ms,
+        "changed_by": node.lifecycle.changed_by,
+        "created_at_ms": node.created_at_ms,
+        "online": status.is_some(),
+        "status": status,
+        "sessions_placed_by_proxies": snapshot.statuses.placed_on(&node.id, snapshot.now_ms),
+    })
+}
+
+async fn list_regions(State(admin): State<Admin>, headers: HeaderMap) -> ApiResult {
+    admin.authorize(&headers)?;
+    let snapshot = admin.snapshot().await?;
+    let regions: Vec<Value> = snapshot
+        .state
+        .regions()
+        .map(|r| region_json(r, &snapshot))
+        .collect();
+    ok(json!({ "regions": regions }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateRegion {
+    id: String,
+}
+
+async fn create_region(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: Result<Json<CreateRegion>, JsonRejection>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let Json(body) = body?;
+    let id = region_id(&body.id)?;
+    admin
+        .apply(Change::CreateRegion { id: id.clone() }, "admin")
+        .await?;
+    let snapshot = admin.snapshot().await?;
+    let region = snapshot
+        .state
+        .region(&id)
+        .ok_or_else(|| not_found(ErrorCode::RegionNotFound, "the region"))?;
+    created(region_json(region, &snapshot))
+}
+
+async fn get_region(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = region_id(&id)?;
+    let snapshot = admin.snapshot().await?;
+    let region = snapshot
+        .state
+        .region(&id)
+        .ok_or_else(|| not_found(ErrorCode::RegionNotFound, &format!("region {id}")))?;
+    ok(region_json(region, &snapshot))
+}
+
+async fn delete_region(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = region_id(&id)?;
+    admin.apply(Change::DeleteRegion { id }, "admin").await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_region(
+    admin: &Admin,
+    headers: &HeaderMap,
+    id: &str,
+    change: impl FnOnce(RegionId, Reasons) -> Change,
+    body: Bytes,
+) -> ApiResult {
+    admin.authorize(headers)?;
+    let id = region_id(id)?;
+    let reasons = reasons(&body)?;
+    admin.apply(change(id.clone(), reasons), "admin").await?;
+    let snapshot = admin.snapshot().await?;
+    let region = snapshot
+        .state
+        .region(&id)
+        .ok_or_else(|| not_found(ErrorCode::RegionNotFound, &format!("region {id}")))?;
+    ok(region_json(region, &snapshot))
+}
+
+async fn region_enable(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let change = |id, reasons| Change::SetRegionState {
+        id,
+        enabled: true,
+        reasons,
+    };
+    set_region(&admin, &headers, &id, change, body).await
+}
+
+async fn region_disable(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let change = |id, reasons| Change::SetRegionState {
+        id,
+        enabled: false,
+        reasons,
+    };
+    set_region(&admin, &headers, &id, change, body).await
+}
+
+async fn region_maintenance(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path((id, switch)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let on = on_off(&switch)?;
+    let change = |id, reasons| Change::SetRegionMaintenance { id, on, reasons };
+    set_region(&admin, &headers, &id, change, body).await
+}
+
+async fn region_capacity(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = region_id(&id)?;
+    let snapshot = admin.snapshot().await?;
+    if snapshot.state.region(&id).is_none() {
+        return Err(not_found(
+            ErrorCode::RegionNotFound,
+            &format!("region {id}"),
+        ));
+    }
+    let kinds: Vec<Value> = admin
+        .gateway
+        .cluster
+        .view()
+        .into_iter()
+        .filter(|v| v.capacity.region == id)
+        .map(|v| json!(v))
+        .collect();
+    ok(json!({ "region": id.as_str(), "kinds": kinds }))
+}
+
+#[derive(Debug, Deserialize)]
+struct NodeFilter {
+    region: Option<String>,
+}
+
+async fn list_nodes(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(filter): Query<NodeFilter>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let region = filter.region.as_deref().map(region_id).transpose()?;
+    let snapshot = admin.snapshot().await?;
+    let nodes: Vec<Value> = snapshot
+        .state
+        .nodes()
+        .filter(|n| region.as_ref().is_none_or(|r| &n.region == r))
+        .map(|n| node_json(n, &snapshot))
+        .collect();
+    ok(json!({ "nodes": nodes }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddNode {
+    id: String,
+    region: String,
+    kind: NodeKind,
+    endpoint: String,
+    sip_port: Option<u16>,
+    max_sessions: u32,
+    api_key: String,
+}
+
+async fn add_node(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    body: Result<Json<AddNode>, JsonRejection>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let Json(body) = body?;
+    let id = node_id(&body.id)?;
+    let node = NewNode {
+        id: id.clone(),
+        region: region_id(&body.region)?,
+        kind: body.kind,
+        endpoint: body.endpoint,
+        sip_port: body.sip_port,
+        max_sessions: body.max_sessions,
+        api_key: body.api_key,
+    };
+    admin.apply(Change::AddNode(node), "admin").await?;
+    node_answer(&admin, &id, StatusCode::CREATED).await
+}
+
+async fn node_answer(admin: &Admin, id: &NodeId, status: StatusCode) -> ApiResult {
+    let snapshot = admin.snapshot().await?;
+    let node = snapshot
+        .state
+        .node(id)
+        .ok_or_else(|| not_found(ErrorCode::NodeNotFound, &format!("node {id}")))?;
+    Ok((status, Json(node_json(node, &snapshot))).into_response())
+}
+
+async fn get_node(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = node_id(&id)?;
+    node_answer(&admin, &id, StatusCode::OK).await
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpdateNode {
+    endpoint: Option<String>,
+    sip_port: Option<u16>,
+    max_sessions: Option<u32>,
+    api_key: Option<String>,
+}
+
+async fn update_node(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<UpdateNode>, JsonRejection>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = node_id(&id)?;
+    let Json(body) = body?;
+    let change = Change::UpdateNode {
+        id: id.clone(),
+        endpoint: body.endpoint,
+        sip_port: body.sip_port,
+        max_sessions: body.max_sessions,
+        api_key: body.api_key,
+    };
+    admin.apply(change, "admin").await?;
+    node_answer(&admin, &id, StatusCode::OK).await
+}
+
+async fn delete_node(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = node_id(&id)?;
+    admin.apply(Change::DeleteNode { id }, "admin").await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn set_node(
+    admin: &Admin,
+    headers: &HeaderMap,
+    id: &str,
+    change: impl FnOnce(NodeId, Reasons) -> Change,
+    body: Bytes,
+) -> ApiResult {
+    admin.authorize(headers)?;
+    let id = node_id(id)?;
+    let reasons = reasons(&body)?;
+    admin.apply(change(id.clone(), reasons), "admin").await?;
+    node_answer(admin, &id, StatusCode::OK).await
+}
+
+async fn node_enable(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let change = |id, reasons| Change::SetNodeState {
+        id,
+        enabled: true,
+        reasons,
+    };
+    set_node(&admin, &headers, &id, change, body).await
+}
+
+async fn node_disable(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let change = |id, reasons| Change::SetNodeState {
+        id,
+        enabled: false,
+        reasons,
+    };
+    set_node(&admin, &headers, &id, change, body).await
+}
+
+async fn node_maintenance(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path((id, switch)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let on = on_off(&switch)?;
+    let change = |id, reasons| Change::SetNodeMaintenance { id, on, reasons };
+    set_node(&admin, &headers, &id, change, body).await
+}
+
+/// A node's heartbeat body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusReport {
+    active_sessions: u32,
+    limit: u32,
+    #[serde(default)]
+    cpu_percent: f32,
+    #[serde(default)]
+    memory_percent: f32,
+    #[serde(default = "running")]
+    state: RuntimeState,
+}
+
+fn running() -> RuntimeState {
+    RuntimeState::Running
+}
+
+/// A node reports its own status, with its own API key.
+async fn put_status(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Result<Json<StatusReport>, JsonRejection>,
+) -> ApiResult {
+    let id = node_id(&id)?;
+    let Some(key) = bearer(&headers) else {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "UNAUTHORIZED",
+            "Authorization: Bearer <the node's API key> required",
+        ));
+    };
+    let snapshot = admin.snapshot().await?;
+    let node = snapshot
+        .state
+        .node(&id)
+        .ok_or_else(|| not_found(ErrorCode::NodeNotFound, &format!("node {id}")))?;
+    if !node.api_key.verify(key) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "FORBIDDEN",
+            format!("the key is not node {id}'s API key"),
+        ));
+    }
+    let Json(report) = body?;
+    let status = NodeStatus {
+        active_sessions: report.active_sessions,
+        limit: report.limit,
+        cpu_percent: report.cpu_percent,
+        memory_percent: report.memory_percent,
+        state: report.state,
+        reported_at_ms: now_ms(),
+        webrtc_sessions: 0,
+        placed: Default::default(),
+    };
+    let ttl = admin.gateway.config.cluster.heartbeat_ttl;
+    admin
+        .gateway
+        .cluster
+        .registry
+        .publish_status(&id, status, ttl)
+        .await?;
+    ok(json!({ "id": id.as_str(), "ttl_ms": ttl.as_millis() as u64 }))
+}
+
+async fn get_status(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = node_id(&id)?;
+    let snapshot = admin.snapshot().await?;
+    if snapshot.state.node(&id).is_none() {
+        return Err(not_found(ErrorCode::NodeNotFound, &format!("node {id}")));
+    }
+    let status = snapshot.statuses.fresh(&id, snapshot.now_ms);
+    ok(json!({ "id": id.as_str(), "online": status.is_some(), "status": status }))
+}
+
+/// Drains this node, as SIGTERM does: 202 with the sessions still up.
+async fn drain(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let id = node_id(&id)?;
+    if id != admin.gateway.cluster.node {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_THIS_NODE",
+            format!(
+                "this is node {}; send the drain to node {id}'s own admin API (or put it in maintenance here)",
+                admin.gateway.cluster.node
+            ),
+        ));
+    }
+    if !admin.gateway.draining() {
+        tracing::info!(target: "voxgate::audit", actor = "admin", action = "node.drain", target = %id, "drain requested");
+        admin.shutdown.trigger();
+    }
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "id": id.as_str(),
+            "draining": true,
+            "remaining_sessions": admin.gateway.slots.active(),
+            "deadline_s": admin.gateway.config.drain.deadline.as_secs(),
+        })),
+    )
+        .into_response())
+}
+
+async fn capacity(State(admin): State<Admin>, headers: HeaderMap) -> ApiResult {
+    admin.authorize(&headers)?;
+    let snapshot = admin.snapshot().await?;
+    let now = snapshot.now_ms;
+    let mut sip = 0u64;
+    let mut webrtc = 0u64;
+    let mut nodes = Vec::new();
+    for region in snapshot.state.regions() {
+        for kind in NodeKind::ALL {
+            let of_kind: Vec<&Node> = snapshot
+                .state
+                .nodes_in(&region.id)
+                .filter(|n| n.kind == kind)
+                .collect();
+            let online: Vec<&Node> = of_kind
+                .iter()
+                .copied()
+                .filter(|n| snapshot.statuses.is_online(&n.id, now))
+                .collect();
+            if kind == NodeKind::Proxy {
+                for node in &online {
+                    if let Some(status) = snapshot.statuses.fresh(&node.id, now) {
+                        webrtc += u64::from(status.webrtc_sessions);
+                        sip += u64::from(
+                            status
+                                .active_sessions
+                                .saturating_sub(status.webrtc_sessions),
+                        );
+                    }
+                }
+            }
+            nodes.push(json!({
+                "region": region.id.as_str(),
+                "kind": kind,
+                "registered": of_kind.len(),
+                "online": online.len(),
+                "offline": of_kind.iter().filter(|n| !snapshot.statuses.is_online(&n.id, now)).map(|n| n.id.as_str()).collect::<Vec<_>>(),
+            }));
+        }
+    }
+    ok(json!({
+        "sessions": { "sip": sip, "webrtc": webrtc, "total": sip + webrtc },
+        "nodes": nodes,
+        "regions": admin.gateway.cluster.view(),
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct AuditQuery {
+    limit: Option<usize>,
+}
+
+async fn audit(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(query): Query<AuditQuery>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let limit = query.limit.unwrap_or(100).min(1000);
+    let entries = admin.gateway.cluster.registry.audit(limit).await?;
+    ok(json!({ "entries": entries }))
+}

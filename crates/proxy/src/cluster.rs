@@ -1,0 +1,417 @@
+//! This node's link to the cluster registry.
+//!
+//! Once per `cluster.status_interval` [`run`] does one [`sync`]:
+//!
+//! 1. publishes this node's status (sessions, limit, CPU %, memory %, running or draining, and the
+//!    sessions it has placed on each Backend), valid for `cluster.heartbeat_ttl`;
+//! 2. reads the registry back and applies it: this node's lifecycle (maintenance or disabled means
+//!    503 and `/readyz` false), the Backends (address, cap, enabled), every other Proxy's sessions
+//!    on each Backend (so routing counts the whole fleet's load), and the health of Backends that
+//!    heartbeat through the admin API (an expired heartbeat means offline: no sessions);
+//! 3. computes the capacity of every region and kind, feeds the autoscale advisors and sets the
+//!    `voxgate_region_*` gauges; the admin API serves the same view.
+//!
+//! A Backend that never heartbeats is judged by OPTIONS probing instead (`probe`); for the
+//! capacity view it counts as online while probing says it is up, with the sessions every Proxy
+//! placed on it.
+//!
+//! A drain is not written to the registry as maintenance: it is this process's runtime state
+//! ("draining" in its status), so a restarted node serves again without an operator's action.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::time::MissedTickBehavior;
+use voxgate_cluster::BackendSpec;
+use voxgate_cluster::advisor::{Advice, Advisor, AdvisorConfig, Sample};
+use voxgate_cluster::model::{NewNode, NodeKind, NodeStatus, RuntimeState};
+use voxgate_cluster::state::{RegionCapacity, Statuses};
+use voxgate_core::{NodeId, RegionId};
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::metrics;
+use crate::registry::{EmbeddedRegistry, RedisRegistry, Registry, Seed, Snapshot, now_ms};
+
+/// One region and kind: its capacity and the advisor's recommendation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RegionView {
+    /// Sessions, limit and nodes.
+    #[serde(flatten)]
+    pub capacity: RegionCapacity,
+    /// The autoscale advisor's recommendation.
+    pub advice: Advice,
+}
+
+/// The registry and what this node last learnt from it.
+pub struct ClusterLink {
+    /// Where regions, nodes and statuses live.
+    pub registry: Arc<dyn Registry>,
+    /// This node.
+    pub node: NodeId,
+    advisors: Mutex<BTreeMap<(RegionId, NodeKind), Advisor>>,
+    view: Mutex<Vec<RegionView>>,
+    /// Backends seen heartbeating; judged by heartbeat (not probing) from then on.
+    heartbeating: Mutex<HashSet<NodeId>>,
+    usage: Mutex<ProcessUsage>,
+}
+
+impl std::fmt::Debug for ClusterLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterLink")
+            .field("node", &self.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClusterLink {
+    /// Opens the registry `config` names (`cluster.registry`: embedded or a Redis URL), seeded
+    /// with this node, its region and the configured Backends.
+    pub async fn open(config: &Config) -> anyhow::Result<Self> {
+        let seed = seed(config);
+        let registry: Arc<dyn Registry> = if config.cluster.registry == "embedded" {
+            let path = config.cluster.state_file.as_os_str();
+            let path = (!path.is_empty()).then_some(config.cluster.state_file.as_path());
+            Arc::new(EmbeddedRegistry::open(path, &seed)?)
+        } else {
+            Arc::new(RedisRegistry::connect(&config.cluster.registry, &seed).await?)
+        };
+        Ok(Self::new(registry, config.node.id.clone()))
+    }
+
+    /// A link over `registry` for node `node`.
+    pub fn new(registry: Arc<dyn Registry>, node: NodeId) -> Self {
+        Self {
+            registry,
+            node,
+            advisors: Mutex::new(BTreeMap::new()),
+            view: Mutex::new(Vec::new()),
+            heartbeating: Mutex::new(HashSet::new()),
+            usage: Mutex::new(ProcessUsage::default()),
+        }
+    }
+
+    /// The capacity and advice of every region and kind, as of the last sync.
+    pub fn view(&self) -> Vec<RegionView> {
+        lock(&self.view).clone()
+    }
+
+    /// Whether Backend `id` heartbeats through the admin API (then it is not probed).
+    pub fn heartbeats(&self, id: &NodeId) -> bool {
+        lock(&self.heartbeating).contains(id)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the config declares: this node (a Proxy), its region, spillover regions, the Backends.
+/// Each gets a random API key (48 characters); rotate it through the admin API to use it.
+pub fn seed(config: &Config) -> Seed {
+    let mut nodes = vec![NewNode {
+        id: config.node.id.clone(),
+        region: config.node.region.clone(),
+        kind: NodeKind::Proxy,
+        endpoint: config.media.public_ip.to_string(),
+        sip_port: Some(config.sip.listen_udp.port()),
+        max_sessions: config.limits.max_sessions,
+        api_key: random_key(),
+    }];
+    nodes.extend(config.backends.iter().map(|b| {
+        NewNode {
+            id: b.id.clone(),
+            region: b
+                .region
+                .clone()
+                .unwrap_or_else(|| config.node.region.clone()),
+            kind: NodeKind::Backend,
+            endpoint: b.address.ip().to_string(),
+            sip_port: Some(b.address.port()),
+            max_sessions: b.max_sessions.max(1),
+            api_key: random_key(),
+        }
+    }));
+    Seed {
+        regions: config.regions().into_iter().collect(),
+        nodes,
+    }
+}
+
+/// A 48-character alphanumeric key from the OS's random source.
+fn random_key() -> String {
+    use rand::distr::Alphanumeric;
+    use rand::{Rng as _, TryRngCore as _};
+    rand::rngs::OsRng
+        .unwrap_err()
+        .sample_iter(&Alphanumeric)
+        .take(48)
+        .map(char::from)
+        .collect()
+}
+
+/// Syncs with the registry every `cluster.status_interval` until the process ends.
+pub async fn run(gateway: Arc<Gateway>) {
+    let mut tick = tokio::time::interval(gateway.config.cluster.status_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(err) = sync(&gateway).await {
+            tracing::warn!(%err, "cluster registry sync failed; keeping the last known state");
+        }
+    }
+}
+
+/// One round: publish, read back, apply, compute capacity (see the module docs).
+pub async fn sync(gateway: &Gateway) -> Result<(), crate::registry::RegistryError> {
+    let link = &gateway.cluster;
+    let status = own_status(gateway);
+    link.registry
+        .publish_status(&link.node, status, gateway.config.cluster.heartbeat_ttl)
+        .await?;
+    let snapshot = link.registry.snapshot().await?;
+    apply_lifecycle(gateway, &snapshot);
+    apply_backends(gateway, &snapshot).await;
+    let view = capacity_view(gateway, &snapshot);
+    for region in &view {
+        let c = &region.capacity;
+        metrics::region(
+            c.region.as_str(),
+            c.kind.as_str(),
+            c.active,
+            c.limit,
+            c.utilization,
+            c.nodes_online,
+            region.advice.desired_nodes,
+        );
+    }
+    *lock(&link.view) = view;
+    Ok(())
+}
+
+fn own_status(gateway: &Gateway) -> NodeStatus {
+    let (cpu_percent, memory_percent) = lock(&gateway.cluster.usage).sample();
+    let now = tokio::time::Instant::now().into_std();
+    let placed = gateway
+        .picker
+        .snapshot(now)
+        .into_iter()
+        .filter(|b| b.sessions > 0)
+        .map(|b| (b.id, b.sessions))
+        .collect();
+    NodeStatus {
+        active_sessions: gateway.slots.active(),
+        limit: gateway.slots.limit(),
+        cpu_percent,
+        memory_percent,
+        state: if gateway.draining() {
+            RuntimeState::Draining
+        } else {
+            RuntimeState::Running
+        },
+        reported_at_ms: now_ms(),
+        webrtc_sessions: 0,
+        placed,
+    }
+}
+
+/// This node's own lifecycle: out of service while it or its region is disabled or in
+/// maintenance.
+fn apply_lifecycle(gateway: &Gateway, snapshot: &Snapshot) {
+    let state = &snapshot.state;
+    let node = &gateway.cluster.node;
+    if state.accepts_sessions(node) {
+        gateway.set_maintenance(None);
+        return;
+    }
+    let reason = state
+        .node(node)
+        .map(|n| {
+            let region = state.region(&n.region);
+            let held = [Some(&n.lifecycle), region.map(|r| &r.lifecycle)]
+                .into_iter()
+                .flatten()
+                .find(|l| !l.accepts_sessions());
+            held.map_or_else(String::new, |l| l.public_reason.clone())
+        })
+        .unwrap_or_else(|| "not registered".to_owned());
+    let reason = if reason.is_empty() {
+        "held out of service by an operator".to_owned()
+    } else {
+        reason
+    };
+    gateway.set_maintenance(Some(reason));
+}
+
+/// The Backends as the registry has them, each Proxy's sessions on them, and heartbeats.
+async fn apply_backends(gateway: &Gateway, snapshot: &Snapshot) {
+    let state = &snapshot.state;
+    let now = snapshot.now_ms;
+    let mut specs = Vec::new();
+    for node in state.nodes().filter(|n| n.kind == NodeKind::Backend) {
+        let Some(address) = resolve(&node.endpoint, node.sip_port).await else {
+            tracing::warn!(backend = %node.id, endpoint = %node.endpoint, "cannot resolve a Backend's endpoint; skipping it");
+            continue;
+        };
+        specs.push(BackendSpec {
+            id: node.id.clone(),
+            region: node.region.clone(),
+            address,
+            max_sessions: node.max_sessions,
+            // The config's `enabled = false` still holds a Backend out, whatever the registry says.
+            enabled: state.accepts_sessions(&node.id)
+                && gateway
+                    .config
+                    .backends
+                    .iter()
+                    .find(|b| b.id == node.id)
+                    .is_none_or(|b| b.enabled),
+        });
+    }
+    gateway.add_backend_addrs(specs.iter().map(|s| s.address));
+    if gateway.picker.backends() != specs {
+        gateway.picker.set_backends(specs.clone());
+    }
+    let link = &gateway.cluster;
+    let mut heartbeating = lock(&link.heartbeating);
+    for spec in &specs {
+        let others: u32 = snapshot
+            .statuses
+            .iter()
+            .filter(|(id, _, expires)| **id != link.node && *expires > now)
+            .map(|(_, status, _)| status.placed.get(&spec.id).copied().unwrap_or(0))
+            .sum();
+        gateway.picker.set_remote_sessions(&spec.id, others);
+        // A Backend that heartbeats is up while its heartbeat is fresh, and offline after.
+        let fresh = snapshot.statuses.is_online(&spec.id, now);
+        if fresh {
+            heartbeating.insert(spec.id.clone());
+        }
+        if heartbeating.contains(&spec.id) {
+            gateway.picker.set_up(&spec.id, fresh);
+        }
+    }
+}
+
+async fn resolve(endpoint: &str, port: u16) -> Option<SocketAddr> {
+    if let Ok(ip) = endpoint.parse::<std::net::IpAddr>() {
+        return Some(SocketAddr::new(ip, port));
+    }
+    tokio::net::lookup_host((endpoint, port)).await.ok()?.next()
+}
+
+/// Every region's capacity per kind, with the advisors fed.
+fn capacity_view(gateway: &Gateway, snapshot: &Snapshot) -> Vec<RegionView> {
+    let link = &gateway.cluster;
+    let now = snapshot.now_ms;
+    // Probed Backends have no status of their own: while probing says they are up they count as
+    // online, with every Proxy's sessions on them.
+    let mut statuses: Statuses = snapshot.statuses.clone();
+    let expires = now + gateway.config.cluster.heartbeat_ttl.as_millis() as u64;
+    for backend in gateway
+        .picker
+        .snapshot(tokio::time::Instant::now().into_std())
+    {
+        if backend.up && !link.heartbeats(&backend.id) {
+            let status = NodeStatus {
+                active_sessions: snapshot.statuses.placed_on(&backend.id, now),
+                limit: backend.limit,
+                cpu_percent: 0.0,
+                memory_percent: 0.0,
+                state: RuntimeState::Running,
+                reported_at_ms: now,
+                webrtc_sessions: 0,
+                placed: BTreeMap::new(),
+            };
+            statuses.publish(backend.id, status, expires);
+        }
+    }
+    let mut advisors = lock(&link.advisors);
+    snapshot
+        .state
+        .capacity(&statuses, now)
+        .into_iter()
+        .map(|capacity| {
+            let per_node = snapshot
+                .state
+                .nodes_in(&capacity.region)
+                .filter(|n| n.kind == capacity.kind)
+                .map(|n| n.max_sessions)
+                .max()
+                .unwrap_or(gateway.config.limits.max_sessions);
+            let advisor = advisors
+                .entry((capacity.region.clone(), capacity.kind))
+                .or_insert_with(|| Advisor::new(AdvisorConfig::default()));
+            let advice = advisor.observe(Sample {
+                now_ms: now,
+                active: capacity.active,
+                limit: capacity.limit,
+                nodes_online: capacity.nodes_online,
+                per_node_capacity: per_node,
+            });
+            RegionView { capacity, advice }
+        })
+        .collect()
+}
+
+/// CPU and memory use of this process, from `/proc` (Linux); zeros elsewhere.
+#[derive(Debug, Default)]
+struct ProcessUsage {
+    last: Option<(std::time::Instant, u64)>,
+}
+
+impl ProcessUsage {
+    /// (CPU % of one core since the last sample, resident memory % of the machine's).
+    fn sample(&mut self) -> (f32, f32) {
+        let now = tokio::time::Instant::now().into_std();
+        let ticks = cpu_ticks();
+        let cpu = match (self.last, ticks) {
+            (Some((then, before)), Some(ticks)) => {
+                let secs = now.duration_since(then).as_secs_f64();
+                let used = ticks.saturating_sub(before) as f64 / clock_ticks();
+                if secs > 0.0 {
+                    (used / secs * 100.0) as f32
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
+        if let Some(ticks) = ticks {
+            self.last = Some((now, ticks));
+        }
+        (cpu, memory_percent().unwrap_or(0.0))
+    }
+}
+
+fn clock_ticks() -> f64 {
+    rustix::param::clock_ticks_per_second() as f64
+}
+
+/// utime + stime of this process, in clock ticks.
+fn cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn memory_percent() -> Option<f32> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let resident: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let rss = resident * rustix::param::page_size() as u64;
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let total_kib: u64 = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((rss as f64 / (total_kib as f64 * 1024.0) * 100.0) as f32)
+}
