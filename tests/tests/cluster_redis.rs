@@ -228,7 +228,7 @@ fn a_killed_proxy_leaves_no_stale_sessions_after_its_ttl() {
     let redis = RedisServer::start("fleet4-redis");
     let (_b1, b1) = start_backend("fleet4-b1", &[]);
     let (_b2, b2) = start_backend("fleet4-b2", &[]);
-    let mut a = proxy("proxy-a", &redis, b1, b2);
+    let a = proxy("proxy-a", &redis, b1, b2);
     let b = proxy("proxy-b", &redis, b1, b2);
 
     let load = calls(&a, 4, "20s");

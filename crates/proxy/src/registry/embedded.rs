@@ -22,17 +22,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use super::envelope;
 use voxgate_cluster::{AuditEntry, Change, ClusterError, ClusterState, ErrorCode, NodeStatus};
 use voxgate_core::NodeId;
 
 use super::{Registry, RegistryError, Seed, Snapshot};
-
-/// The `format` field of a state file.
-pub const STATE_FORMAT: &str = "voxgate-state";
-
-/// The state file version this build reads and writes.
-pub const STATE_VERSION: u64 = 1;
 
 /// Audit entries kept in memory (and reloaded from the audit log at startup).
 pub const AUDIT_IN_MEMORY: usize = 1_000;
@@ -261,26 +255,6 @@ impl Shared {
     }
 }
 
-/// The state file as written.
-#[derive(Serialize)]
-struct StateFileOut<'a> {
-    format: &'static str,
-    version: u64,
-    state: &'a ClusterState,
-}
-
-/// The fields read first, to tell "another kind of file" from "a broken state".
-#[derive(Deserialize)]
-struct StateFileHeader {
-    format: String,
-    version: u64,
-}
-
-#[derive(Deserialize)]
-struct StateFileIn {
-    state: ClusterState,
-}
-
 impl Store {
     /// Loads (or creates) the state file, seeds it, and opens the audit log.
     fn open(
@@ -347,46 +321,16 @@ impl Store {
 }
 
 fn encode(state: &ClusterState) -> io::Result<Vec<u8>> {
-    let mut bytes = serde_json::to_vec_pretty(&StateFileOut {
-        format: STATE_FORMAT,
-        version: STATE_VERSION,
-        state,
-    })?;
+    let mut bytes = envelope::encode(state, true)?;
     bytes.push(b'\n');
     Ok(bytes)
 }
 
 fn decode(path: &Path, bytes: &[u8]) -> Result<ClusterState, RegistryStartupError> {
-    let unusable = |reason: String| RegistryStartupError::Unusable {
+    envelope::decode(bytes).map_err(|reason| RegistryStartupError::Unusable {
         path: path.to_path_buf(),
         reason,
-    };
-    let header: StateFileHeader = serde_json::from_slice(bytes).map_err(|err| {
-        if err.is_syntax() || err.is_eof() {
-            unusable(format!("invalid JSON: {err}"))
-        } else {
-            unusable(format!("not a voxgate state file: {err}"))
-        }
-    })?;
-    if header.format != STATE_FORMAT {
-        return Err(unusable(format!(
-            "format is {:?}, expected {STATE_FORMAT:?}",
-            header.format
-        )));
-    }
-    if header.version != STATE_VERSION {
-        return Err(unusable(format!(
-            "version {} is not supported (this build reads version {STATE_VERSION})",
-            header.version
-        )));
-    }
-    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
-    let file: StateFileIn = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| unusable(format!("at {}: {}", err.path(), err.inner())))?;
-    file.state
-        .validate()
-        .map_err(|err| unusable(format!("invalid state: {err}")))?;
-    Ok(file.state)
+    })
 }
 
 /// Writes `bytes` to `path` so that a crash at any point leaves the old or the new content.

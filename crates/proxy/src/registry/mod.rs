@@ -24,6 +24,7 @@ use voxgate_cluster::{
 use voxgate_core::{NodeId, RegionId};
 
 pub mod embedded;
+pub mod envelope;
 pub mod redis;
 
 pub use embedded::{EmbeddedRegistry, RegistryStartupError};

@@ -31,13 +31,12 @@ use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
 };
 use redis::{AsyncConnectionConfig, RedisResult, Value};
-use serde::{Deserialize, Serialize};
 use voxgate_cluster::{
     AuditEntry, Change, ClusterError, ClusterState, ErrorCode, NodeStatus, Statuses,
 };
 use voxgate_core::NodeId;
 
-use super::embedded::{STATE_FORMAT, STATE_VERSION};
+use super::envelope;
 use super::{Registry, RegistryError, Seed, Snapshot, now_ms};
 
 /// The key prefix unless told otherwise.
@@ -565,63 +564,14 @@ impl From<Failure> for RegistryError {
     }
 }
 
-/// The state value as written.
-#[derive(Serialize)]
-struct StateOut<'a> {
-    format: &'static str,
-    version: u64,
-    state: &'a ClusterState,
-}
-
-/// The fields read first, to tell "something else" from "a broken state".
-#[derive(Deserialize)]
-struct StateHeader {
-    format: String,
-    version: u64,
-}
-
-#[derive(Deserialize)]
-struct StateIn {
-    state: ClusterState,
-}
-
 fn encode(state: &ClusterState) -> serde_json::Result<String> {
-    serde_json::to_string(&StateOut {
-        format: STATE_FORMAT,
-        version: STATE_VERSION,
-        state,
-    })
+    let bytes = envelope::encode(state, false)?;
+    Ok(String::from_utf8(bytes).unwrap_or_default())
 }
 
 /// Parses and validates a state value; the error says what is wrong and where.
 fn decode(text: &str) -> Result<ClusterState, String> {
-    let header: StateHeader = serde_json::from_str(text).map_err(|err| {
-        if err.is_syntax() || err.is_eof() {
-            format!("invalid JSON: {err}")
-        } else {
-            format!("not a voxgate state: {err}")
-        }
-    })?;
-    if header.format != STATE_FORMAT {
-        return Err(format!(
-            "format is {:?}, expected {STATE_FORMAT:?}",
-            header.format
-        ));
-    }
-    if header.version != STATE_VERSION {
-        return Err(format!(
-            "version {} is not supported (this build reads version {STATE_VERSION})",
-            header.version
-        ));
-    }
-    let mut deserializer = serde_json::Deserializer::from_str(text);
-    let value: StateIn = serde_path_to_error::deserialize(&mut deserializer)
-        .map_err(|err| format!("at {}: {}", err.path(), err.inner()))?;
-    value
-        .state
-        .validate()
-        .map_err(|err| format!("invalid state: {err}"))?;
-    Ok(value.state)
+    envelope::decode(text.as_bytes())
 }
 
 #[cfg(test)]
