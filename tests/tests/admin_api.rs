@@ -148,6 +148,11 @@ fn regions_lifecycle_validation_and_safe_deletion() {
         400,
         "REASON_REQUIRED",
     );
+    expect_error(
+        admin(&proxy, "POST", "/v1/regions/EU-WEST/explode", reasons("x")),
+        404,
+        "NOT_FOUND",
+    );
     let (status, region) = admin(
         &proxy,
         "POST",

@@ -57,8 +57,8 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
     Router::new()
         .route("/v1/regions", get(list_regions).post(create_region))
         .route("/v1/regions/{id}", get(get_region).delete(delete_region))
-        .route("/v1/regions/{id}/enable", post(region_enable))
-        .route("/v1/regions/{id}/disable", post(region_disable))
+        // enable, disable (static routes such as /capacity take precedence over {action})
+        .route("/v1/regions/{id}/{action}", post(region_state))
         .route(
             "/v1/regions/{id}/maintenance/{switch}",
             post(region_maintenance),
@@ -69,8 +69,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
             "/v1/nodes/{id}",
             get(get_node).patch(update_node).delete(delete_node),
         )
-        .route("/v1/nodes/{id}/enable", post(node_enable))
-        .route("/v1/nodes/{id}/disable", post(node_disable))
+        .route("/v1/nodes/{id}/{action}", post(node_state))
         .route(
             "/v1/nodes/{id}/maintenance/{switch}",
             post(node_maintenance),
@@ -252,18 +251,6 @@ fn reasons(body: &Bytes) -> Result<Reasons, ApiError> {
     })
 }
 
-fn on_off(switch: &str) -> Result<bool, ApiError> {
-    match switch {
-        "on" => Ok(true),
-        "off" => Ok(false),
-        other => Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "NOT_FOUND",
-            format!("maintenance/{other}: use maintenance/on or maintenance/off"),
-        )),
-    }
-}
-
 fn ok(value: Value) -> ApiResult {
     Ok(Json(value).into_response())
 }
@@ -376,17 +363,74 @@ async fn delete_region(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn set_region(
+/// What a lifecycle route asks for: `enable`, `disable`, `maintenance/on`, `maintenance/off`.
+#[derive(Debug, Clone, Copy)]
+enum Switch {
+    State(bool),
+    Maintenance(bool),
+}
+
+impl Switch {
+    fn parse(action: &str) -> Result<Self, ApiError> {
+        match action {
+            "enable" => Ok(Self::State(true)),
+            "disable" => Ok(Self::State(false)),
+            "maintenance/on" => Ok(Self::Maintenance(true)),
+            "maintenance/off" => Ok(Self::Maintenance(false)),
+            other => Err(ApiError::new(
+                StatusCode::NOT_FOUND,
+                "NOT_FOUND",
+                format!(
+                    "no lifecycle action {other:?}: enable, disable, maintenance/on, maintenance/off"
+                ),
+            )),
+        }
+    }
+}
+
+/// A lifecycle change of a region (`node` false) or a node, answered with the entity after it.
+async fn lifecycle(
     admin: &Admin,
     headers: &HeaderMap,
+    node: bool,
     id: &str,
-    change: impl FnOnce(RegionId, Reasons) -> Change,
-    body: Bytes,
+    action: &str,
+    body: &Bytes,
 ) -> ApiResult {
     admin.authorize(headers)?;
+    let switch = Switch::parse(action)?;
+    let reasons = reasons(body)?;
+    if node {
+        let id = node_id(id)?;
+        let change = match switch {
+            Switch::State(enabled) => Change::SetNodeState {
+                id: id.clone(),
+                enabled,
+                reasons,
+            },
+            Switch::Maintenance(on) => Change::SetNodeMaintenance {
+                id: id.clone(),
+                on,
+                reasons,
+            },
+        };
+        admin.apply(change, "admin").await?;
+        return node_answer(admin, &id, StatusCode::OK).await;
+    }
     let id = region_id(id)?;
-    let reasons = reasons(&body)?;
-    admin.apply(change(id.clone(), reasons), "admin").await?;
+    let change = match switch {
+        Switch::State(enabled) => Change::SetRegionState {
+            id: id.clone(),
+            enabled,
+            reasons,
+        },
+        Switch::Maintenance(on) => Change::SetRegionMaintenance {
+            id: id.clone(),
+            on,
+            reasons,
+        },
+    };
+    admin.apply(change, "admin").await?;
     let snapshot = admin.snapshot().await?;
     let region = snapshot
         .state
@@ -395,32 +439,13 @@ async fn set_region(
     ok(region_json(region, &snapshot))
 }
 
-async fn region_enable(
+async fn region_state(
     State(admin): State<Admin>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let change = |id, reasons| Change::SetRegionState {
-        id,
-        enabled: true,
-        reasons,
-    };
-    set_region(&admin, &headers, &id, change, body).await
-}
-
-async fn region_disable(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let change = |id, reasons| Change::SetRegionState {
-        id,
-        enabled: false,
-        reasons,
-    };
-    set_region(&admin, &headers, &id, change, body).await
+    lifecycle(&admin, &headers, false, &id, &action, &body).await
 }
 
 async fn region_maintenance(
@@ -429,9 +454,15 @@ async fn region_maintenance(
     Path((id, switch)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let on = on_off(&switch)?;
-    let change = |id, reasons| Change::SetRegionMaintenance { id, on, reasons };
-    set_region(&admin, &headers, &id, change, body).await
+    lifecycle(
+        &admin,
+        &headers,
+        false,
+        &id,
+        &format!("maintenance/{switch}"),
+        &body,
+    )
+    .await
 }
 
 async fn region_capacity(
@@ -573,46 +604,13 @@ async fn delete_node(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-async fn set_node(
-    admin: &Admin,
-    headers: &HeaderMap,
-    id: &str,
-    change: impl FnOnce(NodeId, Reasons) -> Change,
-    body: Bytes,
-) -> ApiResult {
-    admin.authorize(headers)?;
-    let id = node_id(id)?;
-    let reasons = reasons(&body)?;
-    admin.apply(change(id.clone(), reasons), "admin").await?;
-    node_answer(admin, &id, StatusCode::OK).await
-}
-
-async fn node_enable(
+async fn node_state(
     State(admin): State<Admin>,
     headers: HeaderMap,
-    Path(id): Path<String>,
+    Path((id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let change = |id, reasons| Change::SetNodeState {
-        id,
-        enabled: true,
-        reasons,
-    };
-    set_node(&admin, &headers, &id, change, body).await
-}
-
-async fn node_disable(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path(id): Path<String>,
-    body: Bytes,
-) -> ApiResult {
-    let change = |id, reasons| Change::SetNodeState {
-        id,
-        enabled: false,
-        reasons,
-    };
-    set_node(&admin, &headers, &id, change, body).await
+    lifecycle(&admin, &headers, true, &id, &action, &body).await
 }
 
 async fn node_maintenance(
@@ -621,9 +619,15 @@ async fn node_maintenance(
     Path((id, switch)): Path<(String, String)>,
     body: Bytes,
 ) -> ApiResult {
-    let on = on_off(&switch)?;
-    let change = |id, reasons| Change::SetNodeMaintenance { id, on, reasons };
-    set_node(&admin, &headers, &id, change, body).await
+    lifecycle(
+        &admin,
+        &headers,
+        true,
+        &id,
+        &format!("maintenance/{switch}"),
+        &body,
+    )
+    .await
 }
 
 /// A node's heartbeat body.
