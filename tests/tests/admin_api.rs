@@ -436,6 +436,13 @@ fn maintenance_holds_this_node_out_and_drain_exits() {
         answer.starts_with("SIP/2.0 503 "),
         "OPTIONS in maintenance: {answer}"
     );
+    let mut uac = common::uac::Uac::new("127.0.0.1", proxy.sip);
+    uac.send_invite();
+    let (_, refused) = uac
+        .final_response(rsip::Method::Invite, Duration::from_secs(3))
+        .expect("no answer to an INVITE in maintenance");
+    assert_eq!(refused.status_code.code(), 503, "{refused}");
+    assert!(common::uac::header(&refused, "Retry-After").is_some());
     admin(
         &proxy,
         "POST",

@@ -192,3 +192,25 @@ fn drain_command_drains_the_local_node_and_waits_for_its_exit() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("VOXGATE_CLUSTER__ADMIN_KEY"));
 }
+
+#[test]
+fn a_call_still_ringing_at_the_deadline_is_cancelled_and_refused() {
+    let (_backend, addr) = start_backend("ring-b1", &["--answer-delay", "30s"]);
+    let mut proxy = proxy_for("ring-proxy", addr, "1s");
+    let mut uac = Uac::new("127.0.0.1", proxy.sip);
+    uac.send_invite();
+    uac.wait_response(rsip::Method::Invite, 180, Duration::from_secs(3))
+        .expect("no 180 Ringing");
+
+    proxy.process.signal("TERM");
+    let (_, refused) = uac
+        .final_response(rsip::Method::Invite, Duration::from_secs(5))
+        .expect("the ringing call got no final answer at the deadline");
+    assert_eq!(refused.status_code.code(), 503, "{refused}");
+    assert!(header(&refused, "Retry-After").is_some(), "{refused}");
+    assert!(
+        proxy.process.wait_exit(Duration::from_secs(5)),
+        "voxgate did not exit 0 with a call ringing:\n{}",
+        proxy.process.log()
+    );
+}

@@ -7,7 +7,7 @@
 //! change leaves the state as it was. No I/O and no clock: `now_ms` (Unix milliseconds) is an
 //! argument, and persisting, auditing and publishing are the registry's job.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -471,6 +471,13 @@ pub struct ClusterState {
     regions: BTreeMap<RegionId, Region>,
     #[serde(default, with = "keyed_list")]
     nodes: BTreeMap<NodeId, Node>,
+    /// Ids of regions an operator deleted: seeding from a configuration that still names them
+    /// does not bring them back (creating one again clears its mark).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    deleted_regions: BTreeSet<String>,
+    /// Ids of nodes an operator deleted, likewise.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    deleted_nodes: BTreeSet<String>,
 }
 
 impl ClusterState {
@@ -499,10 +506,12 @@ impl ClusterState {
                         created_at_ms: now_ms,
                     },
                 );
+                self.deleted_regions.remove(id.as_str());
             }
             Change::DeleteRegion { id } => {
                 self.check_region_deletable(id, now_ms, statuses)?;
                 self.regions.remove(id);
+                self.deleted_regions.insert(id.as_str().to_owned());
             }
             Change::SetRegionState {
                 id,
@@ -533,6 +542,7 @@ impl ClusterState {
                 let lifecycle = Lifecycle::new_entity(now_ms, actor);
                 self.nodes
                     .insert(new.id.clone(), node_from(new, api_key, lifecycle, now_ms));
+                self.deleted_nodes.remove(new.id.as_str());
             }
             Change::UpdateNode {
                 id,
@@ -570,6 +580,7 @@ impl ClusterState {
             Change::DeleteNode { id } => {
                 self.check_node_deletable(id, now_ms, statuses)?;
                 self.nodes.remove(id);
+                self.deleted_nodes.insert(id.as_str().to_owned());
             }
             Change::SetNodeState {
                 id,
@@ -589,9 +600,12 @@ impl ClusterState {
         Ok(())
     }
 
-    /// Adds region `id` from the configuration, enabled, unless it exists: an existing entry, which
-    /// an operator may have changed since, wins.
+    /// Adds region `id` from the configuration, enabled, unless it exists (an existing entry, which
+    /// an operator may have changed since, wins) or an operator deleted it.
     pub fn seed_region(&mut self, id: RegionId, now_ms: u64) {
+        if self.deleted_regions.contains(id.as_str()) {
+            return;
+        }
         self.regions.entry(id.clone()).or_insert_with(|| Region {
             id,
             lifecycle: Lifecycle::seeded(now_ms),
@@ -600,15 +614,19 @@ impl ClusterState {
     }
 
     /// Adds `node` from the configuration, enabled, unless a node with its id exists (which then is
-    /// left alone). Its region is seeded too when absent. The fields are validated as for
-    /// [`Change::AddNode`] even when the node exists, so a bad configuration is reported at once.
+    /// left alone) or an operator deleted it or its region. Its region is seeded too when absent.
+    /// The fields are validated as for [`Change::AddNode`] even when the node exists, so a bad
+    /// configuration is reported at once.
     pub fn seed_node(&mut self, node: NewNode, now_ms: u64) -> Result<(), ClusterError> {
         let api_key = check_new_node(&node)?;
-        if self.nodes.contains_key(&node.id) {
+        if self.nodes.contains_key(&node.id) || self.deleted_nodes.contains(node.id.as_str()) {
             return Ok(());
         }
         self.check_key_unused(&api_key, &node.id)?;
         self.seed_region(node.region.clone(), now_ms);
+        if !self.regions.contains_key(&node.region) {
+            return Ok(());
+        }
         let seeded = node_from(&node, api_key, Lifecycle::seeded(now_ms), now_ms);
         self.nodes.insert(node.id, seeded);
         Ok(())
@@ -684,8 +702,8 @@ impl ClusterState {
     /// kinds, in region order, Proxy first, even when the region has no node of that kind.
     ///
     /// A node counts as online while it has a fresh status. A Backend that cannot heartbeat is
-    /// probed with OPTIONS and the probing Proxy publishes a status on its behalf, so it counts as
-    /// online too. A Backend's sessions are the larger of what it reports itself and what the
+    /// probed with OPTIONS; the caller passes a status for it (as the proxy's capacity view does
+    /// while probing says it is up), else it counts as offline. A Backend's sessions are the larger of what it reports itself and what the
     /// Proxies report having placed on it: a heartbeating Backend sees every Proxy's sessions, a
     /// probed one reports none of its own.
     pub fn capacity(&self, statuses: &Statuses, now_ms: u64) -> Vec<RegionCapacity> {

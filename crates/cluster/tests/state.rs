@@ -700,7 +700,7 @@ fn region_deletion_sequence() {
         &statuses,
     )
     .expect("delete DE-FRA");
-    assert_eq!(state, ClusterState::default());
+    assert_eq!((state.regions().count(), state.nodes().count()), (0, 0));
 }
 
 #[test]
@@ -856,6 +856,36 @@ fn draining_load_exceeding_room_shows_above_one() {
         (150, 100, 0)
     );
     assert!((backends.utilization - 1.5).abs() < 1e-9);
+}
+
+#[test]
+fn a_deleted_node_is_not_seeded_back_until_added_again() {
+    let mut state = cluster();
+    let none = Statuses::default();
+    apply(&mut state, &set_node("b1", false), &none).expect("disable");
+    apply(&mut state, &Change::DeleteNode { id: node("b1") }, &none).expect("delete");
+    // A restart seeds from a config that still names b1: it stays deleted.
+    state
+        .seed_node(new_node("b1", "US-EAST", NodeKind::Backend, 2), T0)
+        .expect("seed");
+    assert!(state.node(&node("b1")).is_none());
+    let json = serde_json::to_string(&state).unwrap();
+    let mut state: ClusterState = serde_json::from_str(&json).unwrap();
+    state
+        .seed_node(new_node("b1", "US-EAST", NodeKind::Backend, 2), T0)
+        .expect("seed");
+    assert!(
+        state.node(&node("b1")).is_none(),
+        "the mark survives storage"
+    );
+    // An operator adding it again clears the mark.
+    apply(
+        &mut state,
+        &Change::AddNode(new_node("b1", "US-EAST", NodeKind::Backend, 2)),
+        &none,
+    )
+    .expect("add");
+    assert!(state.node(&node("b1")).is_some());
 }
 
 #[test]

@@ -22,8 +22,9 @@
 //! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
 //!
-//! Every change is recorded in the audit trail with the actor ("admin" or the node's id), the
-//! action, the target and both reasons.
+//! Every registry change (regions, nodes, their lifecycle) is recorded in the audit trail with the
+//! actor, the action, the target and both reasons. A drain is this process's runtime action, not a
+//! registry change: it is logged (target `voxgate::audit`) but not in the trail.
 
 use std::sync::Arc;
 
@@ -663,12 +664,13 @@ async fn put_status(
             "Authorization: Bearer <the node's API key> required",
         ));
     };
+    // An unknown node and a wrong key get the same answer: no enumerating node ids.
     let snapshot = admin.snapshot().await?;
-    let node = snapshot
+    if !snapshot
         .state
         .node(&id)
-        .ok_or_else(|| not_found(ErrorCode::NodeNotFound, &format!("node {id}")))?;
-    if !node.api_key.verify(key) {
+        .is_some_and(|node| node.api_key.verify(key))
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "FORBIDDEN",
@@ -729,9 +731,8 @@ async fn drain(
             ),
         ));
     }
-    if !admin.gateway.draining() {
+    if admin.shutdown.request_drain() {
         tracing::info!(target: "voxgate::audit", actor = "admin", action = "node.drain", target = %id, "drain requested");
-        admin.shutdown.trigger();
     }
     Ok((
         StatusCode::ACCEPTED,

@@ -425,6 +425,15 @@ impl Call {
                     // Not even a 100 Trying: this Backend is not there (or too slow to count on).
                     return AttemptResult::Silent;
                 }
+                () = gateway.hang_up_requested() => {
+                    // The node is going away (drain deadline, second signal): the call that is
+                    // still ringing is cancelled on the Backend and refused to the caller.
+                    if attempt.provisional {
+                        gateway.endpoint.request(attempt.address, dialog::cancel(&attempt.invite));
+                    }
+                    self.reject(503, vec![gateway.retry_after_header()]);
+                    return AttemptResult::Cancelled;
+                }
             }
         }
     }

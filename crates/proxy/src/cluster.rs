@@ -18,21 +18,24 @@
 //! A drain is not written to the registry as maintenance: it is this process's runtime state
 //! ("draining" in its status), so a restarted node serves again without an operator's action.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use tokio::time::MissedTickBehavior;
 use voxgate_cluster::BackendSpec;
 use voxgate_cluster::advisor::{Advice, Advisor, AdvisorConfig, Sample};
 use voxgate_cluster::model::{NewNode, NodeKind, NodeStatus, RuntimeState};
-use voxgate_cluster::state::{RegionCapacity, Statuses};
+use voxgate_cluster::state::{ErrorCode, RegionCapacity, Statuses};
 use voxgate_core::{NodeId, RegionId};
 
 use crate::config::Config;
 use crate::gateway::Gateway;
 use crate::metrics;
-use crate::registry::{EmbeddedRegistry, RedisRegistry, Registry, Seed, Snapshot, now_ms};
+use crate::registry::{
+    EmbeddedRegistry, RedisRegistry, Registry, RegistryError, Seed, Snapshot, now_ms,
+};
 
 /// One region and kind: its capacity and the advisor's recommendation.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -50,12 +53,25 @@ pub struct ClusterLink {
     pub registry: Arc<dyn Registry>,
     /// This node.
     pub node: NodeId,
+    heartbeat_ttl: Duration,
     advisors: Mutex<BTreeMap<(RegionId, NodeKind), Advisor>>,
     view: Mutex<Vec<RegionView>>,
-    /// Backends seen heartbeating; judged by heartbeat (not probing) from then on.
-    heartbeating: Mutex<HashSet<NodeId>>,
+    /// Backends seen heartbeating, with when (Unix ms) their status was last fresh: judged by
+    /// heartbeat, not probing, until they have been silent for [`PROBE_AGAIN_AFTER`] TTLs.
+    heartbeating: Mutex<HashMap<NodeId, u64>>,
+    /// Last address each Backend endpoint resolved to, for when DNS fails or is slow.
+    resolved: Mutex<HashMap<(String, u16), SocketAddr>>,
     usage: Mutex<ProcessUsage>,
+    /// One sync at a time: an admin change syncs at once, beside the periodic loop, and an
+    /// older snapshot must not be applied over a newer one.
+    syncing: tokio::sync::Mutex<()>,
 }
+
+/// A heartbeating Backend silent for this many TTLs is probed with OPTIONS again.
+const PROBE_AGAIN_AFTER: u32 = 3;
+
+/// Longest wait for a Backend endpoint's DNS answer within a sync.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for ClusterLink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -77,18 +93,25 @@ impl ClusterLink {
         } else {
             Arc::new(RedisRegistry::connect(&config.cluster.registry, &seed).await?)
         };
-        Ok(Self::new(registry, config.node.id.clone()))
+        Ok(Self::new(
+            registry,
+            config.node.id.clone(),
+            config.cluster.heartbeat_ttl,
+        ))
     }
 
-    /// A link over `registry` for node `node`.
-    pub fn new(registry: Arc<dyn Registry>, node: NodeId) -> Self {
+    /// A link over `registry` for node `node`, whose statuses live `heartbeat_ttl`.
+    pub fn new(registry: Arc<dyn Registry>, node: NodeId, heartbeat_ttl: Duration) -> Self {
         Self {
             registry,
             node,
+            heartbeat_ttl,
             advisors: Mutex::new(BTreeMap::new()),
             view: Mutex::new(Vec::new()),
-            heartbeating: Mutex::new(HashSet::new()),
+            heartbeating: Mutex::new(HashMap::new()),
+            resolved: Mutex::new(HashMap::new()),
             usage: Mutex::new(ProcessUsage::default()),
+            syncing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -97,9 +120,13 @@ impl ClusterLink {
         lock(&self.view).clone()
     }
 
-    /// Whether Backend `id` heartbeats through the admin API (then it is not probed).
+    /// Whether Backend `id` heartbeats through the admin API (then it is not probed): it did,
+    /// and not longer ago than [`PROBE_AGAIN_AFTER`] TTLs.
     pub fn heartbeats(&self, id: &NodeId) -> bool {
-        lock(&self.heartbeating).contains(id)
+        let window = self.heartbeat_ttl.as_millis() as u64 * u64::from(PROBE_AGAIN_AFTER);
+        lock(&self.heartbeating)
+            .get(id)
+            .is_some_and(|&last| now_ms().saturating_sub(last) <= window)
     }
 }
 
@@ -166,10 +193,17 @@ pub async fn run(gateway: Arc<Gateway>) {
 /// One round: publish, read back, apply, compute capacity (see the module docs).
 pub async fn sync(gateway: &Gateway) -> Result<(), crate::registry::RegistryError> {
     let link = &gateway.cluster;
+    let _one_at_a_time = link.syncing.lock().await;
     let status = own_status(gateway);
-    link.registry
+    match link
+        .registry
         .publish_status(&link.node, status, gateway.config.cluster.heartbeat_ttl)
-        .await?;
+        .await
+    {
+        // Deleted from the registry: the snapshot below holds this node out of service.
+        Err(RegistryError::Rejected(err)) if err.code == ErrorCode::NodeNotFound => {}
+        other => other?,
+    }
     let snapshot = link.registry.snapshot().await?;
     apply_lifecycle(gateway, &snapshot);
     apply_backends(gateway, &snapshot).await;
@@ -248,9 +282,14 @@ fn apply_lifecycle(gateway: &Gateway, snapshot: &Snapshot) {
 async fn apply_backends(gateway: &Gateway, snapshot: &Snapshot) {
     let state = &snapshot.state;
     let now = snapshot.now_ms;
+    let current = gateway.picker.backends();
     let mut specs = Vec::new();
     for node in state.nodes().filter(|n| n.kind == NodeKind::Backend) {
-        let Some(address) = resolve(&node.endpoint, node.sip_port).await else {
+        let known = current.iter().find(|s| s.id == node.id).map(|s| s.address);
+        let Some(address) = resolve(&gateway.cluster, &node.endpoint, node.sip_port)
+            .await
+            .or(known)
+        else {
             tracing::warn!(backend = %node.id, endpoint = %node.endpoint, "cannot resolve a Backend's endpoint; skipping it");
             continue;
         };
@@ -274,7 +313,12 @@ async fn apply_backends(gateway: &Gateway, snapshot: &Snapshot) {
         gateway.picker.set_backends(specs.clone());
     }
     let link = &gateway.cluster;
-    let mut heartbeating = lock(&link.heartbeating);
+    let ours: HashMap<NodeId, u32> = gateway
+        .picker
+        .snapshot(tokio::time::Instant::now().into_std())
+        .into_iter()
+        .map(|b| (b.id, b.sessions))
+        .collect();
     for spec in &specs {
         let others: u32 = snapshot
             .statuses
@@ -282,23 +326,43 @@ async fn apply_backends(gateway: &Gateway, snapshot: &Snapshot) {
             .filter(|(id, _, expires)| **id != link.node && *expires > now)
             .map(|(_, status, _)| status.placed.get(&spec.id).copied().unwrap_or(0))
             .sum();
-        gateway.picker.set_remote_sessions(&spec.id, others);
-        // A Backend that heartbeats is up while its heartbeat is fresh, and offline after.
-        let fresh = snapshot.statuses.is_online(&spec.id, now);
-        if fresh {
-            heartbeating.insert(spec.id.clone());
+        // A Backend that heartbeats is up while its heartbeat is fresh and it says it runs
+        // (not starting, draining or stopping), offline after; its own count of sessions wins
+        // when higher than what the proxies placed (calls that reached it some other way).
+        let own_status = snapshot.statuses.fresh(&spec.id, now);
+        if let Some(status) = own_status {
+            lock(&link.heartbeating).insert(spec.id.clone(), now);
+            let mine = ours.get(&spec.id).copied().unwrap_or(0);
+            let reported = status.active_sessions.saturating_sub(mine);
+            gateway
+                .picker
+                .set_remote_sessions(&spec.id, others.max(reported));
+        } else {
+            gateway.picker.set_remote_sessions(&spec.id, others);
         }
-        if heartbeating.contains(&spec.id) {
-            gateway.picker.set_up(&spec.id, fresh);
+        if link.heartbeats(&spec.id) {
+            let running = own_status.is_some_and(|s| s.state == RuntimeState::Running);
+            gateway.picker.set_up(&spec.id, running);
         }
     }
 }
 
-async fn resolve(endpoint: &str, port: u16) -> Option<SocketAddr> {
+/// A Backend endpoint's address: a literal IP as is, a name through DNS (bounded by
+/// [`RESOLVE_TIMEOUT`]), else the last address it resolved to.
+async fn resolve(link: &ClusterLink, endpoint: &str, port: u16) -> Option<SocketAddr> {
     if let Ok(ip) = endpoint.parse::<std::net::IpAddr>() {
         return Some(SocketAddr::new(ip, port));
     }
-    tokio::net::lookup_host((endpoint, port)).await.ok()?.next()
+    let key = (endpoint.to_owned(), port);
+    let lookup = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((endpoint, port)));
+    match lookup.await {
+        Ok(Ok(mut addrs)) => {
+            let addr = addrs.next()?;
+            lock(&link.resolved).insert(key, addr);
+            Some(addr)
+        }
+        _ => lock(&link.resolved).get(&key).copied(),
+    }
 }
 
 /// Every region's capacity per kind, with the advisors fed.

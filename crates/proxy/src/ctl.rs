@@ -35,7 +35,11 @@ pub async fn drain(config: &Config, wait: bool, timeout: Duration) -> anyhow::Re
     }
     let deadline = tokio::time::Instant::now() + timeout;
     while tokio::time::Instant::now() < deadline {
-        if request(addr, "GET", "/livez", None).await.is_err() {
+        // Only a refused connection means the node is gone; a slow answer means it is busy.
+        if tokio::net::TcpStream::connect(addr)
+            .await
+            .is_err_and(|err| err.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
             println!("drained: the node has exited");
             return Ok(());
         }

@@ -118,6 +118,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long the drain waits for calls to end after hanging them up.
+const HANG_UP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Winds the node down: no new sessions (503, `/readyz` false), answered calls run to their end
 /// until `drain.deadline` or a second signal, after which the rest are ended with BYE to both
 /// sides. Returns when no session is left.
@@ -131,27 +134,36 @@ async fn drain(gateway: &Gateway, shutdown: &shutdown::Shutdown) {
         "draining: no new sessions; active ones run to their end"
     );
     let mut tick = tokio::time::interval(Duration::from_millis(200));
-    let mut hung_up = false;
+    let mut hung_up: Option<tokio::time::Instant> = None;
     loop {
         let active = gateway.slots.active();
         metrics::drain_remaining(active);
         if active == 0 {
             break;
         }
+        // After the hang-up every call ends within a round trip or two; one whose peer never
+        // answers must not keep the process (and an orchestrator's rollout) waiting.
+        if hung_up.is_some_and(|at| at.elapsed() >= HANG_UP_GRACE) {
+            tracing::warn!(
+                active,
+                "sessions still up {HANG_UP_GRACE:?} after the hang-up; exiting"
+            );
+            break;
+        }
         tokio::select! {
             _ = tick.tick() => continue,
-            () = tokio::time::sleep_until(deadline), if !hung_up => {
+            () = tokio::time::sleep_until(deadline), if hung_up.is_none() => {
                 tracing::warn!(active, "drain deadline reached: ending the remaining calls with BYE");
             }
-            () = shutdown.wait_forced(), if !hung_up => {
+            () = shutdown.wait_forced(), if hung_up.is_none() => {
                 tracing::warn!(active, "second signal: ending the remaining calls with BYE");
             }
         }
         gateway.hang_up_all();
-        hung_up = true;
+        hung_up = Some(tokio::time::Instant::now());
     }
     metrics::drain_remaining(0);
-    if hung_up {
+    if hung_up.is_some() {
         // The BYEs are on their way; give their answers (and retransmissions) a moment.
         tokio::time::sleep(Duration::from_secs(1)).await;
     }

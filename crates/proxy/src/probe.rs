@@ -42,6 +42,10 @@ pub async fn run(gateway: Arc<Gateway>) {
             });
         }
         while let Some(Ok((spec, alive))) = probes.join_next().await {
+            // It may have started heartbeating while the probe was out: the heartbeat decides.
+            if gateway.cluster.heartbeats(&spec.id) {
+                continue;
+            }
             let tracker = trackers
                 .entry(spec.id.clone())
                 .or_insert_with(|| HealthTracker::new(config));

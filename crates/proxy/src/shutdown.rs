@@ -1,4 +1,6 @@
-//! Shutdown signals: the first SIGTERM / Ctrl-C asks for a drain, a second one forces the exit.
+//! Shutdown signals: the first SIGTERM / Ctrl-C asks for a drain, a second one ends the remaining
+//! calls (with BYE) so the process can exit. The admin API's drain starts the same drain without
+//! counting as a signal, so a later SIGTERM (an orchestrator stopping the node) does not force it.
 
 use std::io;
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use tokio::sync::watch;
 #[derive(Debug, Clone)]
 pub struct Shutdown {
     requests: Arc<watch::Sender<u32>>,
+    /// Set by [`Shutdown::request_drain`]: draining without a signal.
+    drain: Arc<watch::Sender<bool>>,
 }
 
 impl Shutdown {
@@ -19,6 +23,7 @@ impl Shutdown {
     pub fn new() -> Self {
         Self {
             requests: Arc::new(watch::Sender::new(0)),
+            drain: Arc::new(watch::Sender::new(false)),
         }
     }
 
@@ -52,10 +57,13 @@ impl Shutdown {
                 if handle.requests() == 1 {
                     tracing::info!(
                         signal,
-                        "shutdown requested; send it again to exit without draining"
+                        "shutdown requested: draining; send it again to end the remaining calls with BYE"
                     );
                 } else {
-                    tracing::warn!(signal, "second shutdown request; exiting without draining");
+                    tracing::warn!(
+                        signal,
+                        "second shutdown request: ending the remaining calls with BYE"
+                    );
                 }
             }
         });
@@ -67,19 +75,33 @@ impl Shutdown {
         self.requests.send_modify(|n| *n = n.saturating_add(1));
     }
 
+    /// Starts the drain without counting a signal (the admin API); returns whether this call
+    /// started it (false when a drain was already under way).
+    pub fn request_drain(&self) -> bool {
+        let already = self.triggered();
+        let first = self
+            .drain
+            .send_if_modified(|drain| !std::mem::replace(drain, true));
+        first && !already
+    }
+
     /// Requests so far.
     pub fn requests(&self) -> u32 {
         *self.requests.borrow()
     }
 
-    /// Whether shutdown has been requested at least once.
+    /// Whether shutdown (a signal or the admin drain) has been requested.
     pub fn triggered(&self) -> bool {
-        self.requests() >= 1
+        self.requests() >= 1 || *self.drain.borrow()
     }
 
     /// Resolves once shutdown has been requested (immediately if it already was).
     pub async fn wait(&self) {
-        self.wait_for(1).await;
+        let mut drain = self.drain.subscribe();
+        tokio::select! {
+            () = self.wait_for(1) => {}
+            _ = drain.wait_for(|drain| *drain) => {}
+        }
     }
 
     /// Resolves once shutdown has been requested a second time.
@@ -135,6 +157,23 @@ mod tests {
         shutdown.trigger();
         assert!(resolves(shutdown.wait_forced()).await);
         assert_eq!(shutdown.requests(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admin_drain_is_idempotent_and_not_a_signal() {
+        let shutdown = Shutdown::new();
+        assert!(
+            shutdown.request_drain(),
+            "the first request starts the drain"
+        );
+        assert!(!shutdown.request_drain(), "a second one changes nothing");
+        assert!(shutdown.triggered());
+        assert!(resolves(shutdown.wait()).await);
+        // The orchestrator's SIGTERM afterwards is the first signal, not a forced exit.
+        shutdown.trigger();
+        assert!(!resolves(shutdown.wait_forced()).await);
+        shutdown.trigger();
+        assert!(resolves(shutdown.wait_forced()).await);
     }
 
     #[cfg(unix)]
