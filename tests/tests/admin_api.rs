@@ -514,3 +514,61 @@ fn embedded_registry_survives_restart_and_refuses_a_corrupt_file() {
     // The file is left as it was for the operator to look at.
     assert!(std::fs::read_to_string(&state).unwrap().ends_with("{"));
 }
+
+#[test]
+fn sessions_are_found_by_dialog_and_by_relay_port() {
+    let (_backend, addr) = common::start_backend("sessions-b1", &[]);
+    let config = format!(
+        "[node]\nid = \"proxy-1\"\nregion = \"US-EAST\"\n{}",
+        backend_toml("b1", addr, 10, None)
+    );
+    let proxy = Proxy::start_with_env(
+        "admin-sessions",
+        &config,
+        &[("VOXGATE_CLUSTER__ADMIN_KEY", ADMIN_KEY.to_owned())],
+    );
+    let mut uac = common::uac::Uac::new("127.0.0.1", proxy.sip);
+    uac.send_invite();
+    let (_, ok) = uac
+        .final_response(rsip::Method::Invite, Duration::from_secs(3))
+        .expect("no answer");
+    assert_eq!(ok.status_code.code(), 200, "{ok}");
+    uac.ack(&ok);
+
+    let (status, list) = admin(&proxy, "GET", "/v1/sessions", None);
+    assert_eq!(status, 200);
+    let sessions = list["sessions"].as_array().unwrap();
+    assert_eq!(sessions.len(), 1, "{list}");
+    let session = &sessions[0];
+    assert_eq!(session["caller_call_id"], uac.dialog.call_id.as_str());
+    assert_eq!(session["peer"], "b1");
+    // The port the caller was told to send to is the session's caller-side relay port.
+    let port = common::uac::media_addr(&common::uac::sdp_of(&ok.body)).port();
+    assert_eq!(session["ports"]["caller"], port);
+    let backend_call_id = session["backend_call_id"].as_str().unwrap().to_owned();
+    for query in [
+        format!("/v1/sessions?port={port}"),
+        format!("/v1/sessions?port={}", session["ports"]["backend"]),
+        format!("/v1/sessions?call_id={}", uac.dialog.call_id),
+        format!("/v1/sessions?call_id={backend_call_id}"),
+    ] {
+        let (status, found) = admin(&proxy, "GET", &query, None);
+        assert_eq!(status, 200, "{query}: {found}");
+        assert_eq!(found["id"], session["id"], "{query}");
+    }
+    expect_error(
+        admin(&proxy, "GET", "/v1/sessions?port=1", None),
+        404,
+        "SESSION_NOT_FOUND",
+    );
+
+    let bye = uac
+        .in_dialog(rsip::Method::Bye, None, Duration::from_secs(3))
+        .expect("no answer to BYE");
+    assert_eq!(bye.status_code.code(), 200);
+    proxy.assert_idle(Duration::from_secs(3));
+    let (_, list) = admin(&proxy, "GET", "/v1/sessions", None);
+    assert_eq!(list["sessions"], json!([]), "{list}");
+    let (status, _) = admin(&proxy, "GET", &format!("/v1/sessions?port={port}"), None);
+    assert_eq!(status, 404, "the port index forgets ended sessions");
+}

@@ -20,6 +20,7 @@
 //! | `GET`, `PUT /v1/nodes/{id}/status` | live status; a node's heartbeat (node key) |
 //! | `POST /v1/nodes/{id}/drain` | drain this node (as SIGTERM does) |
 //! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
+//! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
 //!
 //! Every registry change (regions, nodes, their lifecycle) is recorded in the audit trail with the
@@ -40,9 +41,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use voxgate_cluster::model::{NewNode, Node, NodeKind, NodeStatus, Reasons, Region, RuntimeState};
 use voxgate_cluster::state::{Change, ClusterError, ErrorCode};
-use voxgate_core::{NodeId, RegionId};
+use voxgate_core::{NodeId, RegionId, SessionId};
 
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, SessionInfo};
 use crate::registry::{RegistryError, Snapshot, now_ms};
 use crate::shutdown::Shutdown;
 
@@ -78,6 +79,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
         .route("/v1/nodes/{id}/status", put(put_status).get(get_status))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/capacity", get(capacity))
+        .route("/v1/sessions", get(sessions))
         .route("/v1/audit", get(audit))
         .with_state(Admin { gateway, shutdown })
 }
@@ -807,4 +809,52 @@ async fn audit(
     let limit = query.limit.unwrap_or(100).min(1000);
     let entries = admin.gateway.cluster.registry.audit(limit).await?;
     ok(json!({ "entries": entries }))
+}
+
+#[derive(Debug, Deserialize)]
+struct SessionQuery {
+    call_id: Option<String>,
+    port: Option<u16>,
+}
+
+fn session_json(id: SessionId, info: &SessionInfo) -> Value {
+    json!({
+        "id": id.0,
+        "caller_call_id": info.caller_call_id,
+        "backend_call_id": info.backend_call_id,
+        "peer": info.peer,
+        "region": info.region.as_str(),
+        "ports": {"caller": info.ports.0, "backend": info.ports.1},
+    })
+}
+
+/// This node's live sessions, or the one a dialog (either leg's Call-ID) or a relay port (either
+/// side's RTP port) belongs to.
+async fn sessions(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Query(query): Query<SessionQuery>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let gateway = &admin.gateway;
+    let found = match (&query.call_id, query.port) {
+        (None, None) => {
+            let all: Vec<Value> = gateway
+                .sessions()
+                .iter()
+                .map(|(id, info)| session_json(*id, info))
+                .collect();
+            return ok(json!({ "sessions": all }));
+        }
+        (Some(call_id), _) => gateway.session_by_call_id(call_id),
+        (None, Some(port)) => gateway.session_by_port(port),
+    };
+    let (id, info) = found.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "SESSION_NOT_FOUND",
+            "no live session with that Call-ID or relay port",
+        )
+    })?;
+    ok(session_json(id, &info))
 }

@@ -212,7 +212,7 @@ pub async fn run(
     let relay = Relay::start(sockets, gateway.config.media.timeout);
     relay.set_peer(Side::Caller, peer_media(&offer));
     let id = gateway.new_session_id();
-    gateway.sessions.insert(
+    gateway.add_session(
         id,
         SessionInfo {
             caller_call_id: caller.dialog.call_id.clone(),
@@ -238,7 +238,7 @@ pub async fn run(
     };
     let cause = call.run(destination).await;
     metrics::session_ended(cause.as_str());
-    gateway.sessions.remove(&id);
+    gateway.remove_session(id);
     tracing::debug!(session = %id, cause = cause.as_str(), "call ended");
     drop(call);
     drop(slot);
@@ -350,14 +350,10 @@ impl Call {
             ));
         }
         let events = gateway.endpoint.register(&leg.call_id);
-        if let Some(mut info) = gateway.sessions.get_mut(&self.id) {
-            info.backend_call_id = Some(leg.call_id.clone());
-            info.peer = Some(
-                backend
-                    .as_ref()
-                    .map_or_else(|| address.to_string(), |b| b.to_string()),
-            );
-        }
+        let peer = backend
+            .as_ref()
+            .map_or_else(|| address.to_string(), |b| b.to_string());
+        gateway.set_session_peer(self.id, &leg.call_id, peer);
         gateway.endpoint.request(address, invite.clone());
         Attempt {
             dialog: leg,

@@ -55,8 +55,11 @@ pub struct Gateway {
     pub trunks: TrunkTable,
     /// Media ports.
     pub ports: PortPool,
-    /// Live sessions.
-    pub sessions: DashMap<SessionId, SessionInfo>,
+    /// Live sessions, by id; [`Gateway::session_by_call_id`] and [`Gateway::session_by_port`]
+    /// find one by either leg's dialog or either side's relay port.
+    sessions: DashMap<SessionId, SessionInfo>,
+    by_call_id: DashMap<String, SessionId>,
+    by_port: DashMap<u16, SessionId>,
     /// The cluster registry link: lifecycle, fleet-wide load, capacity signals.
     pub cluster: ClusterLink,
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
@@ -88,6 +91,8 @@ impl Gateway {
             sip_addr,
             endpoint,
             sessions: DashMap::new(),
+            by_call_id: DashMap::new(),
+            by_port: DashMap::new(),
             next_session: AtomicU64::new(1),
             draining: AtomicBool::new(false),
             maintenance: Mutex::new(None),
@@ -95,6 +100,57 @@ impl Gateway {
             rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
             config,
         }
+    }
+
+    /// Records a new live session in the tables.
+    pub fn add_session(&self, id: SessionId, info: SessionInfo) {
+        self.by_call_id.insert(info.caller_call_id.clone(), id);
+        self.by_port.insert(info.ports.0, id);
+        self.by_port.insert(info.ports.1, id);
+        self.sessions.insert(id, info);
+    }
+
+    /// The session now reaches `peer` over the Backend-side dialog `call_id` (a new attempt).
+    pub fn set_session_peer(&self, id: SessionId, call_id: &str, peer: String) {
+        if let Some(mut info) = self.sessions.get_mut(&id) {
+            if let Some(old) = info.backend_call_id.replace(call_id.to_owned()) {
+                self.by_call_id.remove(&old);
+            }
+            info.peer = Some(peer);
+        }
+        self.by_call_id.insert(call_id.to_owned(), id);
+    }
+
+    /// Forgets an ended session.
+    pub fn remove_session(&self, id: SessionId) {
+        if let Some((_, info)) = self.sessions.remove(&id) {
+            self.by_call_id.remove(&info.caller_call_id);
+            if let Some(call_id) = &info.backend_call_id {
+                self.by_call_id.remove(call_id);
+            }
+            self.by_port.remove(&info.ports.0);
+            self.by_port.remove(&info.ports.1);
+        }
+    }
+
+    /// The live sessions (a copy).
+    pub fn sessions(&self) -> Vec<(SessionId, SessionInfo)> {
+        self.sessions
+            .iter()
+            .map(|entry| (*entry.key(), entry.value().clone()))
+            .collect()
+    }
+
+    /// The session one of whose legs has dialog `call_id`.
+    pub fn session_by_call_id(&self, call_id: &str) -> Option<(SessionId, SessionInfo)> {
+        let id = *self.by_call_id.get(call_id)?;
+        Some((id, self.sessions.get(&id)?.clone()))
+    }
+
+    /// The session relaying on `port` (either side's RTP port).
+    pub fn session_by_port(&self, port: u16) -> Option<(SessionId, SessionInfo)> {
+        let id = *self.by_port.get(&port)?;
+        Some((id, self.sessions.get(&id)?.clone()))
     }
 
     /// A fresh session id.
