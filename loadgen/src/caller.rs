@@ -58,77 +58,149 @@ pub struct CallPlan {
     pub limits: Limits,
     /// No progress line.
     pub quiet: bool,
+    /// End an answered call as "media stopped" when no echo arrived for this long (None: never).
+    pub media_timeout: Option<Duration>,
 }
+
+/// Why an answered call ended before its hold time because the far side ended it.
+pub const ENDED_BY_FAR_SIDE: &str = "ended by the far side";
+/// Why an answered call ended before its hold time because its echo stopped
+/// ([`CallPlan::media_timeout`]).
+pub const MEDIA_STOPPED: &str = "media stopped";
+/// Why a call waiting for its answer was given up by [`CallContext::abandon_unanswered`].
+pub const ABANDONED: &str = "abandoned: the target went away";
 
 /// Live counters, read by the progress line.
 #[derive(Debug, Default)]
-struct Live {
+pub struct Live {
     started: AtomicU64,
-    active: AtomicU64,
+    /// Calls in progress.
+    pub active: AtomicU64,
     peak_active: AtomicU64,
-    finished: AtomicU64,
-    answered: AtomicU64,
-    rejected: AtomicU64,
-    failed: AtomicU64,
+    /// Calls ended.
+    pub finished: AtomicU64,
+    /// Calls answered with a 2xx.
+    pub answered: AtomicU64,
+    /// Calls ended by a final non-2xx.
+    pub rejected: AtomicU64,
+    /// Calls timed out or failed.
+    pub failed: AtomicU64,
     first_start_us: AtomicU64,
     last_start_us: AtomicU64,
 }
 
 /// How one call ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Outcome {
+pub enum Outcome {
+    /// Answered, held, and ended by our BYE.
     Completed,
+    /// A final non-2xx to the INVITE.
     Rejected(u16),
+    /// No final response in time.
     TimedOut,
+    /// Anything else, with the reason.
     Failed(&'static str),
 }
 
-/// What one call measured.
+/// What one call measured. Times are since the run's epoch.
 #[derive(Debug)]
-struct CallRecord {
-    outcome: Outcome,
-    answered: bool,
-    setup: Option<Duration>,
-    rtp_sent: u64,
-    rtp_received: u64,
-    jitter_seconds: Option<f64>,
+pub struct CallRecord {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Whether a 2xx came.
+    pub answered: bool,
+    /// INVITE sent to 2xx received.
+    pub setup: Option<Duration>,
+    /// When the INVITE was sent.
+    pub started_at: Duration,
+    /// When the 2xx came.
+    pub answered_at: Option<Duration>,
+    /// When the last echo of its media came.
+    pub last_echo_at: Option<Duration>,
+    /// When it stopped sending media (its hold was up, or it ended early).
+    pub media_end_at: Option<Duration>,
+    /// RTP packets sent.
+    pub rtp_sent: u64,
+    /// Echoes received.
+    pub rtp_received: u64,
+    /// RFC 3550 jitter of the echo.
+    pub jitter_seconds: Option<f64>,
 }
 
-struct CallContext {
-    plan: CallPlan,
+/// What every call of a run shares: the plan, the SIP endpoint, the media engine, the counters.
+pub struct CallContext {
+    /// The plan (`call` holds every call for its `hold`; `soak` draws a hold per call).
+    pub plan: CallPlan,
     endpoint: Endpoint,
-    media: MediaEngine,
-    epoch: Instant,
-    live: Live,
+    /// The shared media engine.
+    pub media: MediaEngine,
+    /// The run's time origin.
+    pub epoch: Instant,
+    /// Live counters.
+    pub live: Live,
+    abandon: tokio::sync::watch::Sender<bool>,
+}
+
+impl CallContext {
+    /// Binds the SIP endpoint and the media engine for `plan`; the epoch is now.
+    pub async fn start(plan: CallPlan) -> anyhow::Result<Arc<Self>> {
+        let local_ip = local_ip_towards(plan.bind, plan.target).await?;
+        let bind = SocketAddr::new(local_ip, plan.bind.port());
+        let (endpoint, mut strays) = Endpoint::bind(bind, Default::default()).await?;
+        // Requests that match no live call (a late BYE, OPTIONS) get an answer, not silence.
+        let stray_endpoint = endpoint.clone();
+        tokio::spawn(async move {
+            while let Some(event) = strays.recv().await {
+                if let Event::Request { key, request, .. } = event {
+                    let code = match request.method {
+                        rsip::Method::Options => 200,
+                        _ => 481,
+                    };
+                    stray_endpoint.respond(key, response_for(&request, code, None));
+                }
+            }
+        });
+        let epoch = Instant::now();
+        Ok(Arc::new(CallContext {
+            plan,
+            endpoint,
+            media: MediaEngine::start(local_ip, epoch)?,
+            epoch,
+            live: Live::default(),
+            abandon: tokio::sync::watch::channel(false).0,
+        }))
+    }
+
+    /// Gives up every call still waiting for its final response (now and later), as
+    /// `Failed(ABANDONED)`: the target is known to be gone, so waiting for Timer B is pointless.
+    pub fn abandon_unanswered(&self) {
+        self.abandon.send_replace(true);
+    }
+
+    /// SIP datagrams sent, received and malformed so far.
+    pub fn sip_counts(&self) -> SipCounts {
+        let counters = self.endpoint.counters();
+        SipCounts {
+            sent: counters.sent.load(Ordering::Relaxed),
+            received: counters.received.load(Ordering::Relaxed),
+            malformed: counters.malformed.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Calls started per second between the first and the last INVITE.
+    pub fn achieved_rate(&self) -> f64 {
+        achieved_rate(&self.live)
+    }
+
+    /// Most calls up at once so far.
+    pub fn peak_active(&self) -> u64 {
+        self.live.peak_active.load(Ordering::Relaxed)
+    }
 }
 
 /// Runs the plan and returns its report (already judged against the plan's limits).
 pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
-    let local_ip = local_ip_towards(plan.bind, plan.target).await?;
-    let bind = SocketAddr::new(local_ip, plan.bind.port());
-    let (endpoint, mut strays) = Endpoint::bind(bind, Default::default()).await?;
-    // Requests that match no live call (a late BYE, OPTIONS) get an answer, not silence.
-    let stray_endpoint = endpoint.clone();
-    tokio::spawn(async move {
-        while let Some(event) = strays.recv().await {
-            if let Event::Request { key, request, .. } = event {
-                let code = match request.method {
-                    rsip::Method::Options => 200,
-                    _ => 481,
-                };
-                stray_endpoint.respond(key, response_for(&request, code, None));
-            }
-        }
-    });
-
-    let epoch = Instant::now();
-    let context = Arc::new(CallContext {
-        plan: plan.clone(),
-        endpoint,
-        media: MediaEngine::start(local_ip, epoch)?,
-        epoch,
-        live: Live::default(),
-    });
+    let context = CallContext::start(plan.clone()).await?;
     let (records_tx, mut records) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
     let launcher = tokio::spawn(launch(context.clone(), records_tx, stop.clone()));
@@ -161,19 +233,14 @@ pub async fn run(plan: CallPlan) -> anyhow::Result<Report> {
     progress.finish();
 
     let elapsed = context.epoch.elapsed();
-    let counters = context.endpoint.counters();
     let mut report = totals.into_report(&plan, elapsed);
     let media = context.media.counters();
     report.rtp.foreign = media.foreign.load(Ordering::Relaxed);
     report.rtp.send_errors = media.send_errors.load(Ordering::Relaxed);
     report.media_rtt_ms = Percentiles::from_micros(&context.media.rtt_histogram());
-    report.calls.achieved_rate = achieved_rate(&context.live);
-    report.calls.peak_concurrency = context.live.peak_active.load(Ordering::Relaxed);
-    report.sip = SipCounts {
-        sent: counters.sent.load(Ordering::Relaxed),
-        received: counters.received.load(Ordering::Relaxed),
-        malformed: counters.malformed.load(Ordering::Relaxed),
-    };
+    report.calls.achieved_rate = context.achieved_rate();
+    report.calls.peak_concurrency = context.peak_active();
+    report.sip = context.sip_counts();
     report.judge(plan.limits);
     Ok(report)
 }
@@ -214,7 +281,7 @@ async fn launch(
         let context = context.clone();
         let records = records.clone();
         tokio::spawn(async move {
-            let record = place_call(&context, index).await;
+            let record = place_call(&context, index, context.plan.hold).await;
             context.live.finished.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             let _ = records.send(record);
@@ -222,8 +289,11 @@ async fn launch(
     }
 }
 
-async fn place_call(context: &CallContext, index: u64) -> CallRecord {
+/// Places call number `index` (which seeds its Call-ID, tags and SSRC), holds it for `hold` once
+/// answered, and returns what it measured. `finished` is left to the caller.
+pub async fn place_call(context: &CallContext, index: u64, hold: Duration) -> CallRecord {
     let live = &context.live;
+    let started_at = context.epoch.elapsed();
     let since_epoch = u64::try_from(context.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
     if live.started.fetch_add(1, Ordering::Relaxed) == 0 {
         live.first_start_us.store(since_epoch, Ordering::Relaxed);
@@ -231,7 +301,7 @@ async fn place_call(context: &CallContext, index: u64) -> CallRecord {
     live.last_start_us.fetch_max(since_epoch, Ordering::Relaxed);
     let active = live.active.fetch_add(1, Ordering::Relaxed) + 1;
     live.peak_active.fetch_max(active, Ordering::Relaxed);
-    let mut call = Call::new(context, index);
+    let mut call = Call::new(context, index, hold);
     let outcome = call.run().await;
     live.active.fetch_sub(1, Ordering::Relaxed);
     match &outcome {
@@ -243,6 +313,10 @@ async fn place_call(context: &CallContext, index: u64) -> CallRecord {
         outcome,
         answered: call.setup.is_some(),
         setup: call.setup,
+        started_at,
+        answered_at: call.setup.map(|setup| started_at + setup),
+        last_echo_at: call.media.last_echo_at,
+        media_end_at: call.media_end_at,
         rtp_sent: call.media.sent,
         rtp_received: call.media.received,
         jitter_seconds: call.media.jitter_seconds,
@@ -253,19 +327,23 @@ async fn place_call(context: &CallContext, index: u64) -> CallRecord {
 struct Call<'a> {
     context: &'a CallContext,
     rng: SmallRng,
+    hold: Duration,
     setup: Option<Duration>,
     media: StreamResult,
+    media_end_at: Option<Duration>,
 }
 
 impl<'a> Call<'a> {
-    fn new(context: &'a CallContext, index: u64) -> Self {
+    fn new(context: &'a CallContext, index: u64, hold: Duration) -> Self {
         Self {
             context,
             rng: SmallRng::seed_from_u64(
                 context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
+            hold,
             setup: None,
             media: StreamResult::default(),
+            media_end_at: None,
         }
     }
 
@@ -316,7 +394,7 @@ impl<'a> Call<'a> {
             None => Some(Outcome::Failed("no usable SDP answer")),
         };
         if let Some(outcome) = outcome {
-            if outcome != Outcome::Failed("ended by the far side") {
+            if outcome != Outcome::Failed(ENDED_BY_FAR_SIDE) {
                 // Still up on the far side: hang up politely even when the call failed.
                 let bye = dialog.bye(&mut self.rng);
                 endpoint.request(next_hop, bye);
@@ -338,6 +416,7 @@ impl<'a> Call<'a> {
         let endpoint = &self.context.endpoint;
         let deadline = sent_at + self.context.plan.answer_timeout;
         let mut provisional = false;
+        let mut abandon = self.context.abandon.subscribe();
         loop {
             let event = tokio::select! {
                 event = events.recv() => event,
@@ -347,6 +426,7 @@ impl<'a> Call<'a> {
                     }
                     return Err(Outcome::TimedOut);
                 }
+                _ = abandon.wait_for(|abandon| *abandon) => return Err(Outcome::Failed(ABANDONED)),
             };
             match event {
                 Some(Event::Response { response, .. }) => {
@@ -386,9 +466,15 @@ impl<'a> Call<'a> {
             .media
             .open(|| rng.random(), sequence, timestamp, remote, codec);
         stream.start();
-        let hold_end = Instant::now() + context.plan.hold;
+        let media_since = context.epoch.elapsed();
+        let hold_end = Instant::now() + self.hold;
         let mut drain_end: Option<Instant> = None;
         let mut check = tokio::time::interval(Duration::from_millis(10));
+        let media_timeout = context.plan.media_timeout;
+        // Checked a few times per timeout; never ticks when there is no timeout.
+        let mut media_check = tokio::time::interval(
+            media_timeout.map_or(Duration::from_secs(3600), |timeout| timeout / 4),
+        );
         let outcome = loop {
             tokio::select! {
                 event = events.recv() => match event {
@@ -402,7 +488,7 @@ impl<'a> Call<'a> {
                         let code = if bye || request.method == rsip::Method::Invite { 200 } else { 405 };
                         context.endpoint.respond(key, response_for(&request, code, None));
                         if bye {
-                            break Some(Outcome::Failed("ended by the far side"));
+                            break Some(Outcome::Failed(ENDED_BY_FAR_SIDE));
                         }
                     }
                     Some(_) => {}
@@ -410,6 +496,7 @@ impl<'a> Call<'a> {
                 },
                 () = tokio::time::sleep_until(hold_end), if drain_end.is_none() => {
                     stream.stop();
+                    self.media_end_at = Some(context.epoch.elapsed());
                     drain_end = Some(Instant::now() + ECHO_DRAIN);
                 }
                 _ = check.tick(), if drain_end.is_some() => {
@@ -418,9 +505,17 @@ impl<'a> Call<'a> {
                         break None;
                     }
                 }
+                _ = media_check.tick(), if media_timeout.is_some() && drain_end.is_none() => {
+                    let heard = stream.last_echo_at().unwrap_or_default().max(media_since);
+                    if media_timeout.is_some_and(|timeout| context.epoch.elapsed() > heard + timeout) {
+                        break Some(Outcome::Failed(MEDIA_STOPPED));
+                    }
+                }
             }
         };
         self.media = stream.close();
+        self.media_end_at
+            .get_or_insert_with(|| context.epoch.elapsed());
         outcome
     }
 
@@ -471,16 +566,20 @@ impl<'a> Call<'a> {
 }
 
 /// Aggregates call records into the report.
-struct Totals {
-    calls: CallCounts,
-    setup_us: Histogram<u64>,
-    rtp: RtpCounts,
+pub struct Totals {
+    /// Call outcomes.
+    pub calls: CallCounts,
+    /// Setup times, microseconds.
+    pub setup_us: Histogram<u64>,
+    /// Media counters (loss ratio and jitter mean filled by [`Totals::finish_rtp`]).
+    pub rtp: RtpCounts,
     jitter_sum: f64,
     jitter_calls: u64,
 }
 
 impl Totals {
-    fn new() -> Self {
+    /// No calls yet.
+    pub fn new() -> Self {
         Self {
             calls: CallCounts::default(),
             setup_us: new_histogram(),
@@ -490,7 +589,8 @@ impl Totals {
         }
     }
 
-    fn add(&mut self, record: CallRecord) {
+    /// Counts one call.
+    pub fn add(&mut self, record: CallRecord) {
         let calls = &mut self.calls;
         calls.attempted += 1;
         if record.answered {
@@ -521,11 +621,16 @@ impl Totals {
         }
     }
 
-    fn into_report(mut self, plan: &CallPlan, elapsed: Duration) -> Report {
+    /// Fills the RTP loss ratio and mean jitter from the sums.
+    pub fn finish_rtp(&mut self) {
         self.rtp.loss_ratio = ratio(self.rtp.lost, self.rtp.sent);
         if self.jitter_calls > 0 {
             self.rtp.jitter_mean_ms = self.jitter_sum / self.jitter_calls as f64;
         }
+    }
+
+    fn into_report(mut self, plan: &CallPlan, elapsed: Duration) -> Report {
+        self.finish_rtp();
         Report {
             tool: format!("voxgate-loadgen {}", env!("CARGO_PKG_VERSION")),
             target: plan.target.to_string(),

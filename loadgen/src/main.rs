@@ -9,6 +9,9 @@ mod media;
 mod probe;
 mod progress;
 mod report;
+mod scrape;
+mod soak;
+mod soak_report;
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
@@ -32,7 +35,8 @@ const EXIT_LIMIT_EXCEEDED: u8 = 2;
 /// Load generator for SIP/RTP gateways: real SIP calls with G.711 RTP, and an echo Backend.
 ///
 /// `call` places calls against any SIP server and measures setup time, media round trip, loss and
-/// jitter; `backend` answers calls and echoes their media.
+/// jitter; `backend` answers calls and echoes their media; `soak` runs churning calls against a
+/// voxgate Proxy for a long time and judges it from its metrics.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -58,6 +62,34 @@ enum Command {
     /// its sender, answer OPTIONS, hang up on BYE. Stops on Ctrl-C or SIGTERM after hanging up
     /// every call.
     Backend(BackendArgs),
+    /// Run churning calls against a voxgate Proxy, sample its /metrics, and judge the run.
+    ///
+    /// For --duration, calls arrive at random (Poisson) at --rate per second; each answered call
+    /// sends RTP both ways, as in `call`, for a hold drawn between --hold-min and --hold-max.
+    /// /metrics is read every second. Offer more than the Proxy's cap (e.g. 1.5x): 503s at the
+    /// cap are expected and counted by code, not judged.
+    ///
+    /// Fault (at most one): --drain-at T --drain-pid PID sends SIGTERM to the Proxy at T; calls
+    /// already up must run to their end, new ones get 503, and the run ends once the Proxy has
+    /// exited. --kill-backend-at T --kill-backend-pid PID sends SIGKILL to a Backend at T; its
+    /// answered calls are lost and reported as dropped_by_fault (not violations), and later calls
+    /// must be answered by the remaining Backends.
+    ///
+    /// Verdict: exit 2, each violation named on stderr and in the report, when
+    ///   - the Proxy ever reports voxgate_sessions_active > voxgate_sessions_limit (cap exceeded);
+    ///   - an answered call is dropped (BYE from the far side before its hold time, or no echo
+    ///     for --media-timeout) other than by the declared Backend kill;
+    ///   - voxgate_sessions_active is not 0 --grace after the last call ended (counter leak;
+    ///     skipped when the Proxy exited after the drain; a drained Proxy still up then, or a
+    ///     Proxy gone without a drain, is a violation too);
+    ///   - RTP lost / sent over answered calls exceeds --max-loss;
+    ///   - the Proxy's RSS at the end exceeds its RSS after the warm-up (the first minute or the
+    ///     first 10 % of the run, whichever is shorter) by more than --max-rss-growth.
+    ///     RSS is process_resident_memory_bytes when /metrics has it, else VmRSS of --proxy-pid.
+    ///
+    /// Exit 1 on errors (bad arguments, /metrics unreadable at the start).
+    #[command(verbatim_doc_comment)]
+    Soak(SoakArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -100,6 +132,84 @@ struct CallArgs {
     max_loss: Option<f64>,
     /// Seed for Call-IDs, tags and SSRCs, for a reproducible run. Default: random, so that runs
     /// against one server never repeat each other's Call-IDs. The report names the seed used.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress line; the summary is still printed.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+struct SoakArgs {
+    /// The Proxy's SIP address (HOST:PORT, UDP).
+    #[arg(long)]
+    target: String,
+    /// The Proxy's Prometheus endpoint, read every second (http://HOST:PORT/metrics).
+    #[arg(long)]
+    metrics: String,
+    /// How long calls are placed for (e.g. 10m, 30s); calls up then run to their end.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Mean calls started per second (Poisson arrivals).
+    #[arg(long, default_value_t = 10.0, value_parser = positive_f64)]
+    rate: f64,
+    /// Shortest hold of an answered call.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    hold_min: Duration,
+    /// Longest hold of an answered call (holds are uniform in [--hold-min, --hold-max]).
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    hold_max: Duration,
+    /// Most calls up at once on the loadgen's side (an arrival beyond waits).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Send SIGTERM to --drain-pid (the Proxy) this long into the run.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "drain_pid",
+        conflicts_with_all = ["kill_backend_at", "kill_backend_pid"])]
+    drain_at: Option<Duration>,
+    /// The Proxy's process id, for --drain-at (also used for RSS when --proxy-pid is not given).
+    #[arg(long, requires = "drain_at")]
+    drain_pid: Option<u32>,
+    /// Send SIGKILL to --kill-backend-pid (a Backend) this long into the run.
+    #[arg(long, value_parser = humantime::parse_duration, requires = "kill_backend_pid")]
+    kill_backend_at: Option<Duration>,
+    /// The Backend process id, for --kill-backend-at.
+    #[arg(long, requires = "kill_backend_at")]
+    kill_backend_pid: Option<u32>,
+    /// The Proxy's process id: its RSS from /proc when /metrics has no
+    /// process_resident_memory_bytes, and its exit noticed at once.
+    #[arg(long)]
+    proxy_pid: Option<u32>,
+    /// Fail (exit 2) when RTP lost / sent over answered calls exceeds this fraction (1 = never).
+    #[arg(long, default_value_t = 0.001, value_parser = fraction)]
+    max_loss: f64,
+    /// Fail (exit 2) when the RSS at the end exceeds the RSS after the warm-up by more than this
+    /// fraction (0.10 = 10 %).
+    #[arg(long, default_value_t = 0.10, value_parser = non_negative_f64)]
+    max_rss_growth: f64,
+    /// An answered call that hears no echo for this long counts as dropped ("media stopped").
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    media_timeout: Duration,
+    /// After the last call: how long the Proxy may take to show 0 active sessions (or, drained,
+    /// to exit).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    grace: Duration,
+    /// User part of the Request-URI (sip:USER@TARGET).
+    #[arg(long, default_value = "echo")]
+    user: String,
+    /// Local SIP address; port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// CANCEL a call that has no final response after this long.
+    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration)]
+    answer_timeout: Duration,
+    /// G.711 flavour offered first (the other is offered second).
+    #[arg(long, value_enum, default_value_t = CodecArg::Pcmu)]
+    codec: CodecArg,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seed for arrivals, holds, Call-IDs, tags and SSRCs, for a reproducible run. Default:
+    /// random; the report names the seed used.
     #[arg(long)]
     seed: Option<u64>,
     /// No progress line; the summary is still printed.
@@ -192,6 +302,7 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Call(args) => call(args).await,
+        Command::Soak(args) => soak(args).await,
         Command::Backend(args) => {
             backend::run(backend::BackendPlan {
                 listen: args.listen,
@@ -210,11 +321,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
-    let target = tokio::net::lookup_host(&args.target)
-        .await
-        .with_context(|| format!("cannot resolve --target {}", args.target))?
-        .next()
-        .with_context(|| format!("--target {} resolves to no address", args.target))?;
+    let target = resolve_target(&args.target).await?;
     let plan = caller::CallPlan {
         target,
         user: args.user,
@@ -228,15 +335,13 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
             CodecArg::Pcmu => probe::G711::Pcmu,
             CodecArg::Pcma => probe::G711::Pcma,
         },
-        seed: args.seed.unwrap_or_else(|| {
-            use rand::{Rng as _, SeedableRng as _};
-            rand::rngs::SmallRng::from_os_rng().random()
-        }),
+        seed: args.seed.unwrap_or_else(random_seed),
         limits: report::Limits {
             max_failure_rate: args.max_failure_rate,
             max_loss: args.max_loss,
         },
         quiet: args.quiet,
+        media_timeout: None,
     };
     let report = caller::run(plan).await?;
     println!("{report}");
@@ -250,6 +355,93 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(EXIT_LIMIT_EXCEEDED)
     })
+}
+
+async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
+    if args.hold_min > args.hold_max {
+        anyhow::bail!("--hold-min is longer than --hold-max");
+    }
+    let fault = match (
+        args.drain_at.zip(args.drain_pid),
+        args.kill_backend_at.zip(args.kill_backend_pid),
+    ) {
+        (Some((at, pid)), _) => Some(soak::Fault {
+            kind: soak_report::FaultKind::Drain,
+            at,
+            pid,
+        }),
+        (None, Some((at, pid))) => Some(soak::Fault {
+            kind: soak_report::FaultKind::KillBackend,
+            at,
+            pid,
+        }),
+        (None, None) => None,
+    };
+    if let Some(fault) = fault
+        && fault.at >= args.duration
+    {
+        anyhow::bail!("the fault at {:?} is not within --duration", fault.at);
+    }
+    let target = resolve_target(&args.target).await?;
+    let plan = soak::SoakPlan {
+        call: caller::CallPlan {
+            target,
+            user: args.user,
+            bind: args.bind,
+            rate: args.rate,
+            concurrency: args.concurrency,
+            total: u64::MAX,
+            hold: args.hold_max,
+            answer_timeout: args.answer_timeout,
+            codec: match args.codec {
+                CodecArg::Pcmu => probe::G711::Pcmu,
+                CodecArg::Pcma => probe::G711::Pcma,
+            },
+            seed: args.seed.unwrap_or_else(random_seed),
+            limits: report::Limits::default(),
+            quiet: args.quiet,
+            media_timeout: Some(args.media_timeout),
+        },
+        metrics: args.metrics,
+        duration: args.duration,
+        hold_min: args.hold_min,
+        hold_max: args.hold_max,
+        fault,
+        proxy_pid: args.proxy_pid,
+        grace: args.grace,
+        limits: soak::SoakLimits {
+            max_loss: Some(args.max_loss),
+            max_rss_growth: Some(args.max_rss_growth),
+        },
+    };
+    let report = soak::run(plan).await?;
+    println!("{report}");
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    for violation in &report.verdict.violations {
+        eprintln!("violation: {violation}");
+    }
+    Ok(if report.verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_LIMIT_EXCEEDED)
+    })
+}
+
+async fn resolve_target(target: &str) -> anyhow::Result<SocketAddr> {
+    tokio::net::lookup_host(target)
+        .await
+        .with_context(|| format!("cannot resolve --target {target}"))?
+        .next()
+        .with_context(|| format!("--target {target} resolves to no address"))
+}
+
+fn random_seed() -> u64 {
+    use rand::{Rng as _, SeedableRng as _};
+    rand::rngs::SmallRng::from_os_rng().random()
 }
 
 /// Socket buffer size asked for on the shared media sockets (the kernel caps it at
@@ -286,6 +478,13 @@ fn positive_f64(s: &str) -> Result<f64, String> {
     match s.parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
         _ => Err(format!("{s:?} is not a positive number")),
+    }
+}
+
+fn non_negative_f64(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
+        _ => Err(format!("{s:?} is not a number >= 0")),
     }
 }
 

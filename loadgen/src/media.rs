@@ -33,6 +33,8 @@ pub struct StreamResult {
     pub received: u64,
     /// RFC 3550 interarrival jitter of the echo, seconds (None below two packets).
     pub jitter_seconds: Option<f64>,
+    /// When the last echo came, since the run's epoch.
+    pub last_echo_at: Option<Duration>,
 }
 
 /// Engine-wide counters, read by the progress line and the report.
@@ -54,6 +56,7 @@ struct StreamState {
     closed: bool,
     sent: u64,
     received: u64,
+    last_echo_at: Option<Duration>,
     stats: StreamStats,
 }
 
@@ -169,6 +172,7 @@ impl MediaEngine {
                 closed: false,
                 sent: 0,
                 received: 0,
+                last_echo_at: None,
                 stats: StreamStats::new(8000),
             }),
         });
@@ -205,6 +209,11 @@ impl MediaStream {
         (state.sent, state.received)
     }
 
+    /// When the last echo came, since the run's epoch.
+    pub fn last_echo_at(&self) -> Option<Duration> {
+        self.stream.lock().last_echo_at
+    }
+
     /// Ends the stream and returns what it measured.
     pub fn close(self) -> StreamResult {
         let result = {
@@ -215,6 +224,7 @@ impl MediaStream {
                 sent: state.sent,
                 received: state.received,
                 jitter_seconds: (state.stats.packets() > 1).then(|| state.stats.jitter_seconds()),
+                last_echo_at: state.last_echo_at,
             }
         };
         self.engine
@@ -344,6 +354,7 @@ fn receive_loop(socket: &UdpSocket, inner: &std::sync::Weak<Inner>) {
                 rtts.push(since_epoch.saturating_sub(sent_at));
                 let mut state = stream.lock();
                 state.received += 1;
+                state.last_echo_at = Some(since_epoch);
                 state
                     .stats
                     .record(now, packet.sequence(), packet.timestamp(), datagram.len());

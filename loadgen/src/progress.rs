@@ -19,6 +19,23 @@ pub enum Progress {
 impl Progress {
     /// A bar counting to `total` on a terminal, plain lines otherwise; nothing when `quiet`.
     pub fn new(total: u64, quiet: bool) -> Self {
+        Self::with_template(
+            total,
+            quiet,
+            "{elapsed_precise} [{bar:24.cyan/blue}] {pos}/{len} {msg}",
+        )
+    }
+
+    /// [`Progress::new`] for a run of `seconds`: the position is the elapsed seconds.
+    pub fn timed(seconds: u64, quiet: bool) -> Self {
+        Self::with_template(
+            seconds,
+            quiet,
+            "{elapsed_precise} [{bar:24.cyan/blue}] {pos}/{len}s {msg}",
+        )
+    }
+
+    fn with_template(total: u64, quiet: bool, template: &str) -> Self {
         if quiet {
             return Progress::Silent;
         }
@@ -26,11 +43,9 @@ impl Progress {
             return Progress::Lines;
         }
         let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-        let style = ProgressStyle::with_template(
-            "{elapsed_precise} [{bar:24.cyan/blue}] {pos}/{len} {msg}",
-        )
-        .unwrap_or_else(|_| ProgressStyle::default_bar())
-        .progress_chars("=> ");
+        let style = ProgressStyle::with_template(template)
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> ");
         bar.set_style(style);
         Progress::Bar(bar)
     }
