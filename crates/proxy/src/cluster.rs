@@ -121,7 +121,7 @@ impl ClusterLink {
     }
 
     /// Whether Backend `id` heartbeats through the admin API (then it is not probed): it did,
-    /// and not longer ago than [`PROBE_AGAIN_AFTER`] TTLs.
+    /// and not longer ago than three heartbeat TTLs.
     pub fn heartbeats(&self, id: &NodeId) -> bool {
         let window = self.heartbeat_ttl.as_millis() as u64 * u64::from(PROBE_AGAIN_AFTER);
         lock(&self.heartbeating)
