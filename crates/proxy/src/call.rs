@@ -289,6 +289,13 @@ impl Call {
                 }
                 AttemptResult::Silent => {
                     tracing::debug!(session = %self.id, %address, "backend silent; trying the next");
+                    // Not even a 100 Trying: likely gone. Hold it out for a probe interval, so
+                    // the next calls do not each wait invite_timeout on it before probing
+                    // (three misses) marks it down.
+                    if let Some(id) = &attempt.backend {
+                        let until = Instant::now().into_std() + gateway.config.health.interval;
+                        gateway.picker.cool_down(id, until);
+                    }
                     tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
                 }
                 AttemptResult::Reject(code) => {
