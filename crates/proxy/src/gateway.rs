@@ -290,8 +290,8 @@ impl Health for Gateway {
 }
 
 /// Counts SIP datagrams per method and direction for `/metrics`.
-#[derive(Debug)]
-pub struct SipMetrics;
+#[derive(Debug, Default)]
+pub struct SipMetrics(metrics::SipCounters);
 
 impl MessageObserver for SipMetrics {
     fn on_message(&self, outbound: bool, method: Option<&str>) {
@@ -300,6 +300,7 @@ impl MessageObserver for SipMetrics {
         } else {
             metrics::Direction::In
         };
-        metrics::sip_message(method.unwrap_or(metrics::RESPONSE), direction);
+        self.0
+            .record(method.unwrap_or(metrics::RESPONSE), direction);
     }
 }

@@ -58,7 +58,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     })?;
     let options = EndpointOptions {
         tcp: config.sip.listen_tcp,
-        observer: Some(Arc::new(SipMetrics)),
+        observer: Some(Arc::new(SipMetrics::default())),
         ..EndpointOptions::default()
     };
     let (endpoint, incoming) = Endpoint::bind_with(config.sip.listen_udp, options)

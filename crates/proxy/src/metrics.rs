@@ -5,11 +5,11 @@
 //! from config). Call sites use the helpers below rather than the `metrics` macros so a name or label
 //! is spelled in one place.
 
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use metrics::{
-    Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
+    Counter, Unit, counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram,
 };
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
@@ -319,22 +319,48 @@ pub fn media_ports(in_use: usize, capacity: usize) {
     gauge!("voxgate_media_ports_capacity").set(capacity as f64);
 }
 
-/// One SIP message; `method` is the request method or [`RESPONSE`].
-pub fn sip_message(method: &str, direction: Direction) {
-    counter!("voxgate_sip_messages_total", "method" => method_label(method), "direction" => direction.as_str())
-        .increment(1);
+/// Values of the `method` label: the known methods, then [`RESPONSE`], then `other`.
+const SIP_LABELS: usize = KNOWN_METHODS.len() + 2;
+
+/// `voxgate_sip_messages_total`, counted per SIP message. Each (method, direction) handle is
+/// registered on its first message and kept, so a message costs one atomic add rather than a
+/// registry lookup (key hashing and a map probe). Build it after [`install`]: a handle taken
+/// before the recorder exists would count nowhere.
+#[derive(Default)]
+pub struct SipCounters {
+    counters: [[OnceLock<Counter>; 2]; SIP_LABELS],
 }
 
-/// `method` if it is a known SIP method or [`RESPONSE`], else `other` (bounds the label's values).
-pub fn method_label(method: &str) -> &'static str {
+impl std::fmt::Debug for SipCounters {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SipCounters")
+    }
+}
+
+impl SipCounters {
+    /// One SIP message; `method` is the request method or [`RESPONSE`].
+    pub fn record(&self, method: &str, direction: Direction) {
+        let (index, label) = method_label(method);
+        self.counters[index][direction as usize]
+            .get_or_init(|| {
+                counter!("voxgate_sip_messages_total", "method" => label, "direction" => direction.as_str())
+            })
+            .increment(1);
+    }
+}
+
+/// The `method` label of `method` and its index among [`SIP_LABELS`]: a known SIP method or
+/// [`RESPONSE`] as is, anything else `other` (bounds the label's values).
+fn method_label(method: &str) -> (usize, &'static str) {
     if method == RESPONSE {
-        return RESPONSE;
+        return (KNOWN_METHODS.len(), RESPONSE);
     }
     KNOWN_METHODS
         .iter()
-        .find(|known| **known == method)
-        .copied()
-        .unwrap_or("other")
+        .position(|known| *known == method)
+        .map_or((KNOWN_METHODS.len() + 1, "other"), |i| {
+            (i, KNOWN_METHODS[i])
+        })
 }
 
 #[cfg(test)]
@@ -343,11 +369,11 @@ mod tests {
 
     #[test]
     fn method_label_is_bounded() {
-        assert_eq!(method_label("INVITE"), "INVITE");
-        assert_eq!(method_label("response"), "response");
+        assert_eq!(method_label("INVITE"), (0, "INVITE"));
+        assert_eq!(method_label("response"), (SIP_LABELS - 2, "response"));
         // SIP methods are case-sensitive (RFC 3261 7.1).
-        assert_eq!(method_label("invite"), "other");
-        assert_eq!(method_label("X-EVIL-1234"), "other");
+        assert_eq!(method_label("invite"), (SIP_LABELS - 1, "other"));
+        assert_eq!(method_label("X-EVIL-1234"), (SIP_LABELS - 1, "other"));
     }
 
     #[test]
@@ -362,8 +388,10 @@ mod tests {
         backend("backend-1", "US-EAST", 2, true);
         rtp_packets(RtpDirection::CallerToBackend, 1, 172);
         rtp_dropped("strict_source", 1);
-        sip_message("INVITE", Direction::In);
-        sip_message("FOO", Direction::Out);
+        let sip = SipCounters::default();
+        sip.record("INVITE", Direction::In);
+        sip.record("FOO", Direction::Out);
+        sip.record("BAR", Direction::Out);
         let text = again.render();
         // Both handles read the one global recorder.
         assert!(handle.render().contains("voxgate_sessions_limit 10"));
@@ -377,7 +405,7 @@ mod tests {
             "voxgate_backend_up{backend=\"backend-1\",region=\"US-EAST\"} 1",
             "voxgate_rtp_bytes_total{direction=\"caller_to_backend\"} 172",
             "voxgate_rtp_dropped_total{reason=\"strict_source\"} 1",
-            "voxgate_sip_messages_total{method=\"other\",direction=\"out\"} 1",
+            "voxgate_sip_messages_total{method=\"other\",direction=\"out\"} 2",
             "voxgate_build_info{version=\"",
             "# HELP voxgate_sessions_started_total",
         ] {
