@@ -79,7 +79,7 @@ fn authentication_is_required_and_checked() {
         "FORBIDDEN",
     );
     assert_eq!(admin(&proxy, "GET", "/v1/regions", None).0, 200);
-    // A node key cannot change the cluster, and the admin key is not a node's key.
+    // The admin key is not a node's key: it cannot report a node's status.
     expect_error(
         call(
             &proxy,

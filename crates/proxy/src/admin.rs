@@ -27,6 +27,7 @@
 //! actor, the action, the target and both reasons. A drain is this process's runtime action, not a
 //! registry change: it is logged (target `voxgate::audit`) but not in the trail.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Json;
@@ -34,7 +35,7 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use serde::Deserialize;
@@ -60,10 +61,10 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
         .route("/v1/regions", get(list_regions).post(create_region))
         .route("/v1/regions/{id}", get(get_region).delete(delete_region))
         // enable, disable (static routes such as /capacity take precedence over {action})
-        .route("/v1/regions/{id}/{action}", post(region_state))
+        .route("/v1/regions/{id}/{action}", post(lifecycle_route))
         .route(
             "/v1/regions/{id}/maintenance/{switch}",
-            post(region_maintenance),
+            post(lifecycle_route),
         )
         .route("/v1/regions/{id}/capacity", get(region_capacity))
         .route("/v1/nodes", get(list_nodes).post(add_node))
@@ -71,11 +72,8 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
             "/v1/nodes/{id}",
             get(get_node).patch(update_node).delete(delete_node),
         )
-        .route("/v1/nodes/{id}/{action}", post(node_state))
-        .route(
-            "/v1/nodes/{id}/maintenance/{switch}",
-            post(node_maintenance),
-        )
+        .route("/v1/nodes/{id}/{action}", post(lifecycle_route))
+        .route("/v1/nodes/{id}/maintenance/{switch}", post(lifecycle_route))
         .route("/v1/nodes/{id}/status", put(put_status).get(get_status))
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/capacity", get(capacity))
@@ -442,30 +440,23 @@ async fn lifecycle(
     ok(region_json(region, &snapshot))
 }
 
-async fn region_state(
+/// `POST /v1/{regions,nodes}/{id}/{action}` and `.../maintenance/{switch}`: one handler, the
+/// entity told by the path.
+async fn lifecycle_route(
     State(admin): State<Admin>,
     headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
+    uri: Uri,
+    Path(params): Path<HashMap<String, String>>,
     body: Bytes,
 ) -> ApiResult {
-    lifecycle(&admin, &headers, false, &id, &action, &body).await
-}
-
-async fn region_maintenance(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path((id, switch)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    lifecycle(
-        &admin,
-        &headers,
-        false,
-        &id,
-        &format!("maintenance/{switch}"),
-        &body,
-    )
-    .await
+    let node = uri.path().starts_with("/v1/nodes/");
+    let id = params.get("id").map_or("", String::as_str);
+    let action = match (params.get("action"), params.get("switch")) {
+        (Some(action), _) => action.clone(),
+        (None, Some(switch)) => format!("maintenance/{switch}"),
+        (None, None) => String::new(),
+    };
+    lifecycle(&admin, &headers, node, id, &action, &body).await
 }
 
 async fn region_capacity(
@@ -605,32 +596,6 @@ async fn delete_node(
     let id = node_id(&id)?;
     admin.apply(Change::DeleteNode { id }, "admin").await?;
     Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn node_state(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path((id, action)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    lifecycle(&admin, &headers, true, &id, &action, &body).await
-}
-
-async fn node_maintenance(
-    State(admin): State<Admin>,
-    headers: HeaderMap,
-    Path((id, switch)): Path<(String, String)>,
-    body: Bytes,
-) -> ApiResult {
-    lifecycle(
-        &admin,
-        &headers,
-        true,
-        &id,
-        &format!("maintenance/{switch}"),
-        &body,
-    )
-    .await
 }
 
 /// A node's heartbeat body.
