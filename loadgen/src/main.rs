@@ -92,6 +92,32 @@ enum Command {
     Soak(SoakArgs),
 }
 
+/// How the caller speaks SIP and G.711: shared by `call` and `soak`.
+#[derive(Debug, clap::Args)]
+struct SipCallerArgs {
+    /// User part of the Request-URI (sip:USER@TARGET).
+    #[arg(long, default_value = "echo")]
+    user: String,
+    /// Local SIP address; port 0 picks a free one.
+    #[arg(long, default_value = "0.0.0.0:0")]
+    bind: SocketAddr,
+    /// CANCEL a call that has no final response after this long.
+    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration)]
+    answer_timeout: Duration,
+    /// G.711 flavour offered first (the other is offered second).
+    #[arg(long, value_enum, default_value_t = CodecArg::Pcmu)]
+    codec: CodecArg,
+}
+
+impl SipCallerArgs {
+    fn codec(&self) -> probe::G711 {
+        match self.codec {
+            CodecArg::Pcmu => probe::G711::Pcmu,
+            CodecArg::Pcma => probe::G711::Pcma,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct CallArgs {
     /// SIP server to call (HOST:PORT, UDP).
@@ -109,18 +135,8 @@ struct CallArgs {
     /// How long each answered call is held with RTP (e.g. 10s, 500ms).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     hold: Duration,
-    /// User part of the Request-URI (sip:USER@TARGET).
-    #[arg(long, default_value = "echo")]
-    user: String,
-    /// Local SIP address; port 0 picks a free one.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    bind: SocketAddr,
-    /// CANCEL a call that has no final response after this long.
-    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration)]
-    answer_timeout: Duration,
-    /// G.711 flavour offered first (the other is offered second).
-    #[arg(long, value_enum, default_value_t = CodecArg::Pcmu)]
-    codec: CodecArg,
+    #[command(flatten)]
+    sip: SipCallerArgs,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -193,18 +209,8 @@ struct SoakArgs {
     /// to exit).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
-    /// User part of the Request-URI (sip:USER@TARGET).
-    #[arg(long, default_value = "echo")]
-    user: String,
-    /// Local SIP address; port 0 picks a free one.
-    #[arg(long, default_value = "0.0.0.0:0")]
-    bind: SocketAddr,
-    /// CANCEL a call that has no final response after this long.
-    #[arg(long, default_value = "32s", value_parser = humantime::parse_duration)]
-    answer_timeout: Duration,
-    /// G.711 flavour offered first (the other is offered second).
-    #[arg(long, value_enum, default_value_t = CodecArg::Pcmu)]
-    codec: CodecArg,
+    #[command(flatten)]
+    sip: SipCallerArgs,
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
@@ -324,17 +330,14 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
     let target = resolve_target(&args.target).await?;
     let plan = caller::CallPlan {
         target,
-        user: args.user,
-        bind: args.bind,
+        codec: args.sip.codec(),
+        user: args.sip.user,
+        bind: args.sip.bind,
         rate: args.rate,
         concurrency: args.concurrency,
         total: args.total,
         hold: args.hold,
-        answer_timeout: args.answer_timeout,
-        codec: match args.codec {
-            CodecArg::Pcmu => probe::G711::Pcmu,
-            CodecArg::Pcma => probe::G711::Pcma,
-        },
+        answer_timeout: args.sip.answer_timeout,
         seed: args.seed.unwrap_or_else(random_seed),
         limits: report::Limits {
             max_failure_rate: args.max_failure_rate,
@@ -386,17 +389,14 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let plan = soak::SoakPlan {
         call: caller::CallPlan {
             target,
-            user: args.user,
-            bind: args.bind,
+            codec: args.sip.codec(),
+            user: args.sip.user,
+            bind: args.sip.bind,
             rate: args.rate,
             concurrency: args.concurrency,
             total: u64::MAX,
             hold: args.hold_max,
-            answer_timeout: args.answer_timeout,
-            codec: match args.codec {
-                CodecArg::Pcmu => probe::G711::Pcmu,
-                CodecArg::Pcma => probe::G711::Pcma,
-            },
+            answer_timeout: args.sip.answer_timeout,
             seed: args.seed.unwrap_or_else(random_seed),
             limits: report::Limits::default(),
             quiet: args.quiet,

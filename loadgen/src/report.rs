@@ -240,26 +240,10 @@ impl fmt::Display for Report {
             "          rate {:.1}/s (asked {:.1}/s)  peak concurrency {} (asked {})",
             c.achieved_rate, self.settings.rate, c.peak_concurrency, self.settings.concurrency
         )?;
-        for (code, count) in &c.rejected {
-            writeln!(f, "          rejected {code}: {count}")?;
-        }
-        for (reason, count) in &c.failure_reasons {
-            writeln!(f, "          failed ({reason}): {count}")?;
-        }
+        write_outcomes(f, &c.rejected, &c.failure_reasons)?;
         writeln!(f, "setup     {}", self.setup_ms)?;
         writeln!(f, "media rtt {}", self.media_rtt_ms)?;
-        let r = &self.rtp;
-        writeln!(
-            f,
-            "rtp       sent {}  received {}  lost {} ({:.4} %)  foreign {}  jitter mean {:.3} ms max {:.3} ms",
-            r.sent,
-            r.received,
-            r.lost,
-            r.loss_ratio * 100.0,
-            r.foreign,
-            r.jitter_mean_ms,
-            r.jitter_max_ms
-        )?;
+        writeln!(f, "rtp       {}", self.rtp)?;
         writeln!(
             f,
             "sip       sent {}  received {}  malformed {}",
@@ -271,6 +255,37 @@ impl fmt::Display for Report {
             write!(f, "verdict   FAIL: {}", self.verdict.violations.join("; "))
         }
     }
+}
+
+impl fmt::Display for RtpCounts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "sent {}  received {}  lost {} ({:.4} %)  foreign {}  jitter mean {:.3} ms max {:.3} ms",
+            self.sent,
+            self.received,
+            self.lost,
+            self.loss_ratio * 100.0,
+            self.foreign,
+            self.jitter_mean_ms,
+            self.jitter_max_ms
+        )
+    }
+}
+
+/// The summary lines of refused calls by status code and failed ones by reason.
+pub fn write_outcomes(
+    f: &mut fmt::Formatter<'_>,
+    rejected: impl IntoIterator<Item = (impl fmt::Display, impl fmt::Display)>,
+    failure_reasons: impl IntoIterator<Item = (impl fmt::Display, impl fmt::Display)>,
+) -> fmt::Result {
+    for (code, count) in rejected {
+        writeln!(f, "          rejected {code}: {count}")?;
+    }
+    for (reason, count) in failure_reasons {
+        writeln!(f, "          failed ({reason}): {count}")?;
+    }
+    Ok(())
 }
 
 /// `part / whole`, 0 when `whole` is 0.

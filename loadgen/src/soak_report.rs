@@ -237,26 +237,10 @@ impl fmt::Display for SoakReport {
             "          rate {:.1}/s (asked {:.1}/s)  peak concurrency {}",
             c.achieved_rate, self.settings.rate, c.peak_concurrency
         )?;
-        for (code, count) in &c.rejected {
-            writeln!(f, "          rejected {code}: {count}")?;
-        }
-        for (reason, count) in &c.failure_reasons {
-            writeln!(f, "          failed ({reason}): {count}")?;
-        }
+        crate::report::write_outcomes(f, &c.rejected, &c.failure_reasons)?;
         writeln!(f, "setup     {}", self.setup_ms)?;
         writeln!(f, "media rtt {}", self.media_rtt_ms)?;
-        let r = &self.rtp;
-        writeln!(
-            f,
-            "rtp       sent {}  received {}  lost {} ({:.4} %)  foreign {}  jitter mean {:.3} ms max {:.3} ms",
-            r.sent,
-            r.received,
-            r.lost,
-            r.loss_ratio * 100.0,
-            r.foreign,
-            r.jitter_mean_ms,
-            r.jitter_max_ms
-        )?;
+        writeln!(f, "rtp       {}", self.rtp)?;
         let p = &self.proxy;
         writeln!(
             f,
