@@ -1,6 +1,8 @@
 //! The embedded registry: persistence across restarts, refusal of bad state files, seeding, audit,
 //! status expiry.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,48 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use voxgate_cluster::{
-    AdminState, Change, ErrorCode, NewNode, NodeKind, NodeStatus, Reasons, RuntimeState,
-};
-use voxgate_core::{NodeId, RegionId};
+use common::{key, new_node, node, region, seed};
+use voxgate_cluster::{AdminState, Change, ErrorCode, NodeKind, NodeStatus, Reasons, RuntimeState};
 use voxgate_proxy::registry::{EmbeddedRegistry, Registry, RegistryError, Seed};
 
 const T0: u64 = 1_700_000_000_000;
-
-fn region(s: &str) -> RegionId {
-    RegionId::new(s).expect("valid region")
-}
-
-fn node(s: &str) -> NodeId {
-    NodeId::new(s).expect("valid node id")
-}
-
-fn key(n: u32) -> String {
-    format!("test-key-{n:04}-{}", "k".repeat(32))
-}
-
-fn new_node(id: &str, region_id: &str, kind: NodeKind, key_n: u32) -> NewNode {
-    NewNode {
-        id: node(id),
-        region: region(region_id),
-        kind,
-        endpoint: "127.0.0.1".to_owned(),
-        sip_port: None,
-        max_sessions: 50,
-        api_key: key(key_n),
-    }
-}
-
-/// The config: US-EAST with proxy p1 and backend b1.
-fn seed() -> Seed {
-    Seed {
-        regions: vec![region("US-EAST")],
-        nodes: vec![
-            new_node("p1", "US-EAST", NodeKind::Proxy, 1),
-            new_node("b1", "US-EAST", NodeKind::Backend, 2),
-        ],
-    }
-}
 
 /// A clock the test moves by hand.
 #[derive(Clone)]

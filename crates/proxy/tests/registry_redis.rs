@@ -5,17 +5,17 @@
 //! when done. Redis expires keys on its own clock, so these tests sleep for real rather than pausing
 //! tokio's clock.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::{new_node, node, region, seed};
 use tokio::time::Instant;
-use voxgate_cluster::{
-    AdminState, Change, ErrorCode, NewNode, NodeKind, NodeStatus, Reasons, RuntimeState,
-};
-use voxgate_core::{NodeId, RegionId};
+use voxgate_cluster::{AdminState, Change, ErrorCode, NodeKind, NodeStatus, Reasons, RuntimeState};
 use voxgate_proxy::registry::redis::{RedisOptions, RedisStartupError};
 use voxgate_proxy::registry::{RedisRegistry, Registry, RegistryError, Seed};
 
@@ -115,41 +115,6 @@ impl Drop for RedisServer {
                 .status();
         }
         self.stop();
-    }
-}
-
-fn region(s: &str) -> RegionId {
-    RegionId::new(s).expect("valid region")
-}
-
-fn node(s: &str) -> NodeId {
-    NodeId::new(s).expect("valid node id")
-}
-
-fn key(n: u32) -> String {
-    format!("test-key-{n:04}-{}", "k".repeat(32))
-}
-
-fn new_node(id: &str, region_id: &str, kind: NodeKind, key_n: u32) -> NewNode {
-    NewNode {
-        id: node(id),
-        region: region(region_id),
-        kind,
-        endpoint: "127.0.0.1".to_owned(),
-        sip_port: None,
-        max_sessions: 50,
-        api_key: key(key_n),
-    }
-}
-
-/// The config: US-EAST with proxy p1 and backend b1.
-fn seed() -> Seed {
-    Seed {
-        regions: vec![region("US-EAST")],
-        nodes: vec![
-            new_node("p1", "US-EAST", NodeKind::Proxy, 1),
-            new_node("b1", "US-EAST", NodeKind::Backend, 2),
-        ],
     }
 }
 
