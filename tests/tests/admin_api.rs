@@ -527,13 +527,7 @@ fn sessions_are_found_by_dialog_and_by_relay_port() {
         &config,
         &[("VOXGATE_CLUSTER__ADMIN_KEY", ADMIN_KEY.to_owned())],
     );
-    let mut uac = common::uac::Uac::new("127.0.0.1", proxy.sip);
-    uac.send_invite();
-    let (_, ok) = uac
-        .final_response(rsip::Method::Invite, Duration::from_secs(3))
-        .expect("no answer");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    uac.ack(&ok);
+    let (mut uac, ok) = common::uac::Uac::answered("127.0.0.1", proxy.sip);
 
     let (status, list) = admin(&proxy, "GET", "/v1/sessions", None);
     assert_eq!(status, 200);

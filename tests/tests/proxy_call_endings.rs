@@ -70,13 +70,7 @@ fn cancel_before_answer_gets_487_and_cancels_the_backend() {
 fn reinvite_moves_media_and_keeps_the_proxy_in_the_path() {
     let (_backend, addr) = start_backend("reinvite-b1", &[]);
     let proxy = proxy_for("reinvite-proxy", addr, "60s");
-    let mut uac = Uac::new("127.0.0.1", proxy.sip);
-    uac.send_invite();
-    let (_, ok) = uac
-        .final_response(rsip::Method::Invite, Duration::from_secs(3))
-        .expect("no answer");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    uac.ack(&ok);
+    let (mut uac, ok) = Uac::answered("127.0.0.1", proxy.sip);
     let first = media_addr(&sdp_of(&ok.body));
     uac.send_rtp(first, 5, 0xabc);
     assert!(
@@ -117,13 +111,7 @@ fn backend_bye_reaches_the_caller() {
     // The echo Backend hangs up after 1 s without RTP; the proxy's own timeout is far away.
     let (_backend, addr) = start_backend("bbye-b1", &["--media-timeout", "1s"]);
     let proxy = proxy_for("bbye-proxy", addr, "60s");
-    let mut uac = Uac::new("127.0.0.1", proxy.sip);
-    uac.send_invite();
-    let (_, ok) = uac
-        .final_response(rsip::Method::Invite, Duration::from_secs(3))
-        .expect("no answer");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    uac.ack(&ok);
+    let (mut uac, _) = Uac::answered("127.0.0.1", proxy.sip);
     let bye = uac
         .recv_request(rsip::Method::Bye, Duration::from_secs(5))
         .expect("the Backend's BYE did not reach the caller");
@@ -144,13 +132,7 @@ fn media_timeout_hangs_up_both_sides() {
         &["--media-timeout", "60s", "--status-every", "300ms"],
     );
     let proxy = proxy_for("mto-proxy", addr, "1s");
-    let mut uac = Uac::new("127.0.0.1", proxy.sip);
-    uac.send_invite();
-    let (_, ok) = uac
-        .final_response(rsip::Method::Invite, Duration::from_secs(3))
-        .expect("no answer");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    uac.ack(&ok);
+    let (mut uac, _) = Uac::answered("127.0.0.1", proxy.sip);
     let started = std::time::Instant::now();
     let bye = uac
         .recv_request(rsip::Method::Bye, Duration::from_secs(5))

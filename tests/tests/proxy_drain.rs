@@ -21,18 +21,6 @@ fn proxy_for(name: &str, backend: SocketAddr, deadline: &str) -> Proxy {
     Proxy::start(name, &config)
 }
 
-/// An answered, acknowledged call from a fresh UAC.
-fn answered_call(proxy: &Proxy) -> Uac {
-    let mut uac = Uac::new("127.0.0.1", proxy.sip);
-    uac.send_invite();
-    let (_, ok) = uac
-        .final_response(rsip::Method::Invite, Duration::from_secs(3))
-        .expect("no answer to the INVITE");
-    assert_eq!(ok.status_code.code(), 200, "{ok}");
-    uac.ack(&ok);
-    uac
-}
-
 #[test]
 fn drain_lets_calls_finish_refuses_new_ones_and_exits_zero() {
     let (_backend, addr) = start_backend("drain-b1", &[]);
@@ -92,7 +80,7 @@ fn drain_lets_calls_finish_refuses_new_ones_and_exits_zero() {
 fn drain_deadline_ends_remaining_calls_with_bye_to_both_sides() {
     let (backend, addr) = start_backend("dl-b1", &["--status-every", "300ms"]);
     let mut proxy = proxy_for("dl-proxy", addr, "1s");
-    let mut uac = answered_call(&proxy);
+    let (mut uac, _) = Uac::answered("127.0.0.1", proxy.sip);
 
     proxy.process.signal("TERM");
     let started = Instant::now();
@@ -124,7 +112,7 @@ fn drain_deadline_ends_remaining_calls_with_bye_to_both_sides() {
 fn second_sigterm_ends_calls_with_bye_at_once() {
     let (backend, addr) = start_backend("twice-b1", &["--status-every", "300ms"]);
     let mut proxy = proxy_for("twice-proxy", addr, "10m");
-    let mut uac = answered_call(&proxy);
+    let (mut uac, _) = Uac::answered("127.0.0.1", proxy.sip);
 
     proxy.process.signal("TERM");
     assert!(wait_until(Duration::from_secs(2), || proxy

@@ -166,6 +166,18 @@ impl Uac {
         self.send(&response.to_string());
     }
 
+    /// A call from `ip` through `proxy`, answered 200 and ACKed (panics otherwise), with its 200.
+    pub fn answered(ip: &str, proxy: SocketAddr) -> (Self, rsip::Response) {
+        let mut uac = Self::new(ip, proxy);
+        uac.send_invite();
+        let (_, ok) = uac
+            .final_response(rsip::Method::Invite, Duration::from_secs(3))
+            .expect("no final answer to the INVITE");
+        assert_eq!(ok.status_code.code(), 200, "{ok}");
+        uac.ack(&ok);
+        (uac, ok)
+    }
+
     /// Confirms the dialog from the 2xx and ACKs it; returns where in-dialog requests go.
     pub fn ack(&mut self, ok: &rsip::Response) -> SocketAddr {
         self.dialog.confirm(ok);
