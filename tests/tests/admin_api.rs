@@ -9,7 +9,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, backend_toml, http_request, raw_request, sip_exchange, wait_until};
+use common::{Proxy, backend_toml, json_request, raw_request, sip_exchange, wait_until};
 use serde_json::{Value, json};
 
 const ADMIN_KEY: &str = "admin-key-0123456789-abcdefghijklmnop";
@@ -43,14 +43,7 @@ fn call(
     key: Option<&str>,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let body = body.map(|b| b.to_string());
-    let (status, text) = http_request(proxy.http, method, path, key, body.as_deref())
-        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
-    let json = if text.trim().is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
-    };
+    let (status, json, _) = json_request(proxy.http, method, path, key, body.as_ref());
     (status, json)
 }
 

@@ -57,6 +57,12 @@ pub enum PickError {
         /// The region the session asked for.
         region: RegionId,
     },
+    /// The Backend asked for is unknown, disabled, down, full or cooling down.
+    #[error("backend {id} is unknown or cannot take a session now")]
+    Unavailable {
+        /// The Backend asked for.
+        id: NodeId,
+    },
 }
 
 /// Places sessions on Backends: least-loaded eligible Backend in the session's region, else in its
@@ -115,6 +121,17 @@ impl Entry {
         self.cooldown_until.is_some_and(|until| now < until)
     }
 
+    /// One more session on this Backend; call under the state lock, after checking eligibility.
+    fn lease(&self) -> BackendLease {
+        self.sessions.fetch_add(1, Ordering::AcqRel);
+        BackendLease {
+            id: self.spec.id.clone(),
+            region: self.spec.region.clone(),
+            address: self.spec.address,
+            sessions: Arc::clone(&self.sessions),
+        }
+    }
+
     fn is_eligible(&self, now: Instant, region: &RegionId, exclude: &[NodeId]) -> bool {
         self.spec.region == *region
             && self.spec.enabled
@@ -160,19 +177,24 @@ impl BackendPicker {
         let regions = std::iter::once(region).chain(self.spillover.next_regions(region));
         for candidate_region in regions {
             if let Some(index) = state.least_loaded(now, candidate_region, exclude) {
-                let entry = &state.entries[index];
-                entry.sessions.fetch_add(1, Ordering::AcqRel);
-                return Ok(BackendLease {
-                    id: entry.spec.id.clone(),
-                    region: entry.spec.region.clone(),
-                    address: entry.spec.address,
-                    sessions: Arc::clone(&entry.sessions),
-                });
+                return Ok(state.entries[index].lease());
             }
         }
         Err(PickError::NoBackend {
             region: region.clone(),
         })
+    }
+
+    /// Places one session on the Backend `id` and no other (an operator's choice), if it is
+    /// eligible at `now` by the same rules as [`pick`](Self::pick), whatever its region.
+    pub fn pick_node(&self, now: Instant, id: &NodeId) -> Result<BackendLease, PickError> {
+        let state = self.lock();
+        let entry = state
+            .entries
+            .iter()
+            .find(|entry| entry.spec.id == *id && entry.is_eligible(now, &entry.spec.region, &[]))
+            .ok_or_else(|| PickError::Unavailable { id: id.clone() })?;
+        Ok(entry.lease())
     }
 
     /// Records a health verdict (OPTIONS probing or heartbeat). Unknown ids are ignored.
@@ -407,6 +429,36 @@ mod tests {
         };
         assert_eq!(lease.address().port(), expected_port);
         drop(leases);
+        assert_eq!(sessions(&picker, now), vec![0, 0]);
+    }
+
+    #[test]
+    fn pick_node_places_on_that_backend_only_while_it_is_eligible() {
+        let now = origin();
+        let picker = BackendPicker::new(
+            vec![spec("a1", "US-A", 5080, 1), spec("b1", "US-B", 5081, 4)],
+            Spillover::default(),
+            1,
+        );
+        let lease = picker.pick_node(now, &node("b1")).expect("b1 has room");
+        assert_eq!(lease.id(), &node("b1"));
+        assert_eq!(sessions(&picker, now), vec![0, 1]);
+        let full = picker.pick_node(now, &node("a1")).expect("a1 has one slot");
+        let unavailable = |id: &str| PickError::Unavailable { id: node(id) };
+        assert_eq!(
+            picker.pick_node(now, &node("a1")).unwrap_err(),
+            unavailable("a1")
+        );
+        assert_eq!(
+            picker.pick_node(now, &node("zz")).unwrap_err(),
+            unavailable("zz")
+        );
+        picker.set_up(&node("b1"), false);
+        assert_eq!(
+            picker.pick_node(now, &node("b1")).unwrap_err(),
+            unavailable("b1")
+        );
+        drop((lease, full));
         assert_eq!(sessions(&picker, now), vec![0, 0]);
     }
 

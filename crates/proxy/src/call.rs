@@ -18,11 +18,12 @@ use voxgate_core::{NodeId, RegionId, SessionId};
 use voxgate_endpoint::DialogEvents;
 use voxgate_sip::dialog::{self, Dialog, uri_user};
 use voxgate_sip::message::{new_tag, response_for};
-use voxgate_sip::sdp::{AudioSdp, Direction};
+use voxgate_sip::sdp::{AudioSdp, Codec, Direction};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::gateway::{Gateway, SessionInfo, USER_AGENT};
 use crate::metrics;
+use crate::outbound::{CallRequest, Outcome, Progress, Stage};
 use crate::relay::{PeerMedia, Relay, RelaySockets, Side};
 
 /// Where a new call goes.
@@ -68,10 +69,13 @@ impl EndCause {
     }
 }
 
-/// The caller's side: its INVITE transaction and dialog.
+/// The caller's side: its dialog, and its INVITE transaction while that waits for an answer.
+///
+/// In an originated call (`POST /v1/calls`) the "caller" is the number we dialled: we are its UAC,
+/// it answered before the Backend was called, and there is no INVITE of its own to answer.
 struct CallerLeg {
-    key: TransactionKey,
-    invite: rsip::Request,
+    /// The caller's INVITE and its server transaction; `None` for an originated leg.
+    inbound: Option<(TransactionKey, rsip::Request)>,
     dialog: Dialog,
     events: DialogEvents,
     /// Where requests to the caller go when its Contact is not a literal address, and always
@@ -79,14 +83,25 @@ struct CallerLeg {
     source: SocketAddr,
     transport: Transport,
     answered: bool,
+    /// Our ACK of an originated leg's 2xx, sent again if the 2xx is retransmitted.
+    ack: Option<rsip::Request>,
+    /// The From and To users the Backend sees: the calling and the called party.
+    from_user: String,
+    to_user: String,
+    /// The Request-URI the caller dialled (an outbound call keeps its host).
+    request_uri: String,
+    max_forwards: Option<u32>,
 }
 
 impl CallerLeg {
-    /// A final response to the caller's INVITE, with `extra` headers.
-    fn reject(&self, gateway: &Gateway, code: u16, extra: Vec<Header>) {
-        let mut response = self.dialog.response(&self.invite, code, None);
-        response.headers.extend(extra);
-        gateway.endpoint.respond(self.key.clone(), response);
+    /// A final response to the caller's INVITE, with `extra` headers (nothing for an originated
+    /// leg, which has no INVITE of its own).
+    fn respond(&self, gateway: &Gateway, code: u16, extra: Vec<Header>) {
+        if let Some((key, invite)) = &self.inbound {
+            let mut response = self.dialog.response(invite, code, None);
+            response.headers.extend(extra);
+            gateway.endpoint.respond(key.clone(), response);
+        }
     }
 }
 
@@ -143,12 +158,15 @@ struct Call {
     id: SessionId,
     rng: SmallRng,
     caller: CallerLeg,
+    /// The caller's media offer (for an originated call, the dialled party's answer).
     offer: AudioSdp,
     relay: Relay,
     ports: (u16, u16),
     /// `o=` session version per side (caller, Backend), raised on every SDP we send.
     sdp_versions: [u64; 2],
     started: Instant,
+    /// An originated call's link to its `POST /v1/calls` record.
+    progress: Option<Progress>,
 }
 
 /// Runs one call from its INVITE to its end. `slot` is this call's share of the node cap.
@@ -176,20 +194,25 @@ pub async fn run(
         caller_dialog.transport = "TCP";
     }
     let events = gateway.endpoint.register(&caller_dialog.call_id);
+    let from_uri =
+        dialog::name_addr_uri(&dialog::header_value(&invite.headers, "From").unwrap_or_default());
+    let request_uri = invite.uri.to_string();
+    let offer = parse_sdp(&invite.body);
     let caller = CallerLeg {
-        key,
-        invite,
+        from_user: uri_user(&from_uri).unwrap_or("anonymous").to_owned(),
+        to_user: uri_user(&request_uri).unwrap_or("voxgate").to_owned(),
+        request_uri,
+        max_forwards: voxgate_sip::message::max_forwards(&invite),
+        inbound: Some((key, invite)),
         dialog: caller_dialog,
         events,
         source,
         transport,
         answered: false,
+        ack: None,
     };
-    let reject = |code: u16, extra: Vec<Header>| caller.reject(&gateway, code, extra);
+    let reject = |code: u16, extra: Vec<Header>| caller.respond(&gateway, code, extra);
 
-    let offer = std::str::from_utf8(&caller.invite.body)
-        .ok()
-        .and_then(|text| AudioSdp::parse(text).ok());
     let Some(offer) = offer else {
         // Offerless INVITEs (offer in the 200 OK) are not supported: the relay needs both ends.
         metrics::session_rejected("bad_sdp");
@@ -235,30 +258,242 @@ pub async fn run(
         ports,
         sdp_versions: [1, 1],
         started,
+        progress: None,
     };
-    let cause = call.run(destination).await;
-    metrics::session_ended(cause.as_str());
-    gateway.remove_session(id);
-    tracing::debug!(session = %id, cause = cause.as_str(), "call ended");
-    drop(call);
+    let (Ok(cause) | Err(cause)) = call.run(destination, None).await;
+    call.ended(cause);
     drop(slot);
 }
 
+/// Runs one originated call (`POST /v1/calls`): dials `request.to` through its trunk, and once
+/// the number answers, bridges it to the Backend of `lease` (failing over to others of the
+/// region like an inbound call). `slot` is this call's share of the node cap; `progress` hears
+/// every step and the outcome.
+pub async fn originate(
+    gateway: Arc<Gateway>,
+    slot: SessionSlot,
+    lease: BackendLease,
+    request: CallRequest,
+    progress: Progress,
+) {
+    let started = Instant::now();
+    let Some(trunk_addr) = request.trunk.outbound else {
+        progress.finish(Outcome::Failed, None, Some("trunk_has_no_outbound"));
+        return;
+    };
+    let sockets = match RelaySockets::bind(&gateway.ports, gateway.config.media.bind_ip) {
+        Ok(sockets) => sockets,
+        Err(err) => {
+            tracing::warn!(%err, "no media ports for an originated call");
+            metrics::session_rejected("media_ports");
+            progress.finish(Outcome::Failed, None, Some("media_ports"));
+            return;
+        }
+    };
+    let ports = (sockets.port(Side::Caller), sockets.port(Side::Backend));
+    let relay = Relay::start(sockets, gateway.config.media.timeout);
+    let id = gateway.new_session_id();
+    progress.session(id);
+    let mut rng = gateway.call_rng();
+    let public_ip = gateway.config.media.public_ip;
+    // The carrier sees its own domain when the trunk names one.
+    let host = request
+        .trunk
+        .hosts
+        .first()
+        .cloned()
+        .unwrap_or_else(|| trunk_addr.to_string());
+    let mut leg = Dialog::outgoing(
+        &mut rng,
+        gateway.sip_addr,
+        format!("sip:{}@{public_ip}", request.from),
+        format!("sip:{}@{host}", request.to),
+        USER_AGENT,
+    );
+    leg.local_contact = format!("sip:voxgate@{}", gateway.sip_addr);
+    let codecs = vec![Codec::pcmu(), Codec::pcma(), Codec::telephone_event(101)];
+    let offer = AudioSdp::offer(public_ip, ports.0, codecs, id.0);
+    let invite = leg.invite(&mut rng, offer.to_string());
+    let events = gateway.endpoint.register(&leg.call_id);
+    gateway.add_session(
+        id,
+        SessionInfo {
+            caller_call_id: leg.call_id.clone(),
+            backend_call_id: None,
+            peer: None,
+            region: request.region.clone(),
+            ports,
+        },
+    );
+    gateway.endpoint.request(trunk_addr, invite.clone());
+    let mut attempt = Attempt {
+        dialog: leg,
+        events,
+        invite,
+        address: trunk_addr,
+        backend: None,
+        lease: None,
+        provisional: false,
+    };
+    let response = match dial(&gateway, &mut attempt).await {
+        Ok(response) => response,
+        Err(outcome) => {
+            let code = match outcome {
+                Dialed::Refused(code) => Some(code),
+                Dialed::NoAnswer | Dialed::Shutdown => {
+                    // Cancel the INVITE (once it is provisional) and clean up an answer that
+                    // crosses the CANCEL.
+                    if attempt.provisional {
+                        gateway
+                            .endpoint
+                            .request(attempt.address, dialog::cancel(&attempt.invite));
+                    }
+                    tokio::spawn(wind_down(gateway.clone(), attempt, rng));
+                    None
+                }
+            };
+            gateway.remove_session(id);
+            progress.finish(outcome.outcome(), code, None);
+            return;
+        }
+    };
+    attempt.dialog.confirm(&response);
+    let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
+    let ack = attempt.dialog.ack(&mut rng, invite_cseq);
+    let hop = attempt.dialog.next_hop().unwrap_or(trunk_addr);
+    gateway.endpoint.stateless(hop, ack.clone());
+    let caller = CallerLeg {
+        inbound: None,
+        dialog: attempt.dialog,
+        events: attempt.events,
+        source: trunk_addr,
+        transport: Transport::Udp,
+        answered: true,
+        ack: Some(ack),
+        // The Backend sees the dialled party calling the caller id, as for an inbound call.
+        from_user: request.to.clone(),
+        to_user: request.from.clone(),
+        request_uri: format!("sip:{}@{host}", request.to),
+        max_forwards: None,
+    };
+    let Some(answer) = parse_sdp(&response.body).filter(|sdp| sdp.port != 0) else {
+        let mut call_rng = rng;
+        let mut caller = caller;
+        let bye = caller.dialog.bye(&mut call_rng);
+        gateway.endpoint.request(hop, bye);
+        gateway.remove_session(id);
+        progress.finish(Outcome::Failed, Some(200), Some("answer_without_sdp"));
+        return;
+    };
+    relay.set_peer(Side::Caller, peer_media(&answer));
+    progress.stage(Stage::Bridging);
+    let mut call = Call {
+        gateway: gateway.clone(),
+        id,
+        rng,
+        caller,
+        offer: answer,
+        relay,
+        ports,
+        sdp_versions: [1, 1],
+        started,
+        progress: Some(progress),
+    };
+    let region = request.region.clone();
+    let result = call.run(Destination::Backend { region }, Some(lease)).await;
+    let (Ok(cause) | Err(cause)) = result;
+    let outcome = match (result, cause) {
+        (Ok(_), _) => Outcome::Completed,
+        (Err(_), EndCause::Shutdown) => Outcome::Shutdown,
+        (Err(_), EndCause::NoBackend | EndCause::Rejected) => Outcome::NoBackend,
+        (Err(_), _) => Outcome::Failed,
+    };
+    if let Some(progress) = call.progress.take() {
+        progress.finish(outcome, None, Some(cause.as_str()));
+    }
+    call.ended(cause);
+    drop(slot);
+}
+
+/// Why dialling the trunk did not give an answered call.
+#[derive(Debug, Clone, Copy)]
+enum Dialed {
+    /// A final non-2xx (408 when the trunk never responded).
+    Refused(u16),
+    /// Still ringing at `outbound.ring_timeout`.
+    NoAnswer,
+    /// The node is going away.
+    Shutdown,
+}
+
+impl Dialed {
+    fn outcome(self) -> Outcome {
+        match self {
+            Dialed::Refused(486 | 600) => Outcome::Busy,
+            Dialed::Refused(408 | 480 | 487) | Dialed::NoAnswer => Outcome::NoAnswer,
+            Dialed::Refused(_) => Outcome::Failed,
+            Dialed::Shutdown => Outcome::Shutdown,
+        }
+    }
+}
+
+/// Waits for the trunk's answer to an originated call's INVITE.
+async fn dial(gateway: &Gateway, attempt: &mut Attempt) -> Result<rsip::Response, Dialed> {
+    let now = Instant::now();
+    let silent_deadline = now + gateway.config.routing.invite_timeout;
+    let ring_deadline = now + gateway.config.outbound.ring_timeout;
+    loop {
+        tokio::select! {
+            event = attempt.events.recv() => match event {
+                Some(Event::Response { response, .. }) if dialog::is_invite_response(&response) => {
+                    match response.status_code.code() {
+                        100..=199 => attempt.provisional = true,
+                        200..=299 => return Ok(response),
+                        code => return Err(Dialed::Refused(code)),
+                    }
+                }
+                Some(Event::Timeout { .. }) | None => return Err(Dialed::Refused(408)),
+                Some(Event::Request { key, request, .. }) => {
+                    gateway.endpoint.respond(key, response_for(&request, 481, None));
+                }
+                Some(_) => {}
+            },
+            () = tokio::time::sleep_until(silent_deadline), if !attempt.provisional => {
+                return Err(Dialed::Refused(408));
+            }
+            () = tokio::time::sleep_until(ring_deadline) => return Err(Dialed::NoAnswer),
+            () = gateway.hang_up_requested() => return Err(Dialed::Shutdown),
+        }
+    }
+}
+
 impl Call {
-    async fn run(&mut self, destination: Destination) -> EndCause {
-        let (mut backend, answer) = match self.connect(destination).await {
-            Ok(connected) => connected,
-            Err(cause) => return cause,
-        };
-        self.answer(answer);
-        self.established(&mut backend).await
+    /// Counts the call's end and takes it out of the session tables.
+    fn ended(self, cause: EndCause) {
+        metrics::session_ended(cause.as_str());
+        self.gateway.remove_session(self.id);
+        tracing::debug!(session = %self.id, cause = cause.as_str(), "call ended");
     }
 
-    /// Places the call on a Backend (failing over) or the trunk: its leg and its SDP answer. On
-    /// error the caller has been answered with the final response.
+    /// Connects the call (to `first` if given, else as `destination` says) and carries it to its
+    /// end; `Ok` once it was answered, with what ended it.
+    async fn run(
+        &mut self,
+        destination: Destination,
+        first: Option<BackendLease>,
+    ) -> Result<EndCause, EndCause> {
+        let (mut backend, answer) = self.connect(destination, first).await?;
+        self.answer(answer);
+        Ok(self.established(&mut backend).await)
+    }
+
+    /// Places the call on a Backend (`first`, then failing over) or the trunk: its leg and its
+    /// SDP answer. On error the caller has been answered with the final response (an originated
+    /// leg has been hung up).
     async fn connect(
         &mut self,
         destination: Destination,
+        mut first: Option<BackendLease>,
     ) -> Result<(BackendLeg, AudioSdp), EndCause> {
         let gateway = self.gateway.clone();
         let mut tried: Vec<NodeId> = Vec::new();
@@ -267,7 +502,10 @@ impl Call {
             let (address, lease, backend) = match &destination {
                 Destination::Backend { region } => {
                     let now = Instant::now().into_std();
-                    match gateway.picker.pick(now, region, &tried) {
+                    let picked = first
+                        .take()
+                        .map_or_else(|| gateway.picker.pick(now, region, &tried), Ok);
+                    match picked {
                         Ok(lease) => {
                             let id = lease.id().clone();
                             tried.push(id.clone());
@@ -322,16 +560,12 @@ impl Call {
     ) -> Attempt {
         let gateway = self.gateway.clone();
         let public_ip = gateway.config.media.public_ip;
-        let caller_uri = dialog::name_addr_uri(
-            &dialog::header_value(&self.caller.invite.headers, "From").unwrap_or_default(),
-        );
-        let from_user = uri_user(&caller_uri).unwrap_or("anonymous").to_owned();
-        let request_uri = self.caller.invite.uri.to_string();
-        let to_user = uri_user(&request_uri).unwrap_or("voxgate").to_owned();
+        let from_user = self.caller.from_user.clone();
+        let to_user = &self.caller.to_user;
         let to_uri = match destination {
             // Outbound: keep the dialled host, so the carrier sees its own domain.
             Destination::Trunk(_) => {
-                let host = dialog::uri_host(&request_uri)
+                let host = dialog::uri_host(&self.caller.request_uri)
                     .unwrap_or("invalid")
                     .to_owned();
                 format!("sip:{to_user}@{host}")
@@ -348,13 +582,22 @@ impl Call {
         leg.local_contact = format!("sip:voxgate@{}", gateway.sip_addr);
         let sdp = self.sdp_for(Side::Backend, &self.offer.clone());
         let mut invite = leg.invite(&mut self.rng, sdp);
-        if let Some(max_forwards) = voxgate_sip::message::max_forwards(&self.caller.invite) {
+        if let Some(max_forwards) = self.caller.max_forwards {
             invite
                 .headers
                 .retain(|h| !matches!(h, Header::MaxForwards(_)));
             invite.headers.push(Header::MaxForwards(
                 max_forwards.saturating_sub(1).to_string().into(),
             ));
+        }
+        if let Some(progress) = &self.progress {
+            // Lets the Backend match the call to the API request that originated it.
+            invite
+                .headers
+                .push(Header::Other("X-Voxgate-Call".into(), progress.id().into()));
+            if let Some(id) = &backend {
+                progress.backend(id);
+            }
         }
         let events = gateway.endpoint.register(&leg.call_id);
         let peer = backend
@@ -409,6 +652,19 @@ impl Call {
                     Some(_) => {}
                 },
                 event = self.caller.events.recv() => match event {
+                    Some(Event::Request { key, request, .. })
+                        if request.method == rsip::Method::Bye
+                            && self.caller.inbound.is_none()
+                            && in_dialog(&request, &self.caller.dialog) =>
+                    {
+                        // The dialled party hung up while the Backend was being called.
+                        gateway.endpoint.respond(key, self.caller.dialog.response(&request, 200, None));
+                        self.caller.answered = false;
+                        if attempt.provisional {
+                            gateway.endpoint.request(attempt.address, dialog::cancel(&attempt.invite));
+                        }
+                        return AttemptResult::Cancelled;
+                    }
                     Some(Event::Request { key, request, .. }) => {
                         if request.method == rsip::Method::Cancel {
                             gateway.endpoint.respond(key, response_for(&request, 200, None));
@@ -441,16 +697,17 @@ impl Call {
         }
     }
 
-    /// Relays a 180/183 to the caller, with the early-media SDP rewritten when present.
+    /// Relays a 180/183 to the caller, with the early-media SDP rewritten when present (an
+    /// originated leg, already answered, only gets the early media).
     fn early_response(&mut self, code: u16, response: &rsip::Response) {
         let sdp = parse_sdp(&response.body).map(|answer| {
             self.relay.set_peer(Side::Backend, peer_media(&answer));
             self.sdp_for(Side::Caller, &answer)
         });
-        let reply = self.caller.dialog.response(&self.caller.invite, code, sdp);
-        self.gateway
-            .endpoint
-            .respond(self.caller.key.clone(), reply);
+        if let Some((key, invite)) = &self.caller.inbound {
+            let reply = self.caller.dialog.response(invite, code, sdp);
+            self.gateway.endpoint.respond(key.clone(), reply);
+        }
     }
 
     /// ACKs the Backend's 2xx and sets up its side of the relay; returns its leg and SDP answer.
@@ -485,18 +742,21 @@ impl Call {
         }
     }
 
-    /// Answers the caller with the Backend's SDP answer rewritten to this node.
+    /// Answers the caller with the Backend's SDP answer rewritten to this node (an originated
+    /// leg answered already: the Backend took the media it answered with).
     fn answer(&mut self, mut sdp: AudioSdp) {
         // We terminate RTCP multiplexing ourselves: accept it on the caller's side whenever
         // the caller offered it, whatever the Backend chose.
         sdp.rtcp_mux = self.offer.rtcp_mux;
         let body = self.sdp_for(Side::Caller, &sdp);
-        let ok = self
-            .caller
-            .dialog
-            .response(&self.caller.invite, 200, Some(body));
-        self.gateway.endpoint.respond(self.caller.key.clone(), ok);
+        if let Some((key, invite)) = &self.caller.inbound {
+            let ok = self.caller.dialog.response(invite, 200, Some(body));
+            self.gateway.endpoint.respond(key.clone(), ok);
+        }
         self.caller.answered = true;
+        if let Some(progress) = &self.progress {
+            progress.stage(Stage::Connected);
+        }
         self.relay.arm();
         metrics::session_started();
         metrics::setup_time(self.started.elapsed());
@@ -522,6 +782,14 @@ impl Call {
                         rsip::Method::Info => self.forward(Side::Caller, key, request, backend).await,
                         _ => gateway.endpoint.respond(key, answer_other(&self.caller.dialog, &request)),
                     },
+                    Some(Event::Response { response, .. })
+                        if dialog::is_invite_response(&response) && response.status_code.code() / 100 == 2 =>
+                    {
+                        // An originated leg's 2xx again: our ACK was lost.
+                        if let Some(ack) = self.caller.ack.clone() {
+                            gateway.endpoint.stateless(self.caller_hop(), ack);
+                        }
+                    }
                     Some(Event::AckTimeout { .. }) => {
                         self.bye(Side::Backend, backend);
                         self.bye(Side::Caller, backend);
@@ -702,14 +970,36 @@ impl Call {
 
     /// Sends BYE on side `side` (not waiting: the transaction layer retransmits it).
     fn bye(&mut self, side: Side, backend: &mut BackendLeg) {
+        if side == Side::Caller {
+            return self.bye_caller();
+        }
         let mut rng = self.call_rng();
         let gateway = self.gateway.clone();
-        if side == Side::Caller && !self.caller.answered {
-            return;
-        }
         let (leg, hop) = self.leg_mut(side, backend);
         let bye = leg.bye(&mut rng);
         gateway.endpoint.request(hop, bye);
+    }
+
+    /// Sends BYE to the caller if it was answered.
+    fn bye_caller(&mut self) {
+        if !self.caller.answered {
+            return;
+        }
+        self.caller.answered = false;
+        let mut rng = self.call_rng();
+        let hop = self.caller_hop();
+        let bye = self.caller.dialog.bye(&mut rng);
+        self.gateway.endpoint.request(hop, bye);
+    }
+
+    /// Where the caller's next request goes.
+    fn caller_hop(&self) -> SocketAddr {
+        // Over TCP, requests go back on the caller's connection (RFC 5923 style reuse): the
+        // endpoint sends on an open connection to that address.
+        match self.caller.transport {
+            Transport::Tcp => self.caller.source,
+            Transport::Udp => self.caller.dialog.next_hop().unwrap_or(self.caller.source),
+        }
     }
 
     fn dialog<'a>(&'a self, side: Side, backend: &'a BackendLeg) -> &'a Dialog {
@@ -727,12 +1017,7 @@ impl Call {
     ) -> (&'a mut Dialog, SocketAddr) {
         match side {
             Side::Caller => {
-                // Over TCP, requests go back on the caller's connection (RFC 5923 style reuse):
-                // the endpoint sends on an open connection to that address.
-                let hop = match self.caller.transport {
-                    Transport::Tcp => self.caller.source,
-                    Transport::Udp => self.caller.dialog.next_hop().unwrap_or(self.caller.source),
-                };
+                let hop = self.caller_hop();
                 (&mut self.caller.dialog, hop)
             }
             Side::Backend => {
@@ -747,9 +1032,14 @@ impl Call {
         SmallRng::from_rng(&mut self.rng)
     }
 
-    /// A final response to the caller's INVITE.
-    fn reject(&self, code: u16, extra: Vec<Header>) {
-        self.caller.reject(&self.gateway, code, extra);
+    /// A final response to the caller's INVITE; an originated leg, answered already, is hung
+    /// up instead.
+    fn reject(&mut self, code: u16, extra: Vec<Header>) {
+        if self.caller.inbound.is_some() {
+            self.caller.respond(&self.gateway, code, extra);
+        } else {
+            self.bye_caller();
+        }
     }
 
     /// `sdp` as this node presents it to `side`: our address and that side's relay port, our

@@ -235,6 +235,8 @@ pub struct Config {
     pub trunks: Vec<TrunkConfig>,
     /// Graceful shutdown.
     pub drain: DrainConfig,
+    /// Calls the admin API originates (`POST /v1/calls`).
+    pub outbound: OutboundConfig,
     /// The cluster registry and the admin API.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -276,6 +278,22 @@ impl Config {
         }
         if self.drain.deadline.is_zero() {
             return fail("drain.deadline", "must be more than 0s");
+        }
+        let outbound = &self.outbound;
+        if outbound.queue_size < 1 {
+            return fail("outbound.queue_size", "must be at least 1");
+        }
+        if outbound.max_wait.is_zero() {
+            return fail("outbound.max_wait", "must be more than 0s");
+        }
+        if outbound.ring_timeout.is_zero() {
+            return fail("outbound.ring_timeout", "must be more than 0s");
+        }
+        if !voxgate_sip::dialog::is_sip_user(&outbound.caller_id) {
+            return fail(
+                "outbound.caller_id",
+                "must be a SIP user part (letters, digits, +-_.!~*'()&=$,/, 1-64 characters)",
+            );
         }
         let cluster = &self.cluster;
         if cluster.registry != "embedded"
@@ -512,6 +530,7 @@ impl Default for Config {
             ],
             trunks: Vec::new(),
             drain: DrainConfig::default(),
+            outbound: OutboundConfig::default(),
             cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
@@ -531,6 +550,34 @@ impl Default for DrainConfig {
     fn default() -> Self {
         Self {
             deadline: Duration::from_secs(50 * 60),
+        }
+    }
+}
+
+/// `[outbound]`: the queue of calls the admin API originates.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OutboundConfig {
+    /// Requests waiting for a session slot at most; one more is refused with 429.
+    pub queue_size: usize,
+    /// A request still waiting this long is given up (outcome `expired`).
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// A dialled number that has not answered this long after the INVITE is cancelled
+    /// (outcome `no_answer`).
+    #[serde(with = "humantime_serde")]
+    pub ring_timeout: Duration,
+    /// The From user of a request that names none.
+    pub caller_id: String,
+}
+
+impl Default for OutboundConfig {
+    fn default() -> Self {
+        Self {
+            queue_size: 100,
+            max_wait: Duration::from_secs(5 * 60),
+            ring_timeout: Duration::from_secs(60),
+            caller_id: "voxgate".to_owned(),
         }
     }
 }

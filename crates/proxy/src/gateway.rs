@@ -19,6 +19,7 @@ use crate::cluster::ClusterLink;
 use crate::config::Config;
 use crate::http::Health;
 use crate::metrics;
+use crate::outbound::OutboundQueue;
 
 /// User-Agent and Server header value of the gateway's SIP messages.
 pub const USER_AGENT: &str = concat!("voxgate/", env!("CARGO_PKG_VERSION"));
@@ -62,6 +63,8 @@ pub struct Gateway {
     by_port: DashMap<u16, SessionId>,
     /// The cluster registry link: lifecycle, fleet-wide load, capacity signals.
     pub cluster: ClusterLink,
+    /// Originate requests (`POST /v1/calls`) and what became of them.
+    pub outbound: OutboundQueue,
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
     backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
     next_session: AtomicU64,
@@ -86,6 +89,7 @@ impl Gateway {
                 config.backends.iter().map(|b| b.address).collect(),
             ),
             cluster,
+            outbound: OutboundQueue::new(config.outbound.queue_size, config.outbound.max_wait),
             picker,
             ports,
             sip_addr,

@@ -16,6 +16,7 @@ pub mod dispatch;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
+pub mod outbound;
 pub mod probe;
 pub mod registry;
 pub mod relay;
@@ -107,6 +108,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     tokio::spawn(dispatch::run(gateway.clone(), incoming));
     tokio::spawn(probe::run(gateway.clone()));
     tokio::spawn(cluster::run(gateway.clone()));
+    tokio::spawn(outbound::run(gateway.clone()));
 
     tokio::select! {
         result = &mut server => return Ok(result.context("http server task")??),

@@ -18,6 +18,11 @@ pub const SETUP_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
 
+/// Buckets of `voxgate_outbound_queue_wait_seconds`, 10 ms to 10 min.
+pub const QUEUE_WAIT_BUCKETS: &[f64] = &[
+    0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+
 /// How often histogram samples are folded into buckets when nobody scrapes.
 pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
@@ -65,6 +70,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
         .set_buckets_for_metric(
             Matcher::Full("voxgate_session_setup_seconds".to_owned()),
             SETUP_BUCKETS,
+        )?
+        .set_buckets_for_metric(
+            Matcher::Full("voxgate_outbound_queue_wait_seconds".to_owned()),
+            QUEUE_WAIT_BUCKETS,
         )?
         .install_recorder()?;
     describe();
@@ -119,6 +128,31 @@ fn describe() {
         "voxgate_session_setup_seconds",
         Unit::Seconds,
         "From the caller's INVITE to the answer sent back."
+    );
+    describe_gauge!(
+        "voxgate_outbound_queue_pending",
+        Unit::Count,
+        "Originate requests (POST /v1/calls) waiting for a session slot."
+    );
+    describe_gauge!(
+        "voxgate_outbound_calls_processing",
+        Unit::Count,
+        "Originated calls being dialled, bridged or up."
+    );
+    describe_histogram!(
+        "voxgate_outbound_queue_wait_seconds",
+        Unit::Seconds,
+        "How long an originate request waited before it was dialled (or gave up)."
+    );
+    describe_counter!(
+        "voxgate_outbound_calls_total",
+        Unit::Count,
+        "Originate requests that finished, by outcome."
+    );
+    describe_counter!(
+        "voxgate_outbound_refused_total",
+        Unit::Count,
+        "Originate requests refused at once, by reason (queue_full, not_accepting)."
     );
     describe_gauge!(
         "voxgate_backend_sessions_active",
@@ -290,6 +324,27 @@ pub fn setup_time(elapsed: Duration) {
     histogram!("voxgate_session_setup_seconds").record(elapsed.as_secs_f64());
 }
 
+/// Sets `voxgate_outbound_queue_pending` and `voxgate_outbound_calls_processing`.
+pub fn outbound_queue(pending: usize, processing: usize) {
+    gauge!("voxgate_outbound_queue_pending").set(pending as f64);
+    gauge!("voxgate_outbound_calls_processing").set(processing as f64);
+}
+
+/// An originate request left the queue after waiting `waited`.
+pub fn outbound_wait(waited: Duration) {
+    histogram!("voxgate_outbound_queue_wait_seconds").record(waited.as_secs_f64());
+}
+
+/// An originate request finished; `outcome` from the fixed set of `outbound::Outcome`.
+pub fn outbound_finished(outcome: &'static str) {
+    counter!("voxgate_outbound_calls_total", "outcome" => outcome).increment(1);
+}
+
+/// An originate request was refused at once (`queue_full`, `not_accepting`).
+pub fn outbound_refused(reason: &'static str) {
+    counter!("voxgate_outbound_refused_total", "reason" => reason).increment(1);
+}
+
 /// Sets one Backend's `voxgate_backend_sessions_active` and `voxgate_backend_up`.
 pub fn backend(backend: &str, region: &str, active: u32, up: bool) {
     let labels = [
@@ -388,6 +443,10 @@ mod tests {
         backend("backend-1", "US-EAST", 2, true);
         rtp_packets(RtpDirection::CallerToBackend, 1, 172);
         rtp_dropped("strict_source", 1);
+        outbound_queue(4, 2);
+        outbound_wait(Duration::from_secs(2));
+        outbound_finished("completed");
+        outbound_refused("queue_full");
         let sip = SipCounters::default();
         sip.record("INVITE", Direction::In);
         sip.record("FOO", Direction::Out);
@@ -402,6 +461,11 @@ mod tests {
             "voxgate_sessions_rejected_total{reason=\"capacity\"} 1",
             "voxgate_sessions_ended_total{cause=\"caller_bye\"} 1",
             "voxgate_session_setup_seconds_bucket{le=\"0.05\"} 1",
+            "voxgate_outbound_queue_pending 4",
+            "voxgate_outbound_calls_processing 2",
+            "voxgate_outbound_queue_wait_seconds_bucket{le=\"5\"} 1",
+            "voxgate_outbound_calls_total{outcome=\"completed\"} 1",
+            "voxgate_outbound_refused_total{reason=\"queue_full\"} 1",
             "voxgate_backend_up{backend=\"backend-1\",region=\"US-EAST\"} 1",
             "voxgate_rtp_bytes_total{direction=\"caller_to_backend\"} 172",
             "voxgate_rtp_dropped_total{reason=\"strict_source\"} 1",

@@ -341,6 +341,15 @@ pub fn name_addr_uri(value: &str) -> String {
     }
 }
 
+/// Whether `user` can stand as the user part of a SIP URI as it is (RFC 3261 25.1 `user`
+/// without escapes, `;` and `?`, which would read as URI parameters), 1 to 64 characters: a phone number (`+15551234567`) or a name.
+pub fn is_sip_user(user: &str) -> bool {
+    (1..=64).contains(&user.len())
+        && user
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,/".contains(c))
+}
+
 /// The user part of a SIP URI (`sip:alice@host` -> `alice`).
 pub fn uri_user(uri: &str) -> Option<&str> {
     let rest = uri
@@ -385,6 +394,26 @@ mod tests {
     use rand::SeedableRng;
 
     use super::*;
+
+    #[test]
+    fn sip_users_are_numbers_and_names_without_uri_syntax() {
+        for good in ["+15551234567", "alice", "a.b-c_d", "*67"] {
+            assert!(is_sip_user(good), "{good}");
+        }
+        let long = "1".repeat(65);
+        for bad in [
+            "",
+            "a b",
+            "a@b",
+            "a;user=phone",
+            "a?x",
+            "a:b",
+            "<a>",
+            long.as_str(),
+        ] {
+            assert!(!is_sip_user(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn headers_by_name() {

@@ -442,6 +442,37 @@ pub fn http_request(
     bearer: Option<&str>,
     json: Option<&str>,
 ) -> Option<(u16, String)> {
+    http_exchange(addr, method, path, bearer, json).map(|(status, _, body)| (status, body))
+}
+
+/// A JSON API request: status, the JSON body (Null when empty) and the response head (status
+/// line and headers); panics when there is no answer or the body is not JSON.
+pub fn json_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value, String) {
+    let body = body.map(serde_json::Value::to_string);
+    let (status, head, text) = http_exchange(addr, method, path, bearer, body.as_deref())
+        .unwrap_or_else(|| panic!("{method} {path}: no answer"));
+    let json = if text.trim().is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: {e}: {text}"))
+    };
+    (status, json, head)
+}
+
+/// One HTTP/1.1 exchange: status, head (status line and headers) and body.
+pub fn http_exchange(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    json: Option<&str>,
+) -> Option<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
@@ -473,7 +504,7 @@ pub fn http_request(
     } else {
         body.to_owned()
     };
-    Some((status, body))
+    Some((status, head.to_owned(), body))
 }
 
 fn dechunk(mut body: &str) -> String {

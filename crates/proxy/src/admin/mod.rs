@@ -5,7 +5,10 @@
 //! `WWW-Authenticate: Bearer`; a wrong key: 403. With `cluster.admin_key` empty the API is off
 //! and answers 403 `ADMIN_API_DISABLED`. Errors are `{"code": ..., "message": ...}` with stable
 //! codes: the registry's (`REGION_EXISTS`, `NODES_ONLINE`, ...), and `UNAUTHORIZED`,
-//! `FORBIDDEN`, `INVALID_JSON`, `REASON_REQUIRED`, `NOT_THIS_NODE`, `REGISTRY_UNAVAILABLE`.
+//! `FORBIDDEN`, `INVALID_JSON`, `REASON_REQUIRED`, `NOT_THIS_NODE`, `REGISTRY_UNAVAILABLE`, and
+//! for `/v1/calls` `INVALID_NUMBER`, `INVALID_CALLER_ID`, `UNKNOWN_TRUNK`, `NO_TRUNK`,
+//! `UNKNOWN_BACKEND`, `NO_BACKEND_IN_REGION`, `QUEUE_FULL`, `NOT_ACCEPTING`, `CALL_NOT_FOUND`,
+//! `CALL_NOT_PENDING`.
 //!
 //! | method and path | what |
 //! |---|---|
@@ -22,10 +25,14 @@
 //! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
 //! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
+//! | `POST /v1/calls` `{"to", "from"?, "trunk"?, "region"?, "backend"?}` | originate: 202 and the request (pending), 429 `QUEUE_FULL` + Retry-After when the queue is full |
+//! | `GET /v1/calls`, `GET`, `DELETE /v1/calls/{id}` | the queue and recent requests; one; cancel a pending one |
 //!
 //! Every registry change (regions, nodes, their lifecycle) is recorded in the audit trail with the
 //! actor, the action, the target and both reasons. A drain is this process's runtime action, not a
 //! registry change: it is logged (target `voxgate::audit`) but not in the trail.
+
+mod calls;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -79,6 +86,8 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/sessions", get(sessions))
         .route("/v1/audit", get(audit))
+        .route("/v1/calls", get(calls::list).post(calls::create))
+        .route("/v1/calls/{id}", get(calls::get).delete(calls::cancel))
         .with_state(Admin { gateway, shutdown })
 }
 
@@ -757,6 +766,7 @@ async fn capacity(State(admin): State<Admin>, headers: HeaderMap) -> ApiResult {
         "sessions": { "sip": sip, "webrtc": webrtc, "total": sip + webrtc },
         "nodes": nodes,
         "regions": admin.gateway.cluster.view(),
+        "outbound": admin.gateway.outbound.stats_json(tokio::time::Instant::now()),
     }))
 }
 
