@@ -12,10 +12,12 @@
 //! it neither decodes nor transcodes audio (Opus RTP payloads go in and out as bytes).
 
 pub mod demux;
+pub mod peer;
 pub mod whip;
 
 pub use demux::{DemuxError, PeerDemux};
+pub use peer::{ClosedReason, PeerConfig, PeerError, PeerEvent, SendError, Transmit, WebRtcPeer};
 pub use whip::{
     ETag, MissingInOffer, PatchOutcome, ResourceId, WhipError, WhipOffer, classify_patch,
-    classify_post,
+    classify_post, inspect_offer,
 };

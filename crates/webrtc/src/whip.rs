@@ -126,6 +126,7 @@ impl WhipError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WhipOffer {
     sdp: String,
+    remote_ufrag: String,
     opus_payload_type: u8,
     telephone_event_payload_type: Option<u8>,
     rejected_sections: usize,
@@ -135,6 +136,11 @@ impl WhipOffer {
     /// The offer, as received; hand it to [`WebRtcPeer::new`](crate::WebRtcPeer::new).
     pub fn sdp(&self) -> &str {
         &self.sdp
+    }
+
+    /// The client's ICE ufrag (audio section, else session level).
+    pub fn remote_ufrag(&self) -> &str {
+        &self.remote_ufrag
     }
 
     /// The offer's payload type for `opus/48000/2`.
@@ -159,6 +165,11 @@ pub fn classify_post(content_type: Option<&str>, body: &[u8]) -> Result<WhipOffe
     check_len(body, MAX_OFFER_BYTES)?;
     let text = std::str::from_utf8(body)
         .map_err(|_| WhipError::MalformedSdp("body is not UTF-8".to_owned()))?;
+    inspect_offer(text)
+}
+
+/// The checks of [`classify_post`] on an offer without its HTTP envelope.
+pub fn inspect_offer(text: &str) -> Result<WhipOffer, WhipError> {
     let parsed = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
         .map_err(|err| WhipError::MalformedSdp(err.to_string()))?;
     if parsed.media_descriptions.is_empty() {
@@ -193,15 +204,23 @@ pub fn classify_post(content_type: Option<&str>, body: &[u8]) -> Result<WhipOffe
         offered("opus", 48000, &["2"]).ok_or(WhipError::UnsupportedOffer(MissingInOffer::Opus))?;
     let telephone_event_payload_type = offered("telephone-event", 48000, &["", "1"]);
 
-    let has = |key: &str| parsed.has_attribute(key) || audio.has_attribute(key);
-    if !(has("ice-ufrag") && has("ice-pwd")) {
+    let value = |key: &str| {
+        audio
+            .attribute(key)
+            .flatten()
+            .or_else(|| parsed.attribute(key).map(String::as_str))
+            .filter(|v| !v.is_empty())
+    };
+    let (Some(remote_ufrag), Some(_)) = (value("ice-ufrag"), value("ice-pwd")) else {
         return Err(WhipError::UnsupportedOffer(MissingInOffer::IceCredentials));
-    }
+    };
+    let has = |key: &str| parsed.has_attribute(key) || audio.has_attribute(key);
     if !has("fingerprint") {
         return Err(WhipError::UnsupportedOffer(MissingInOffer::DtlsFingerprint));
     }
     Ok(WhipOffer {
         sdp: text.to_owned(),
+        remote_ufrag: remote_ufrag.to_owned(),
         opus_payload_type,
         telephone_event_payload_type,
         rejected_sections: parsed.media_descriptions.len() - 1,
