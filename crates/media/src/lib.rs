@@ -6,8 +6,9 @@
 //! the ITU-T reference algorithm, and [`StreamStats`] keeps the RFC 3550 receiver accounting
 //! (loss, extended sequence numbers, interarrival jitter). [`RelayLeg`] is one side of the media
 //! relay (symmetric-RTP latching, strict source, counters, media timeout) and [`PortPool`] hands
-//! out the RTP/RTCP port pairs that relay sockets bind. This crate does no I/O: it opens no
-//! sockets, spawns no tasks and never reads a clock; receive times are arguments.
+//! out the RTP/RTCP port pairs that relay sockets bind; [`tone`] makes and detects test tones.
+//! This crate does no I/O: it opens no sockets, spawns no tasks and never reads a clock; receive
+//! times are arguments.
 
 pub mod coalesce;
 pub mod g711;
@@ -16,7 +17,9 @@ pub mod relay;
 pub mod rtcp;
 pub mod rtp;
 pub mod stats;
+pub mod tone;
 
+pub use g711::G711Law;
 pub use pool::{PoolError, PortLease, PortPool};
 pub use relay::{DropReason, LegCounters, PacketKind, RelayLeg};
 pub use rtcp::{ReportBlock, RtcpError, RtcpPacket};
