@@ -2,7 +2,10 @@
 //!
 //! Encoders follow the Sun Microsystems reference (`g711.c`, public domain) with its 16-bit
 //! linear input; decoders are 256-entry tables built at compile time from the same algorithm.
-//! [`ToneGenerator`] makes deterministic test tones.
+//! [`G711Law`] picks mu-law or A-law at run time for a negotiated payload type.
+
+/// Kept at its old path: callers that only need a test tone with G.711 find it here.
+pub use crate::tone::ToneGenerator;
 
 const SIGN_BIT: u8 = 0x80;
 const QUANT_MASK: u8 = 0x0f;
@@ -93,6 +96,50 @@ pub fn decode_alaw(codes: &[u8], out: &mut [i16]) {
     }
 }
 
+/// Which G.711 companding law a stream uses, as negotiated in SDP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum G711Law {
+    /// Mu-law, RTP payload type 0 (North America, Japan).
+    Pcmu,
+    /// A-law, RTP payload type 8 (most other countries).
+    Pcma,
+}
+
+impl G711Law {
+    /// The static RTP payload type (RFC 3551 6).
+    pub fn payload_type(self) -> u8 {
+        match self {
+            Self::Pcmu => 0,
+            Self::Pcma => 8,
+        }
+    }
+
+    /// The law of a static RTP payload type, if it is G.711.
+    pub fn from_payload_type(pt: u8) -> Option<Self> {
+        match pt {
+            0 => Some(Self::Pcmu),
+            8 => Some(Self::Pcma),
+            _ => None,
+        }
+    }
+
+    /// Encodes `min(pcm.len(), out.len())` samples.
+    pub fn encode(self, pcm: &[i16], out: &mut [u8]) {
+        match self {
+            Self::Pcmu => encode_ulaw(pcm, out),
+            Self::Pcma => encode_alaw(pcm, out),
+        }
+    }
+
+    /// Decodes `min(codes.len(), out.len())` codes.
+    pub fn decode(self, codes: &[u8], out: &mut [i16]) {
+        match self {
+            Self::Pcmu => decode_ulaw(codes, out),
+            Self::Pcma => decode_alaw(codes, out),
+        }
+    }
+}
+
 /// Reference `ulaw2linear`.
 const fn ulaw_decode_reference(code: u8) -> i16 {
     let u = !code;
@@ -140,43 +187,6 @@ const ALAW_TABLE: [i16; 256] = {
     }
     table
 };
-
-/// A deterministic sine tone for tests and load generation; allocation-free.
-#[derive(Debug, Clone)]
-pub struct ToneGenerator {
-    /// Phase advance per sample, radians.
-    step: f64,
-    /// Current phase, radians, kept in [0, 2*pi).
-    phase: f64,
-    amplitude: f64,
-}
-
-impl ToneGenerator {
-    /// A sine of `freq_hz` sampled at `sample_rate` Hz with peak `amplitude`, starting at phase 0.
-    ///
-    /// A `sample_rate` of 0 yields silence rather than dividing by zero.
-    pub fn new(freq_hz: f64, sample_rate: u32, amplitude: i16) -> Self {
-        let step = if sample_rate == 0 {
-            0.0
-        } else {
-            std::f64::consts::TAU * freq_hz / f64::from(sample_rate)
-        };
-        Self {
-            step,
-            phase: 0.0,
-            amplitude: f64::from(amplitude),
-        }
-    }
-
-    /// Writes the next `out.len()` samples.
-    pub fn fill(&mut self, out: &mut [i16]) {
-        for s in out {
-            // `as` saturates, so an amplitude of i16::MIN cannot overflow.
-            *s = (self.amplitude * self.phase.sin()).round() as i16;
-            self.phase = (self.phase + self.step).rem_euclid(std::f64::consts::TAU);
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {
@@ -317,22 +327,19 @@ mod tests {
     }
 
     #[test]
-    fn tone_is_deterministic_and_bounded() {
-        let mut a = ToneGenerator::new(1000.0, 8000, 16000);
-        let mut b = ToneGenerator::new(1000.0, 8000, 16000);
-        let (mut x, mut y) = ([0i16; 160], [0i16; 160]);
-        a.fill(&mut x);
-        b.fill(&mut y[..80]);
-        b.fill(&mut y[80..]);
-        assert_eq!(x, y);
-        // 1 kHz at 8 kHz: 8 samples per period, peak at sample 2.
-        assert_eq!(x[0], 0);
-        assert_eq!(x[2], 16000);
-        assert_eq!(x[6], -16000);
-        assert_eq!(x[8], 0);
-        assert!(x.iter().all(|s| s.abs() <= 16000));
-        let mut silent = ToneGenerator::new(440.0, 0, 1000);
-        silent.fill(&mut x);
-        assert!(x.iter().all(|&s| s == 0));
+    fn law_dispatches_and_maps_payload_types() {
+        let pcm = [0i16, 1000, -1000];
+        let (mut u, mut a) = ([0u8; 3], [0u8; 3]);
+        G711Law::Pcmu.encode(&pcm, &mut u);
+        G711Law::Pcma.encode(&pcm, &mut a);
+        assert_eq!(u[1], ulaw_encode(1000));
+        assert_eq!(a[1], alaw_encode(1000));
+        let mut back = [0i16; 3];
+        G711Law::Pcma.decode(&a, &mut back);
+        assert_eq!(back[2], alaw_decode(a[2]));
+        for law in [G711Law::Pcmu, G711Law::Pcma] {
+            assert_eq!(G711Law::from_payload_type(law.payload_type()), Some(law));
+        }
+        assert_eq!(G711Law::from_payload_type(9), None);
     }
 }
