@@ -394,6 +394,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -587,5 +588,25 @@ a=rtpmap:96 VP8/90000\r\n";
         )
         .unwrap_err();
         assert_eq!(err.http_status(), 400);
+    }
+
+    proptest! {
+        #[test]
+        fn classify_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = classify_post(Some(SDP_CONTENT_TYPE), &body);
+            let etag = ETag::random(&mut StdRng::seed_from_u64(1));
+            let _ = classify_patch(Some(TRICKLE_ICE_CONTENT_TYPE), Some("*"), &etag, "abcd", &body);
+        }
+
+        #[test]
+        fn classify_never_panics_on_damaged_offers(
+            cut in 0..BROWSER_OFFER.len(),
+            junk in "[a-z=:/ 0-9\r\n]{0,40}",
+        ) {
+            let mut offer = BROWSER_OFFER.as_bytes()[..cut].to_vec();
+            offer.extend_from_slice(junk.as_bytes());
+            offer.extend_from_slice(&BROWSER_OFFER.as_bytes()[cut..]);
+            let _ = classify_post(Some(SDP_CONTENT_TYPE), &offer);
+        }
     }
 }

@@ -349,3 +349,34 @@ fn data_channel_in_the_offer_is_rejected_and_audio_still_connects() {
     h.flush();
     assert_eq!(h.audio(i).len(), 1);
 }
+
+#[test]
+fn random_datagrams_from_the_client_address_do_not_break_the_session() {
+    use rand::{Rng, RngCore};
+    let mut h = Harness::new();
+    let i = h.add_pair("127.0.0.2:40000");
+    h.connect_all();
+    let client = addr("127.0.0.2:40000");
+    let mut rng = StdRng::seed_from_u64(99);
+    for n in 0..3000 {
+        let len = rng.random_range(0..300);
+        let mut datagram = vec![0u8; len];
+        rng.fill_bytes(&mut datagram);
+        // Steer the first byte through each RFC 7983 range: STUN, DTLS, RTP/RTCP.
+        if let Some(first) = datagram.first_mut() {
+            *first = [0, 1, 20, 22, 23, 128, 144, 200][n % 8];
+        }
+        let now = h.now;
+        h.peer(i).handle_receive(now, client, &datagram);
+    }
+    h.flush();
+    assert!(h.peer(i).is_connected(), "{:?}", h.closed_reason(i));
+    let now = h.now;
+    h.clients[i].send_opus(now, 9, 9600, b"after the noise");
+    h.flush();
+    assert!(
+        h.audio(i)
+            .iter()
+            .any(|(_, _, _, p)| &p[..] == b"after the noise")
+    );
+}
