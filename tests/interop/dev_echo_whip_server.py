@@ -6,7 +6,7 @@ interop clients in this directory (whip_aiortc.py, whip_chromium.sh) while
 voxgate's own WHIP endpoint does not exist, and to check the clients' failure
 path (--silent makes the echo return silence, so the clients must exit 1).
 
-    /usr/bin/python3 tests/interop/dev_echo_whip_server.py --port 8080 [--token T] [--silent]
+    /usr/bin/python3 tests/interop/dev_echo_whip_server.py --port 8080 [--token T] [--silent] [--g711]
 
 Endpoints (same shape as voxgate's planned one):
     POST   /whip        Content-Type: application/sdp, offer -> 201, Location: /whip/<id>, answer
@@ -50,18 +50,74 @@ def restrict_ice_to(ip):
     aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [ip]
 
 
+try:
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop  # stdlib up to 3.12 (Debian 12 has 3.11)
+except ImportError:  # pragma: no cover
+    audioop = None
+
+
+class G711Path:
+    """48 kHz -> 8 kHz mono -> mu-law -> 8 kHz -> 48 kHz mono, in 20 ms frames: roughly what a
+    SIP leg through PCMU does to the audio (band limit ~4 kHz, companding noise)."""
+
+    def __init__(self):
+        self.down = av.AudioResampler(format="s16", layout="mono", rate=8000)
+        self.up = av.AudioResampler(format="s16", layout="mono", rate=48000)
+        self.fifo = av.AudioFifo()
+        self.pts = 0
+
+    def push(self, frame):
+        frame.pts = None
+        for f8 in self.down.resample(frame):
+            pcm = bytes(f8.planes[0])[: f8.samples * 2]
+            if audioop is not None:
+                pcm = audioop.ulaw2lin(audioop.lin2ulaw(pcm, 2), 2)
+            g = av.AudioFrame(format="s16", layout="mono", samples=len(pcm) // 2)
+            g.planes[0].update(pcm)
+            g.sample_rate = 8000
+            for f48 in self.up.resample(g):
+                f48.pts = None
+                self.fifo.write(f48)
+
+    def pop(self, samples=960):
+        if self.fifo.samples < samples:
+            return None
+        out = self.fifo.read(samples)
+        out.pts = self.pts
+        out.sample_rate = 48000
+        out.time_base = fractions.Fraction(1, 48000)
+        self.pts += samples
+        return out
+
+
 class EchoTrack(MediaStreamTrack):
-    """Returns the frames received on `source`; zeros instead when `silent`."""
+    """Returns the frames received on `source`; zeros instead when `silent`; through an
+    8 kHz mu-law round trip when `g711`."""
 
     kind = "audio"
 
-    def __init__(self, source, silent):
+    def __init__(self, source, silent, g711=False):
         super().__init__()
         self.source = source
         self.silent = silent
+        self.g711 = G711Path() if g711 else None
 
     async def recv(self):
-        frame = await self.source.recv()
+        if self.g711 is not None:
+            for _ in range(50):  # bounded: the resamplers' start-up delay is a few frames at most
+                out = self.g711.pop()
+                if out is not None:
+                    break
+                self.g711.push(await self.source.recv())
+            else:
+                raise MediaStreamError
+            frame = out
+        else:
+            frame = await self.source.recv()
         if not self.silent:
             return frame
         out = av.AudioFrame(format=frame.format.name, layout=frame.layout.name, samples=frame.samples)
@@ -74,9 +130,10 @@ class EchoTrack(MediaStreamTrack):
 
 
 class Sessions:
-    def __init__(self, loop, silent):
+    def __init__(self, loop, silent, g711=False):
         self.loop = loop
         self.silent = silent
+        self.g711 = g711
         self.pcs = {}
 
     async def create(self, offer_sdp):
@@ -87,7 +144,7 @@ class Sessions:
         def on_track(track):
             LOG.info("session %s: remote %s track", sid, track.kind)
             if track.kind == "audio":
-                pc.addTrack(EchoTrack(track, self.silent))
+                pc.addTrack(EchoTrack(track, self.silent, self.g711))
 
         @pc.on("connectionstatechange")
         async def on_state():
@@ -184,6 +241,8 @@ def main():
     ap.add_argument("--port", type=int, default=8080)
     ap.add_argument("--token", default=None, help="require Authorization: Bearer TOKEN (default: accept any)")
     ap.add_argument("--silent", action="store_true", help="echo silence instead of the received audio")
+    ap.add_argument("--g711", action="store_true",
+                    help="send the echo through an 8 kHz mu-law round trip, like a PCMU SIP leg")
     ap.add_argument("--local-ip", default="127.0.0.1", help="the only ICE host candidate address")
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args()
@@ -195,12 +254,12 @@ def main():
 
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
-    Handler.sessions = Sessions(loop, args.silent)
+    Handler.sessions = Sessions(loop, args.silent, args.g711)
     Handler.token = args.token
     httpd = ThreadingHTTPServer((args.host, args.port), Handler)
     httpd.daemon_threads = True
     print("dev echo WHIP server on http://%s:%d/whip%s (NOT voxgate)"
-          % (args.host, args.port, " [silent]" if args.silent else ""), file=sys.stderr, flush=True)
+          % (args.host, args.port, (" [silent]" if args.silent else "") + (" [g711]" if args.g711 else "")), file=sys.stderr, flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

@@ -204,6 +204,8 @@ async def run(args):
                 return 1
             await asyncio.sleep(0.05)
 
+        if args.dump_sdp:
+            sys.stderr.write("--- offer\n" + pc.localDescription.sdp)
         url = args.url
         if args.region:
             url += ("&" if "?" in url else "?") + urllib.parse.urlencode({"region": args.region})
@@ -225,6 +227,8 @@ async def run(args):
         if not location:
             RESULT["error"] = "201 without Location"
             return 2
+        if args.dump_sdp:
+            sys.stderr.write("--- answer (%d)\n%s" % (status, body.decode("utf-8", "replace")))
         ctype = (headers.get("Content-Type") or "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
             RESULT["warning"] = "answer Content-Type is %r" % ctype
@@ -282,6 +286,7 @@ def main():
     ap.add_argument("--region", default=None, help="sent as the query parameter ?region=R")
     ap.add_argument("--connect-timeout", type=float, default=10.0)
     ap.add_argument("--max-seconds", type=float, default=30.0, help="hard cap on the whole run")
+    ap.add_argument("--dump-sdp", action="store_true", help="print the offer and the answer on stderr")
     ap.add_argument("--local-ip", default="127.0.0.1", help="only ICE host candidate address ('any': all interfaces)")
     args = ap.parse_args()
     if not (0 < args.seconds <= 20):

@@ -120,6 +120,7 @@ def main():
     ap.add_argument("--chromium", default=None, help="browser binary (default: chromium on PATH)")
     ap.add_argument("--chromium-flag", action="append", default=[], help="extra Chromium flag (repeatable)")
     ap.add_argument("--drop-flag", action="append", default=[], help="leave out a default flag (prefix match)")
+    ap.add_argument("--dump-sdp", action="store_true", help="put offer_sdp and answer_sdp in the JSON")
     ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (WAV, profile, chromium.log)")
     args = ap.parse_args()
     if not (0 < args.seconds <= 20):
@@ -178,6 +179,8 @@ def main():
              "cands": args.cands, "connect_timeout": args.connect_timeout}
     if args.region:
         query["region"] = args.region
+    if args.dump_sdp:
+        query["sdp"] = "1"
     page = "http://127.0.0.1:%d/whip_chromium.html?%s" % (port, urllib.parse.urlencode(query))
 
     log_path = os.path.join(tmp, "chromium.log")
