@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests need, then format, lints, docs and every test.
-# Used as is by .ci/run. Needs: the Rust toolchain (cargo, rustfmt, clippy), sipp (Debian package
-# sip-tester) for the interop tests and redis-server for the cluster registry tests; the two are
-# installed here when apt-get is usable.
+# Used as is by .ci/run. Needs: the Rust toolchain (cargo, rustfmt, clippy), cmake and a C compiler
+# (the bundled libopus), sipp (Debian package sip-tester) for the SIP interop tests, redis-server
+# for the cluster registry tests, and python3-aiortc, python3-numpy and chromium for the WebRTC
+# interop tests; all are installed here when apt-get is usable.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
+command -v cmake >/dev/null 2>&1 || missing+=(cmake)
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+/usr/bin/python3 -c 'import aiortc, numpy' >/dev/null 2>&1 || missing+=(python3-aiortc python3-numpy)
+[[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
 if ((${#missing[@]})); then
     if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
         echo "==> installing ${missing[*]}"

@@ -9,11 +9,10 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::uac::{Uac, sdp_of};
+use common::uac::{Uas, sdp_of};
 use common::{Proxy, backend_toml, json_request, start_backend, wait_until};
 use serde_json::{Value, json};
-use voxgate_sip::dialog::Dialog;
-use voxgate_sip::sdp::{AudioSdp, Codec};
+use voxgate_sip::sdp::Codec;
 
 const ADMIN_KEY: &str = "admin-key-0123456789-abcdefghijklmnop";
 
@@ -48,52 +47,11 @@ fn trunk_toml(carrier: SocketAddr) -> String {
     format!("\n[[trunks]]\nname = \"carrier\"\noutbound = \"{carrier}\"\nhosts = [\"pstn.test\"]\n")
 }
 
-/// The number's side: answers (or refuses) the INVITE voxgate sends through the trunk.
-struct Carrier {
-    uac: Uac,
-}
-
-impl Carrier {
-    /// A carrier on 127.0.0.5; its requests go to `proxy` once that is known.
-    fn new() -> Self {
-        Self {
-            uac: Uac::new("127.0.0.5", "127.0.0.1:9".parse().unwrap()),
-        }
-    }
-
-    fn invite(&mut self) -> rsip::Request {
-        self.uac
-            .recv_request(rsip::Method::Invite, Duration::from_secs(5))
-            .expect("no INVITE reached the carrier")
-    }
-
-    /// Rings, answers with PCMU on our RTP socket and waits for the ACK; returns the dialog.
-    fn answer(&mut self, invite: &rsip::Request) -> Dialog {
-        let dialog = Dialog::incoming(
-            invite,
-            self.uac.local,
-            "carrier-tag".into(),
-            "carrier",
-            "carrier-tests",
-        );
-        self.uac
-            .send(&dialog.response(invite, 180, None).to_string());
-        let port = self.uac.rtp.local_addr().unwrap().port();
-        let codecs = vec![Codec::pcmu(), Codec::telephone_event(101)];
-        let sdp = AudioSdp::offer(self.uac.local.ip(), port, codecs, 7).to_string();
-        let ok = dialog.response(invite, 200, Some(sdp));
-        self.uac.send(&ok.to_string());
-        self.uac
-            .recv_request(rsip::Method::Ack, Duration::from_secs(5))
-            .expect("voxgate did not ACK the carrier's 200");
-        dialog
-    }
-}
-
 #[test]
 fn an_originated_call_is_dialled_bridged_and_carries_media() {
     let (_backend, backend_addr) = start_backend("originate-backend", &[]);
-    let mut carrier = Carrier::new();
+    // The number's side, answering by hand behind the trunk.
+    let mut carrier = Uas::new("127.0.0.5");
     let config = format!(
         "{}{}",
         backend_toml("b1", backend_addr, 10, None),
@@ -119,7 +77,7 @@ fn an_originated_call_is_dialled_bridged_and_carries_media() {
         "{offer}"
     );
     let relay = SocketAddr::new(offer.connection, offer.port);
-    let mut dialog = carrier.answer(&invite);
+    let mut dialog = carrier.answer(&invite, vec![Codec::pcmu(), Codec::telephone_event(101)]);
 
     let connected = wait_for_call(&proxy, &id, |call| call["state"] == "connected");
     assert_eq!(connected["backend"], "b1", "{connected:#}");
@@ -130,9 +88,7 @@ fn an_originated_call_is_dialled_bridged_and_carries_media() {
     assert!(echoed >= 45, "only {echoed} of 50 RTP packets came back");
 
     // The number hangs up: the Backend is hung up too and the request ends "completed".
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
-    let bye = dialog.bye(&mut rng);
-    carrier.uac.send(&bye.to_string());
+    carrier.bye(&mut dialog);
     let ended = wait_for_call(&proxy, &id, |call| call["state"] == "ended");
     assert_eq!(ended["outcome"], "completed", "{ended:#}");
     assert_eq!(ended["end_cause"], "caller_bye", "{ended:#}");

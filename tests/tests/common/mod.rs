@@ -293,6 +293,8 @@ pub struct Proxy {
     pub sip: SocketAddr,
     /// The private HTTP listener.
     pub http: SocketAddr,
+    /// The public WHIP listener (`POST /whip`).
+    pub whip: SocketAddr,
     /// The media port range, inclusive.
     pub media: (u16, u16),
     /// The process (killed on drop).
@@ -313,11 +315,18 @@ impl Proxy {
         std::fs::write(&config, toml).expect("write config");
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let whip: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
+        let webrtc_media = free_udp_port();
         let media = media_range();
         let mut env = vec![
             ("VOXGATE_SIP__LISTEN_UDP", sip.to_string()),
             ("VOXGATE_SIP__LISTEN_TCP", String::new()),
             ("VOXGATE_HTTP__LISTEN", http.to_string()),
+            ("VOXGATE_WEBRTC__LISTEN", whip.to_string()),
+            (
+                "VOXGATE_WEBRTC__MEDIA_LISTEN",
+                format!("127.0.0.1:{webrtc_media}"),
+            ),
             ("VOXGATE_MEDIA__BIND_IP", "127.0.0.1".to_owned()),
             ("VOXGATE_MEDIA__PUBLIC_IP", "127.0.0.1".to_owned()),
             ("VOXGATE_MEDIA__PORT_MIN", media.0.to_string()),
@@ -337,6 +346,7 @@ impl Proxy {
         let mut proxy = Self {
             sip,
             http,
+            whip,
             media,
             process,
         };
@@ -473,23 +483,39 @@ pub fn http_exchange(
     bearer: Option<&str>,
     json: Option<&str>,
 ) -> Option<(u16, String, String)> {
+    let auth = bearer.map(|key| format!("Bearer {key}"));
+    let mut headers = Vec::new();
+    if let Some(auth) = &auth {
+        headers.push(("Authorization", auth.as_str()));
+    }
+    if json.is_some() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    http_raw(addr, method, path, &headers, json.unwrap_or("").as_bytes())
+}
+
+/// One HTTP/1.1 exchange with any headers and body: status, head and body.
+pub fn http_raw(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Option<(u16, String, String)> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let auth = bearer.map_or(String::new(), |key| {
-        format!("Authorization: Bearer {key}\r\n")
-    });
-    let body = json.unwrap_or("");
-    let content_type = if json.is_some() {
-        "Content-Type: application/json\r\n"
-    } else {
-        ""
-    };
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{content_type}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
-    );
-    stream.write_all(request.as_bytes()).ok()?;
+    )
+    .into_bytes();
+    request.extend_from_slice(body);
+    stream.write_all(&request).ok()?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw).into_owned();

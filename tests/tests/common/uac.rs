@@ -29,7 +29,8 @@ pub struct Uac {
     pub received: Vec<String>,
     /// Requests received while waiting for something else.
     pending: VecDeque<rsip::Request>,
-    rng: StdRng,
+    /// Drives tags, branches and Call-IDs.
+    pub rng: StdRng,
 }
 
 impl Uac {
@@ -281,6 +282,49 @@ impl Uac {
             }
         }
         got
+    }
+}
+
+/// A called party that answers by hand: a carrier behind a trunk, or a Backend.
+pub struct Uas {
+    /// Its SIP and RTP sockets (requests it sends go to `uac.proxy`).
+    pub uac: Uac,
+}
+
+impl Uas {
+    /// A called party on `ip`; set `uac.proxy` to the proxy once it is known.
+    pub fn new(ip: &str) -> Self {
+        Self {
+            uac: Uac::new(ip, "127.0.0.1:9".parse().unwrap()),
+        }
+    }
+
+    /// The next INVITE (panics after 5 s).
+    pub fn invite(&mut self) -> rsip::Request {
+        self.uac
+            .recv_request(rsip::Method::Invite, Duration::from_secs(5))
+            .expect("no INVITE arrived")
+    }
+
+    /// Rings, answers with `codecs` on our RTP socket and waits for the ACK; returns the dialog.
+    pub fn answer(&mut self, invite: &rsip::Request, codecs: Vec<Codec>) -> Dialog {
+        let dialog = Dialog::incoming(invite, self.uac.local, "uas-tag".into(), "uas", "tests");
+        self.uac
+            .send(&dialog.response(invite, 180, None).to_string());
+        let port = self.uac.rtp.local_addr().unwrap().port();
+        let sdp = AudioSdp::offer(self.uac.local.ip(), port, codecs, 7).to_string();
+        let ok = dialog.response(invite, 200, Some(sdp));
+        self.uac.send(&ok.to_string());
+        self.uac
+            .recv_request(rsip::Method::Ack, Duration::from_secs(5))
+            .expect("no ACK for the 200");
+        dialog
+    }
+
+    /// Hangs up the dialog with BYE (its answer is not awaited).
+    pub fn bye(&mut self, dialog: &mut Dialog) {
+        let bye = dialog.bye(&mut self.uac.rng);
+        self.uac.send(&bye.to_string());
     }
 }
 
