@@ -129,18 +129,18 @@ struct BackendLeg {
 }
 
 /// An INVITE sent to one Backend (or trunk), waiting for its final answer.
-struct Attempt {
-    dialog: Dialog,
-    events: DialogEvents,
-    invite: rsip::Request,
-    address: SocketAddr,
-    backend: Option<NodeId>,
-    lease: Option<BackendLease>,
-    provisional: bool,
+pub(crate) struct Attempt {
+    pub(crate) dialog: Dialog,
+    pub(crate) events: DialogEvents,
+    pub(crate) invite: rsip::Request,
+    pub(crate) address: SocketAddr,
+    pub(crate) backend: Option<NodeId>,
+    pub(crate) lease: Option<BackendLease>,
+    pub(crate) provisional: bool,
 }
 
 /// The outcome of one attempt.
-enum AttemptResult {
+pub(crate) enum AttemptResult {
     Answered(rsip::Response),
     /// This Backend failed (5xx, 408, timeout); another may be tried.
     Next,
@@ -527,14 +527,7 @@ impl Call {
                 }
                 AttemptResult::Silent => {
                     tracing::debug!(session = %self.id, %address, "backend silent; trying the next");
-                    // Not even a 100 Trying: likely gone. Hold it out for a probe interval, so
-                    // the next calls do not each wait invite_timeout on it before probing
-                    // (three misses) marks it down.
-                    if let Some(id) = &attempt.backend {
-                        let until = Instant::now().into_std() + gateway.config.health.interval;
-                        gateway.picker.cool_down(id, until);
-                    }
-                    tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
+                    give_up_silent(&gateway, attempt, self.call_rng());
                 }
                 AttemptResult::Reject(code) => {
                     self.reject(code, Vec::new());
@@ -624,25 +617,11 @@ impl Call {
                 event = attempt.events.recv() => match event {
                     Some(Event::Response { response, .. }) if dialog::is_invite_response(&response) => {
                         let code = response.status_code.code();
-                        match code {
-                            100 => attempt.provisional = true,
-                            101..=199 => {
-                                attempt.provisional = true;
-                                self.early_response(code, &response);
-                            }
-                            200..=299 => return AttemptResult::Answered(response),
-                            503 => {
-                                let cooldown = retry_after(&response).unwrap_or(DEFAULT_COOLDOWN);
-                                if let Some(id) = &attempt.backend {
-                                    let until = Instant::now().into_std() + cooldown;
-                                    gateway.picker.cool_down(id, until);
-                                }
-                                return AttemptResult::Next;
-                            }
-                            408 | 500..=599 => return AttemptResult::Next,
-                            // Redirects would reveal the Backend's contacts: the caller sees 480.
-                            300..=399 => return AttemptResult::Reject(480),
-                            _ => return AttemptResult::Reject(code),
+                        if (101..=199).contains(&code) {
+                            self.early_response(code, &response);
+                        }
+                        if let Some(result) = attempt_result(&gateway, attempt, response) {
+                            return result;
                         }
                     }
                     Some(Event::Timeout { .. }) | None => return AttemptResult::Next,
@@ -1071,11 +1050,51 @@ impl Call {
     }
 }
 
+/// What a response to an attempt's INVITE means: `None` for a provisional one (noted in
+/// `attempt`), else the attempt's result. A 503 cools the Backend down for its Retry-After.
+pub(crate) fn attempt_result(
+    gateway: &Gateway,
+    attempt: &mut Attempt,
+    response: rsip::Response,
+) -> Option<AttemptResult> {
+    let code = response.status_code.code();
+    Some(match code {
+        100..=199 => {
+            attempt.provisional = true;
+            return None;
+        }
+        200..=299 => AttemptResult::Answered(response),
+        503 => {
+            let cooldown = retry_after(&response).unwrap_or(DEFAULT_COOLDOWN);
+            if let Some(id) = &attempt.backend {
+                let until = Instant::now().into_std() + cooldown;
+                gateway.picker.cool_down(id, until);
+            }
+            AttemptResult::Next
+        }
+        408 | 500..=599 => AttemptResult::Next,
+        // Redirects would reveal the Backend's contacts: the caller sees 480.
+        300..=399 => AttemptResult::Reject(480),
+        _ => AttemptResult::Reject(code),
+    })
+}
+
+/// A Backend that sent not even a 100 Trying within the INVITE timeout is likely gone: hold it
+/// out for a probe interval, so the next calls do not each wait on it before probing (three
+/// misses) marks it down, and see its INVITE to an end in the background.
+pub(crate) fn give_up_silent(gateway: &Arc<Gateway>, attempt: Attempt, rng: SmallRng) {
+    if let Some(id) = &attempt.backend {
+        let until = Instant::now().into_std() + gateway.config.health.interval;
+        gateway.picker.cool_down(id, until);
+    }
+    tokio::spawn(wind_down(gateway.clone(), attempt, rng));
+}
+
 /// After the caller cancelled, or after the Backend stayed silent past the INVITE timeout: sees
 /// the Backend's INVITE to its end. The CANCEL goes out once the
 /// Backend has sent a provisional response (RFC 3261 9.1); a 2xx that crossed the CANCEL is
 /// ACKed and hung up at once, so the Backend is not left holding a call nobody listens to.
-async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut rng: SmallRng) {
+pub(crate) async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut rng: SmallRng) {
     let deadline = Instant::now() + Duration::from_secs(32);
     let mut cancelled = attempt.provisional;
     loop {
@@ -1116,14 +1135,14 @@ async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut rng: SmallRn
 
 /// Whether an in-dialog request belongs to `dialog`: its From tag is the peer's and its To tag
 /// ours (RFC 3261 12.2.2), not just the same Call-ID.
-fn in_dialog(request: &rsip::Request, dialog: &Dialog) -> bool {
+pub(crate) fn in_dialog(request: &rsip::Request, dialog: &Dialog) -> bool {
     voxgate_sip::message::to_tag(request).as_deref() == Some(dialog.local_tag.as_str())
         && voxgate_sip::message::from_tag(request) == dialog.remote_tag
 }
 
 /// The answer to an in-dialog request the B2BUA does not forward: OPTIONS 200, else 405 with
 /// the methods it does handle.
-fn answer_other(dialog: &Dialog, request: &rsip::Request) -> rsip::Response {
+pub(crate) fn answer_other(dialog: &Dialog, request: &rsip::Request) -> rsip::Response {
     if request.method == rsip::Method::Options {
         return dialog.response(request, 200, None);
     }
@@ -1163,7 +1182,7 @@ fn peer_media(sdp: &AudioSdp) -> PeerMedia {
     }
 }
 
-fn parse_sdp(body: &[u8]) -> Option<AudioSdp> {
+pub(crate) fn parse_sdp(body: &[u8]) -> Option<AudioSdp> {
     let text = std::str::from_utf8(body).ok()?;
     AudioSdp::parse(text).ok()
 }

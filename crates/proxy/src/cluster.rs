@@ -245,7 +245,7 @@ fn own_status(gateway: &Gateway) -> NodeStatus {
             RuntimeState::Running
         },
         reported_at_ms: now_ms(),
-        webrtc_sessions: 0,
+        webrtc_sessions: gateway.webrtc_sessions(),
         placed,
     }
 }

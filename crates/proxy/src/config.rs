@@ -237,6 +237,8 @@ pub struct Config {
     pub drain: DrainConfig,
     /// Calls the admin API originates (`POST /v1/calls`).
     pub outbound: OutboundConfig,
+    /// WebRTC clients (WHIP) and their media.
+    pub webrtc: WebRtcConfig,
     /// The cluster registry and the admin API.
     pub cluster: ClusterConfig,
     /// Logging.
@@ -279,6 +281,7 @@ impl Config {
         if self.drain.deadline.is_zero() {
             return fail("drain.deadline", "must be more than 0s");
         }
+        self.validate_webrtc()?;
         let outbound = &self.outbound;
         if outbound.queue_size < 1 {
             return fail("outbound.queue_size", "must be at least 1");
@@ -329,6 +332,16 @@ impl Config {
         self.validate_backends()?;
         let known = self.regions();
         self.validate_trunks(&known)?;
+        for (i, token) in self.webrtc.tokens.iter().enumerate() {
+            if let Some(region) = &token.region
+                && !known.contains(region)
+            {
+                return Err(ConfigError::new(
+                    format!("webrtc.tokens[{i}].region"),
+                    format!("unknown region {region} (not node.region nor any backend's region)"),
+                ));
+            }
+        }
         for (region, next) in &self.routing.spillover {
             let key = format!("routing.spillover.{region}");
             if !known.contains(region) {
@@ -341,6 +354,38 @@ impl Config {
                 return Err(ConfigError::new(
                     key,
                     format!("unknown region {unknown} (no backend serves it)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_webrtc(&self) -> Result<(), ConfigError> {
+        let webrtc = &self.webrtc;
+        if webrtc.setup_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "webrtc.setup_timeout",
+                "must be more than 0s",
+            ));
+        }
+        if webrtc.consent_timeout < Duration::from_secs(5) {
+            return Err(ConfigError::new(
+                "webrtc.consent_timeout",
+                "must be at least 5s (clients refresh consent every ~5 s, RFC 7675)",
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, token) in webrtc.tokens.iter().enumerate() {
+            if token.token.chars().count() < MIN_API_KEY_LEN {
+                return Err(ConfigError::new(
+                    format!("webrtc.tokens[{i}].token"),
+                    "must be at least 32 characters",
+                ));
+            }
+            if !seen.insert(token.token.as_str()) {
+                return Err(ConfigError::new(
+                    format!("webrtc.tokens[{i}].token"),
+                    "is used twice",
                 ));
             }
         }
@@ -531,6 +576,7 @@ impl Default for Config {
             trunks: Vec::new(),
             drain: DrainConfig::default(),
             outbound: OutboundConfig::default(),
+            webrtc: WebRtcConfig::default(),
             cluster: ClusterConfig::default(),
             log: LogConfig::default(),
         }
@@ -552,6 +598,53 @@ impl Default for DrainConfig {
             deadline: Duration::from_secs(50 * 60),
         }
     }
+}
+
+/// `[webrtc]`: the public WHIP listener and the shared WebRTC media socket.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WebRtcConfig {
+    /// The public WHIP listener (`POST /whip`); `None` (an empty string) turns WebRTC off.
+    #[serde(deserialize_with = "parsed::empty_is_none")]
+    pub listen: Option<SocketAddr>,
+    /// The one UDP socket every WebRTC peer's media uses; its port with `media.public_ip` is the
+    /// ICE candidate.
+    pub media_listen: SocketAddr,
+    /// Bearer tokens a WHIP client must present, each with the region its sessions go to;
+    /// empty = no token needed (a warning at start).
+    pub tokens: Vec<WhipToken>,
+    /// `Access-Control-Allow-Origin` of WHIP responses.
+    pub allow_origin: String,
+    /// A client that has not completed ICE and DTLS this long after the answer is dropped.
+    #[serde(with = "humantime_serde")]
+    pub setup_timeout: Duration,
+    /// A client that sent no valid STUN consent check this long is gone (RFC 7675: 30 s).
+    #[serde(with = "humantime_serde")]
+    pub consent_timeout: Duration,
+}
+
+impl Default for WebRtcConfig {
+    fn default() -> Self {
+        Self {
+            listen: Some(SocketAddr::from(([0, 0, 0, 0], 8080))),
+            media_listen: SocketAddr::from(([0, 0, 0, 0], 3478)),
+            tokens: Vec::new(),
+            allow_origin: "*".to_owned(),
+            setup_timeout: Duration::from_secs(15),
+            consent_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One `[[webrtc.tokens]]` entry: a WHIP Bearer token and where its sessions go.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhipToken {
+    /// The token, at least 32 characters.
+    pub token: String,
+    /// The region of its sessions (default: a `region` query parameter, else `node.region`).
+    #[serde(default, deserialize_with = "parsed::option")]
+    pub region: Option<RegionId>,
 }
 
 /// `[outbound]`: the queue of calls the admin API originates.

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -39,6 +39,16 @@ pub struct SessionInfo {
     pub ports: (u16, u16),
 }
 
+/// One WebRTC session counted in [`Gateway::webrtc_sessions`]; dropping it uncounts it.
+#[derive(Debug)]
+pub struct WebRtcGuard<'a>(&'a AtomicU32);
+
+impl Drop for WebRtcGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Everything the call tasks share.
 #[derive(Debug)]
 pub struct Gateway {
@@ -68,6 +78,8 @@ pub struct Gateway {
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
     backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
     next_session: AtomicU64,
+    /// Sessions that are WebRTC peers (a subset of the slots in use).
+    webrtc_active: AtomicU32,
     draining: AtomicBool,
     /// The public reason while an operator holds this node (or its region) out of service.
     maintenance: Mutex<Option<String>>,
@@ -98,12 +110,24 @@ impl Gateway {
             by_call_id: DashMap::new(),
             by_port: DashMap::new(),
             next_session: AtomicU64::new(1),
+            webrtc_active: AtomicU32::new(0),
             draining: AtomicBool::new(false),
             maintenance: Mutex::new(None),
             hang_up: tokio::sync::watch::Sender::new(false),
             rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
             config,
         }
+    }
+
+    /// Counts one WebRTC session until the guard drops.
+    pub fn webrtc_session(&self) -> WebRtcGuard<'_> {
+        self.webrtc_active.fetch_add(1, Ordering::AcqRel);
+        WebRtcGuard(&self.webrtc_active)
+    }
+
+    /// Live WebRTC sessions.
+    pub fn webrtc_sessions(&self) -> u32 {
+        self.webrtc_active.load(Ordering::Acquire)
     }
 
     /// Records a new live session in the tables.

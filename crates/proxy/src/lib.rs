@@ -21,6 +21,7 @@ pub mod probe;
 pub mod registry;
 pub mod relay;
 pub mod shutdown;
+pub mod webrtc;
 
 use std::sync::Arc;
 
@@ -76,6 +77,22 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding http.listen {}", config.http.listen))?;
     let http_addr = listener.local_addr()?;
+    let webrtc = match config.webrtc.listen {
+        Some(listen) => {
+            let whip = tokio::net::TcpListener::bind(listen)
+                .await
+                .with_context(|| format!("binding webrtc.listen {listen}"))?;
+            let media = config.webrtc.media_listen;
+            let hub = webrtc::PeerHub::bind(media)
+                .await
+                .with_context(|| format!("binding webrtc.media_listen {media}"))?;
+            if config.webrtc.tokens.is_empty() {
+                tracing::warn!("webrtc.tokens is empty: any client may open WHIP sessions");
+            }
+            Some((whip, hub))
+        }
+        None => None,
+    };
 
     if config.backends.is_empty() {
         tracing::warn!("no backends configured: every call will be answered 503");
@@ -86,6 +103,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         http = %http_addr,
         sip_udp = %sip_addr,
         sip_tcp = ?sip_tcp,
+        whip = ?webrtc.as_ref().and_then(|(l, _)| l.local_addr().ok()),
+        webrtc_media = ?webrtc.as_ref().map(|(_, hub)| hub.local_addr()),
         media_ports = %format!("{}-{}", config.media.port_min, config.media.port_max),
         max_sessions = config.limits.max_sessions,
         backends = config.backends.len(),
@@ -105,6 +124,13 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     let mut server = tokio::spawn(http::serve(listener, router, async move {
         let _ = http_stopped.await;
     }));
+    let (stop_whip, whip_stopped) = tokio::sync::oneshot::channel::<()>();
+    let whip_server = webrtc.map(|(listener, hub)| {
+        let router = webrtc::Whip::new(gateway.clone(), hub).router();
+        tokio::spawn(http::serve(listener, router, async move {
+            let _ = whip_stopped.await;
+        }))
+    });
     tokio::spawn(dispatch::run(gateway.clone(), incoming));
     tokio::spawn(probe::run(gateway.clone()));
     tokio::spawn(cluster::run(gateway.clone()));
@@ -116,7 +142,11 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     }
     drain(&gateway, &shutdown).await;
     let _ = stop_http.send(());
+    let _ = stop_whip.send(());
     let _ = server.await;
+    if let Some(whip_server) = whip_server {
+        let _ = whip_server.await;
+    }
     Ok(())
 }
 

@@ -72,6 +72,10 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
             SETUP_BUCKETS,
         )?
         .set_buckets_for_metric(
+            Matcher::Full("voxgate_webrtc_connect_seconds".to_owned()),
+            SETUP_BUCKETS,
+        )?
+        .set_buckets_for_metric(
             Matcher::Full("voxgate_outbound_queue_wait_seconds".to_owned()),
             QUEUE_WAIT_BUCKETS,
         )?
@@ -128,6 +132,31 @@ fn describe() {
         "voxgate_session_setup_seconds",
         Unit::Seconds,
         "From the caller's INVITE to the answer sent back."
+    );
+    describe_gauge!(
+        "voxgate_webrtc_peers",
+        Unit::Count,
+        "WebRTC peers on the shared media socket (connecting or connected)."
+    );
+    describe_histogram!(
+        "voxgate_webrtc_connect_seconds",
+        Unit::Seconds,
+        "From a WHIP POST to ICE and DTLS done (SRTP keyed)."
+    );
+    describe_counter!(
+        "voxgate_webrtc_closed_total",
+        Unit::Count,
+        "WebRTC peers that closed, by reason (dtls_close, consent_expired, setup_timeout, local...)."
+    );
+    describe_counter!(
+        "voxgate_webrtc_unrouted_total",
+        Unit::Count,
+        "Datagrams on the WebRTC media socket that belong to no peer."
+    );
+    describe_counter!(
+        "voxgate_webrtc_transcoded_frames_total",
+        Unit::Count,
+        "20 ms frames transcoded between Opus and G.711, by direction."
     );
     describe_gauge!(
         "voxgate_outbound_queue_pending",
@@ -322,6 +351,44 @@ pub fn session_ended(cause: &'static str) {
 /// Time from the caller's INVITE to the answer.
 pub fn setup_time(elapsed: Duration) {
     histogram!("voxgate_session_setup_seconds").record(elapsed.as_secs_f64());
+}
+
+/// Which way a transcoded frame went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TranscodeDirection {
+    /// Opus from the client to G.711 for the Backend.
+    ToBackend,
+    /// G.711 from the Backend to Opus for the client.
+    ToClient,
+}
+
+/// Sets `voxgate_webrtc_peers`.
+pub fn webrtc_peers(peers: usize) {
+    gauge!("voxgate_webrtc_peers").set(peers as f64);
+}
+
+/// A WebRTC peer connected, `elapsed` after its WHIP POST.
+pub fn webrtc_connect_time(elapsed: Duration) {
+    histogram!("voxgate_webrtc_connect_seconds").record(elapsed.as_secs_f64());
+}
+
+/// A WebRTC peer closed; `reason` from `ClosedReason::as_str`.
+pub fn webrtc_closed(reason: &'static str) {
+    counter!("voxgate_webrtc_closed_total", "reason" => reason).increment(1);
+}
+
+/// A datagram on the WebRTC socket matched no peer.
+pub fn webrtc_unrouted() {
+    counter!("voxgate_webrtc_unrouted_total").increment(1);
+}
+
+/// One frame transcoded.
+pub fn webrtc_transcoded(direction: TranscodeDirection) {
+    let direction = match direction {
+        TranscodeDirection::ToBackend => "to_backend",
+        TranscodeDirection::ToClient => "to_client",
+    };
+    counter!("voxgate_webrtc_transcoded_frames_total", "direction" => direction).increment(1);
 }
 
 /// Sets `voxgate_outbound_queue_pending` and `voxgate_outbound_calls_processing`.

@@ -422,6 +422,16 @@ impl RelaySockets {
     }
 }
 
+/// A non-blocking RTP/RTCP socket pair on a leased port pair, for a media path outside the
+/// relay workers (a WebRTC session's Backend side).
+pub(crate) fn bind_pair(
+    pool: &PortPool,
+    ip: IpAddr,
+) -> Result<(std::net::UdpSocket, std::net::UdpSocket, PortLease), RelayError> {
+    let sockets = SideSockets::bind(pool, ip)?;
+    Ok((sockets.rtp, sockets.rtcp, sockets.lease))
+}
+
 impl SideSockets {
     fn bind(pool: &PortPool, ip: IpAddr) -> Result<Self, RelayError> {
         let mut skipped = Vec::new();

@@ -3,7 +3,9 @@
 //! [`WebRtcPeer::new`] answers the client's offer the way a media server does: `a=ice-lite`,
 //! one host candidate (the shared socket), `a=setup:passive` (the client starts DTLS), Opus with
 //! the offer's payload type, `telephone-event/48000` when offered, `a=sendrecv`, `a=rtcp-mux`.
-//! Any other `m=` section is rejected with port 0. Then the proxy drives it like every voxgate
+//! Any other `m=` section is rejected with port 0 (`rtc` rejects video by itself, having no
+//! video codec; it would accept a data channel, so `m=application` is set to port 0 in the offer
+//! it is handed). Then the proxy drives it like every voxgate
 //! core: [`handle_receive`](WebRtcPeer::handle_receive) and
 //! [`handle_timeout`](WebRtcPeer::handle_timeout) take `now`; after each call drain
 //! [`poll_transmit`](WebRtcPeer::poll_transmit) and [`poll_event`](WebRtcPeer::poll_event),
@@ -23,6 +25,11 @@
 //!
 //! A DTLS `close_notify` from the client closes the peer with [`ClosedReason::DtlsClose`];
 //! `rtc` reports it only in the DTLS transport state, which this type checks after each datagram.
+//!
+//! Costs: a connected peer holds about 72 KB of heap (`examples/peer_memory.rs`), and `rtc`'s ICE
+//! agent asks for a timer wakeup every 200 ms (its check interval is a floor, even for a lite
+//! agent). A binding request replayed verbatim by someone on the path passes the integrity
+//! check and refreshes consent; RFC 7675 has the same limit.
 //!
 //! No RTCP interceptors are registered (no sender/receiver reports, no NACK): audio-only
 //! passthrough does not need them and each costs memory per peer.
@@ -299,7 +306,7 @@ impl WebRtcPeer {
             .build(now)
             .map_err(|err| PeerError::Internal(err.to_string()))?;
 
-        let offer_desc = RTCSessionDescription::offer(offer_sdp.to_owned())
+        let offer_desc = RTCSessionDescription::offer(without_data_channels(offer_sdp))
             .map_err(|err| PeerError::Negotiation(err.to_string()))?;
         pc.set_remote_description(now, offer_desc)
             .map_err(|err| PeerError::Negotiation(err.to_string()))?;
@@ -654,6 +661,50 @@ impl fmt::Debug for WebRtcPeer {
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
+}
+
+/// The offer with every `m=application` section set to port 0 and dropped from the BUNDLE
+/// group, so that `rtc` (which would accept a data channel) answers it with port 0 too.
+fn without_data_channels(offer: &str) -> String {
+    let mut out = String::with_capacity(offer.len());
+    let mut rejected_mids = Vec::new();
+    let mut in_application = false;
+    for line in offer.split_inclusive('\n') {
+        if let Some(rest) = line.strip_prefix("m=") {
+            in_application = rest.starts_with("application ");
+            if in_application
+                && let Some((_, after_port)) = rest["application ".len()..].split_once(' ')
+            {
+                out.push_str("m=application 0 ");
+                out.push_str(after_port);
+                continue;
+            }
+        } else if in_application && let Some(mid) = line.strip_prefix("a=mid:") {
+            rejected_mids.push(mid.trim_end().to_owned());
+        }
+        out.push_str(line);
+    }
+    if rejected_mids.is_empty() {
+        return out;
+    }
+    let mut result = String::with_capacity(out.len());
+    for line in out.split_inclusive('\n') {
+        match line.strip_prefix("a=group:BUNDLE") {
+            Some(mids) => {
+                let ending = &line[line.trim_end().len()..];
+                result.push_str("a=group:BUNDLE");
+                for mid in mids.split_whitespace() {
+                    if !rejected_mids.iter().any(|r| r == mid) {
+                        result.push(' ');
+                        result.push_str(mid);
+                    }
+                }
+                result.push_str(ending);
+            }
+            None => result.push_str(line),
+        }
+    }
+    result
 }
 
 fn opus_codec() -> RTCRtpCodec {

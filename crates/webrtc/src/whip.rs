@@ -9,10 +9,10 @@
 //!
 //! Decisions:
 //!
-//! - Media: the offer needs an `m=audio` section (port not 0) offering `opus/48000/2`. Video,
-//!   a second audio section and other `m=` sections are accepted and rejected in the answer
-//!   with port 0 (RFC 3264 6), so a browser that offers camera and microphone still gets its
-//!   audio through; [`WhipOffer::rejected_sections`] says how many.
+//! - Media: the offer needs an `m=audio` section (port not 0) offering `opus/48000/2`. Video and
+//!   data channel (`m=application`) sections are accepted and rejected in the answer with port 0
+//!   (RFC 3264 6), so a browser that offers camera and microphone still gets its audio through.
+//!   A second audio section is not something WHIP clients send; `rtc` answers it as it sees fit.
 //! - PATCH (RFC 9725 4.3): Trickle ICE is supported and is a no-op: an ICE-lite agent learns
 //!   every usable client address from the client's own connectivity checks (peer-reflexive
 //!   candidates), so trickled candidates add nothing. It answers `204 No Content`. ICE restart
@@ -153,7 +153,7 @@ impl WhipOffer {
         self.telephone_event_payload_type
     }
 
-    /// How many `m=` sections the answer rejects (port 0): everything but the first audio one.
+    /// How many `m=` sections there are besides the audio one used (video, data channels).
     pub fn rejected_sections(&self) -> usize {
         self.rejected_sections
     }
@@ -394,6 +394,7 @@ fn hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
     use rand::SeedableRng;
     use rand::rngs::StdRng;
 
@@ -587,5 +588,25 @@ a=rtpmap:96 VP8/90000\r\n";
         )
         .unwrap_err();
         assert_eq!(err.http_status(), 400);
+    }
+
+    proptest! {
+        #[test]
+        fn classify_never_panics_on_bytes(body in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = classify_post(Some(SDP_CONTENT_TYPE), &body);
+            let etag = ETag::random(&mut StdRng::seed_from_u64(1));
+            let _ = classify_patch(Some(TRICKLE_ICE_CONTENT_TYPE), Some("*"), &etag, "abcd", &body);
+        }
+
+        #[test]
+        fn classify_never_panics_on_damaged_offers(
+            cut in 0..BROWSER_OFFER.len(),
+            junk in "[a-z=:/ 0-9\r\n]{0,40}",
+        ) {
+            let mut offer = BROWSER_OFFER.as_bytes()[..cut].to_vec();
+            offer.extend_from_slice(junk.as_bytes());
+            offer.extend_from_slice(&BROWSER_OFFER.as_bytes()[cut..]);
+            let _ = classify_post(Some(SDP_CONTENT_TYPE), &offer);
+        }
     }
 }

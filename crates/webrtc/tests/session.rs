@@ -153,6 +153,34 @@ fn silent_client_loses_consent_after_the_consent_timeout() {
 }
 
 #[test]
+fn forged_binding_requests_neither_refresh_consent_nor_claim_an_address() {
+    let mut h = Harness::new();
+    let i = h.add_pair("127.0.0.2:40000");
+    h.connect_all();
+    let (from, mut forged) = h
+        .binding_requests
+        .last()
+        .cloned()
+        .expect("a check was sent");
+    assert_eq!(h.demux.route(from, &forged), Some(i), "routed by ufrag");
+    // Corrupt MESSAGE-INTEGRITY (the 20-byte HMAC before the 8-byte FINGERPRINT).
+    let at = forged.len() - 8 - 10;
+    forged[at] ^= 0xFF;
+
+    h.clients[i].silent = true;
+    let silent_from = h.now;
+    let intruder = addr("127.0.0.9:1");
+    for _ in 0..8 {
+        h.deliver_to_server(from, &forged);
+        h.deliver_to_server(intruder, &forged);
+        h.run_until(Duration::from_secs(5), |h| h.closed_at[0].is_some());
+    }
+    assert_eq!(h.closed_reason(i), Some(ClosedReason::ConsentExpired));
+    assert!(h.closed_at[i].expect("closed") - silent_from <= Duration::from_secs(30));
+    assert!(!h.events[i].contains(&PeerEvent::RemoteAddress(intruder)));
+}
+
+#[test]
 fn consent_timeout_is_configurable() {
     let mut h = Harness::new();
     h.config.consent_timeout = Duration::from_secs(8);
@@ -301,4 +329,54 @@ fn video_in_the_offer_is_rejected_with_port_zero() {
     let answer = peer.answer_sdp();
     assert!(answer.contains("m=audio 9 "), "{answer}");
     assert!(answer.contains("m=video 0 "), "{answer}");
+}
+
+#[test]
+fn data_channel_in_the_offer_is_rejected_and_audio_still_connects() {
+    let mut h = Harness::new();
+    let i = h.add_pair_with("127.0.0.2:40000", |client| {
+        client
+            .pc
+            .create_data_channel("chat", None)
+            .expect("data channel");
+    });
+    let answer = h.peer(i).answer_sdp().to_owned();
+    assert!(answer.contains("m=application 0 "), "{answer}");
+    assert!(answer.contains("a=group:BUNDLE 0\r\n"), "{answer}");
+    h.connect_all();
+    let now = h.now;
+    h.clients[i].send_opus(now, 1, 960, b"still audio");
+    h.flush();
+    assert_eq!(h.audio(i).len(), 1);
+}
+
+#[test]
+fn random_datagrams_from_the_client_address_do_not_break_the_session() {
+    use rand::{Rng, RngCore};
+    let mut h = Harness::new();
+    let i = h.add_pair("127.0.0.2:40000");
+    h.connect_all();
+    let client = addr("127.0.0.2:40000");
+    let mut rng = StdRng::seed_from_u64(99);
+    for n in 0..3000 {
+        let len = rng.random_range(0..300);
+        let mut datagram = vec![0u8; len];
+        rng.fill_bytes(&mut datagram);
+        // Steer the first byte through each RFC 7983 range: STUN, DTLS, RTP/RTCP.
+        if let Some(first) = datagram.first_mut() {
+            *first = [0, 1, 20, 22, 23, 128, 144, 200][n % 8];
+        }
+        let now = h.now;
+        h.peer(i).handle_receive(now, client, &datagram);
+    }
+    h.flush();
+    assert!(h.peer(i).is_connected(), "{:?}", h.closed_reason(i));
+    let now = h.now;
+    h.clients[i].send_opus(now, 9, 9600, b"after the noise");
+    h.flush();
+    assert!(
+        h.audio(i)
+            .iter()
+            .any(|(_, _, _, p)| &p[..] == b"after the noise")
+    );
 }

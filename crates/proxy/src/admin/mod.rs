@@ -169,7 +169,7 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Equal without revealing where they differ (the admin key is compared on every request).
-fn same_key(a: &str, b: &str) -> bool {
+pub(crate) fn same_key(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -235,6 +235,8 @@ pub struct Harness {
     pub config: PeerConfig,
     /// Datagrams the demux could not route.
     pub unrouted: usize,
+    /// Every STUN binding request a client sent toward the server.
+    pub binding_requests: Vec<(SocketAddr, Vec<u8>)>,
 }
 
 impl Harness {
@@ -250,13 +252,20 @@ impl Harness {
             rng: StdRng::seed_from_u64(42),
             config: PeerConfig::default(),
             unrouted: 0,
+            binding_requests: Vec::new(),
         }
     }
 
     /// Adds a client at `client_addr` and its server peer; returns their common index.
     pub fn add_pair(&mut self, client_addr: &str) -> usize {
+        self.add_pair_with(client_addr, |_| {})
+    }
+
+    /// As [`Harness::add_pair`], with `setup` run on the client before it makes its offer.
+    pub fn add_pair_with(&mut self, client_addr: &str, setup: impl FnOnce(&mut Client)) -> usize {
         let index = self.clients.len();
         let mut client = Client::new(addr(client_addr), 0x1000 + index as u32, self.now);
+        setup(&mut client);
         let offer = client.offer(self.now);
         if std::env::var_os("SHOW_SDP").is_some() {
             println!("{offer}");
@@ -296,6 +305,9 @@ impl Harness {
                     }
                     round += 1;
                     let from = self.clients[c].addr;
+                    if voxgate_webrtc::demux::is_stun(&out.message) && out.message[..2] == [0, 1] {
+                        self.binding_requests.push((from, out.message.to_vec()));
+                    }
                     self.deliver_to_server(from, &out.message);
                 }
                 self.clients[c].drain_events();
@@ -334,7 +346,8 @@ impl Harness {
         }
     }
 
-    fn deliver_to_server(&mut self, from: SocketAddr, datagram: &[u8]) {
+    /// Routes one datagram through the demux into its peer, as the proxy's socket loop would.
+    pub fn deliver_to_server(&mut self, from: SocketAddr, datagram: &[u8]) {
         let Some(key) = self.demux.route(from, datagram) else {
             self.unrouted += 1;
             return;

@@ -1,0 +1,11 @@
+//! WebRTC clients: the public WHIP listener ([`whip`]), the one UDP socket every WebRTC peer's
+//! media shares ([`hub`]), and the session that bridges a peer to a Backend as a SIP call
+//! ([`session`]). The protocol work (WHIP resource model, ICE-lite, DTLS-SRTP, demultiplexing)
+//! is `voxgate-webrtc`'s and the transcoding `voxgate-media`'s; this module does their I/O.
+
+pub mod hub;
+pub mod session;
+pub mod whip;
+
+pub use hub::PeerHub;
+pub use whip::Whip;
