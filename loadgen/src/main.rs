@@ -546,6 +546,13 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
 }
 
 fn init_tracing(filter: &str, json: bool) {
+    // rtc logs every ICE and peer connection state change at info: per session, too many lines
+    // for a load test. An explicit rtc directive in --log still wins.
+    let filter = if filter.contains("rtc") {
+        filter.to_owned()
+    } else {
+        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_srtp=warn,rtc_sctp=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

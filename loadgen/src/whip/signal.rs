@@ -8,12 +8,17 @@
 //! find again in the decoded echo, so the round trip is: arrival of the echoed frame holding the
 //! onset - sending of the frame that starts the cycle + the onset's position within the echoed
 //! frame. It includes the codec delays of every encoder on the path (Opus look-ahead), i.e. it is
-//! the audio round trip a person would hear, less the 20 ms of packetization.
+//! the audio round trip a person would hear, less the 20 ms of packetization. An onset is
+//! matched to the last cycle start sent, so a round trip longer than a cycle (1 s) would be
+//! misread; the resolution is one sample at 8 kHz, plus the onset's rise through the codecs.
 //!
 //! Sending costs no encoding: one cycle is encoded at start-up (after a first cycle, so the
 //! encoder is warm and the loop joins in the silence) and every session sends those packets.
 //! Receiving decodes every echoed packet at 8 kHz, which is cheap (the echo of a G.711 path is
-//! narrow band anyway) and keeps the decoder's state continuous.
+//! narrow band anyway) and keeps the decoder's state continuous: about 0.9 ms of CPU per
+//! session-second in a debug build (`decode_cost`, ignored test), so 200 sessions cost under a
+//! fifth of a core even unoptimized. The tone check runs Goertzel over one 80 ms window per
+//! cycle, a few thousand multiplications a second per session.
 
 use std::time::Duration;
 
