@@ -699,7 +699,7 @@ fn answer_media(response: &rsip::Response) -> Option<(SocketAddr, G711)> {
 
 /// The local address the kernel would use to reach `target` from `bind`, so Via, Contact and SDP
 /// carry a routable address even when bound to 0.0.0.0.
-async fn local_ip_towards(bind: SocketAddr, target: SocketAddr) -> anyhow::Result<IpAddr> {
+pub async fn local_ip_towards(bind: SocketAddr, target: SocketAddr) -> anyhow::Result<IpAddr> {
     if !bind.ip().is_unspecified() {
         return Ok(bind.ip());
     }

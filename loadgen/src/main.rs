@@ -1,5 +1,5 @@
-//! `voxgate-loadgen`: places real SIP calls with RTP and runs an echo Backend, for soak tests and
-//! benchmarks of voxgate or any SIP server.
+//! `voxgate-loadgen`: places real SIP calls with RTP, runs an echo Backend and WHIP (WebRTC)
+//! sessions, for soak tests and benchmarks of voxgate or any SIP server.
 
 mod backend;
 mod batch;
@@ -12,6 +12,7 @@ mod report;
 mod scrape;
 mod soak;
 mod soak_report;
+mod whip;
 
 use std::io::IsTerminal as _;
 use std::net::{IpAddr, SocketAddr};
@@ -36,7 +37,8 @@ const EXIT_LIMIT_EXCEEDED: u8 = 2;
 ///
 /// `call` places calls against any SIP server and measures setup time, media round trip, loss and
 /// jitter; `backend` answers calls and echoes their media; `soak` runs churning calls against a
-/// voxgate Proxy for a long time and judges it from its metrics.
+/// voxgate Proxy for a long time and judges it from its metrics; `whip` runs WebRTC sessions
+/// against a WHIP endpoint and checks that their audio comes back.
 #[derive(Debug, Parser)]
 #[command(version, about, long_about = None)]
 struct Cli {
@@ -90,6 +92,16 @@ enum Command {
     /// Exit 1 on errors (bad arguments, /metrics unreadable at the start).
     #[command(verbatim_doc_comment)]
     Soak(SoakArgs),
+    /// Run WebRTC sessions against a WHIP endpoint and check that their audio comes back.
+    ///
+    /// Each session: POST an Opus offer (one host candidate, non-trickle), apply the 201's
+    /// answer, complete ICE and DTLS, send a tone as 20 ms Opus frames for --hold while decoding
+    /// the audio that comes back (the gateway bridges to an echo Backend), then DELETE the
+    /// Location. The tone pauses for 100 ms every second; the end of each pause, found again in
+    /// the decoded echo, gives the audio round trip. A session fails on a setup failure, no
+    /// audio back, the tone not found in the echo, or a DELETE not answered 200/204; the exit
+    /// code is 2 when any session failed, 1 on errors.
+    Whip(WhipArgs),
 }
 
 /// How the caller speaks SIP and G.711: shared by `call` and `soak`.
@@ -224,6 +236,49 @@ struct SoakArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct WhipArgs {
+    /// The WHIP endpoint (http://HOST:PORT/PATH; plain http only).
+    #[arg(long)]
+    target: String,
+    /// Most sessions up at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    concurrency: u64,
+    /// Sessions to run in all (default: --concurrency).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    total: Option<u64>,
+    /// Sessions started per second.
+    #[arg(long, default_value_t = 20.0, value_parser = positive_f64)]
+    rate: f64,
+    /// How long each connected session sends its tone (e.g. 30s, 500ms).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    hold: Duration,
+    /// Bearer token sent in Authorization.
+    #[arg(long, env = "VOXGATE_WHIP_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Frequency of the tone, Hz (100-3000: it must survive G.711's band).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(100..=3000))]
+    tone: u32,
+    /// Local address of the media sockets; 0.0.0.0 uses the one routing to the target.
+    #[arg(long, default_value = "0.0.0.0")]
+    bind: IpAddr,
+    /// A session not connected (ICE and DTLS) this long after its POST fails.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    setup_timeout: Duration,
+    /// Offer Opus only, without telephone-event/48000.
+    #[arg(long)]
+    no_telephone_event: bool,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Seed for SSRCs and first sequence numbers; the default is random.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// No progress line; the summary is still printed.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
 struct BackendArgs {
     /// SIP listen address (UDP).
     #[arg(long, default_value = "127.0.0.1:5080")]
@@ -309,6 +364,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Call(args) => call(args).await,
         Command::Soak(args) => soak(args).await,
+        Command::Whip(args) => whip(args).await,
         Command::Backend(args) => {
             backend::run(backend::BackendPlan {
                 listen: args.listen,
@@ -347,6 +403,35 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         media_timeout: None,
     };
     let report = caller::run(plan).await?;
+    println!("{report}");
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    Ok(if report.verdict.passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_LIMIT_EXCEEDED)
+    })
+}
+
+async fn whip(args: WhipArgs) -> anyhow::Result<ExitCode> {
+    let plan = whip::WhipPlan {
+        target: args.target,
+        token: args.token,
+        bind: args.bind,
+        concurrency: args.concurrency,
+        total: args.total.unwrap_or(args.concurrency),
+        rate: args.rate,
+        hold: args.hold,
+        tone_hz: f64::from(args.tone),
+        telephone_event: !args.no_telephone_event,
+        setup_timeout: args.setup_timeout,
+        seed: args.seed.unwrap_or_else(random_seed),
+        quiet: args.quiet,
+    };
+    let report = whip::run(plan).await?;
     println!("{report}");
     if let Some(path) = &args.report {
         let json = serde_json::to_string_pretty(&report)?;
@@ -461,6 +546,13 @@ fn enlarge_buffers(socket: &std::net::UdpSocket) {
 }
 
 fn init_tracing(filter: &str, json: bool) {
+    // rtc logs every ICE and peer connection state change at info: per session, too many lines
+    // for a load test. An explicit rtc directive in --log still wins.
+    let filter = if filter.contains("rtc") {
+        filter.to_owned()
+    } else {
+        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_srtp=warn,rtc_sctp=warn")
+    };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
