@@ -551,7 +551,7 @@ fn init_tracing(filter: &str, json: bool) {
     let filter = if filter.contains("rtc") {
         filter.to_owned()
     } else {
-        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=warn,rtc_srtp=warn,rtc_sctp=warn")
+        format!("{filter},rtc=warn,rtc_ice=warn,rtc_dtls=error,rtc_srtp=warn,rtc_sctp=warn")
     };
     let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

@@ -426,6 +426,13 @@ impl Session {
         let mut rtcp_buf = vec![0u8; MAX_RTP];
         loop {
             tokio::select! {
+                // A DELETE wins over the peer's close that usually follows it at once.
+                biased;
+                _ = &mut self.delete => {
+                    self.bye(backend);
+                    self.hub.close(self.key);
+                    break EndCause::Deleted;
+                }
                 event = self.events.recv() => match event {
                     Some(PeerEvent::Connected) => self.on_connected(),
                     Some(PeerEvent::Audio { payload_type, seq, timestamp, marker, payload, .. }) => {
@@ -486,11 +493,6 @@ impl Session {
                         break EndCause::BackendBye;
                     }
                 },
-                _ = &mut self.delete => {
-                    self.bye(backend);
-                    self.hub.close(self.key);
-                    break EndCause::Deleted;
-                }
                 () = tokio::time::sleep_until(last_backend_rtp + timeout) => {
                     tracing::info!(session = %self.id, "no media from the backend: ending the WebRTC session");
                     self.bye(backend);
