@@ -13,7 +13,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::uac::{Uac, Uas, header_of, sdp_of};
-use common::{Proxy, backend_toml, http_raw, json_request, start_backend, wait_until};
+use common::{
+    Proxy, backend_toml, field, http_raw, json_request, run_loadgen, start_backend, wait_until,
+};
 use serde_json::{Value, json};
 use voxgate_sip::sdp::{Codec, CodecKind};
 
@@ -326,6 +328,44 @@ fn aiortc_audio_round_trip_with_opus_passthrough_and_with_g711_transcoding() {
             proxy.counter("voxgate_sessions_ended_total{cause=\"whip_delete\"}"),
             1.0
         );
+    }
+}
+
+#[test]
+fn loadgen_whip_sessions_carry_the_tone_both_ways_passed_through_and_transcoded() {
+    for (name, codecs, transcoded) in [
+        ("whip-lg-passthrough", "opus,telephone-event", false),
+        ("whip-lg-transcode", "pcma,telephone-event", true),
+    ] {
+        let (_backend, backend_addr) =
+            start_backend(&format!("{name}-backend"), &["--codecs", codecs]);
+        let proxy = Proxy::start(name, &backend_toml("b1", backend_addr, 10, None));
+        let target = format!("http://{}/whip", proxy.whip);
+        let (output, report) = run_loadgen(
+            "whip",
+            &[
+                "--target",
+                &target,
+                "--concurrency",
+                "3",
+                "--hold",
+                "3s",
+                "--bind",
+                "127.0.0.1",
+            ],
+        );
+        assert!(output.status.success(), "{name}: {report:#}");
+        assert_eq!(field(&report, &["sessions", "completed"]), 3, "{report:#}");
+        assert_eq!(field(&report, &["tone", "passed"]), 3, "{report:#}");
+        assert_eq!(field(&report, &["rtp", "lost"]), 0, "{report:#}");
+        let frames =
+            proxy.counter("voxgate_webrtc_transcoded_frames_total{direction=\"to_backend\"}");
+        assert_eq!(
+            frames > 0.0,
+            transcoded,
+            "{name}: {frames} frames transcoded"
+        );
+        proxy.assert_idle(Duration::from_secs(5));
     }
 }
 

@@ -166,19 +166,25 @@ pub fn wait_for_sip(addr: SocketAddr, timeout: Duration) {
 /// Runs `voxgate-loadgen call` with `args` plus a JSON report; returns the process output and
 /// the parsed report.
 pub fn run_calls(args: &[&str]) -> (Output, serde_json::Value) {
+    run_loadgen("call", args)
+}
+
+/// Runs `voxgate-loadgen SUBCOMMAND --quiet --report FILE args...` and returns its output and
+/// the parsed JSON report (panics with the output when there is none).
+pub fn run_loadgen(subcommand: &str, args: &[&str]) -> (Output, serde_json::Value) {
     let report = scratch_dir().join(format!(
         "report-{}-{}.json",
         std::process::id(),
         free_udp_port()
     ));
     let report_arg = report.to_string_lossy().into_owned();
-    let mut all: Vec<&str> = vec!["call", "--quiet", "--report", &report_arg];
+    let mut all: Vec<&str> = vec![subcommand, "--quiet", "--report", &report_arg];
     all.extend_from_slice(args);
     let output = Command::new(binary("voxgate-loadgen"))
         .args(&all)
         .stdin(Stdio::null())
         .output()
-        .expect("run loadgen call");
+        .expect("run voxgate-loadgen");
     let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
         panic!(
             "no report ({e}); stdout:\n{}\nstderr:\n{}",
