@@ -216,17 +216,39 @@ fn whip_sessions_share_the_node_cap_with_sip_calls() {
 }
 
 #[test]
-fn a_backend_bye_ends_the_webrtc_session() {
+fn the_backend_is_called_once_the_client_connects_and_its_bye_ends_the_session() {
     let mut backend = Uas::new("127.0.0.6");
     let config = backend_toml("b1", backend.uac.local, 10, None);
     let proxy = Proxy::start("whip-backend-bye", &config);
     backend.uac.proxy = proxy.sip;
 
+    // A client that never connects costs a slot but no Backend call.
     let (status, head, _) = post_offer(&proxy, OFFER);
     assert_eq!(status, 201);
-    let location = head_value(&head, "location").unwrap().to_owned();
+    let idle = head_value(&head, "location").unwrap().to_owned();
+    assert!(
+        backend
+            .uac
+            .recv_request(rsip::Method::Invite, Duration::from_millis(500))
+            .is_none(),
+        "the Backend was called before the client connected"
+    );
+    assert_eq!(whip(&proxy, "DELETE", &idle, &[], "").0, 200);
+
+    // A real client (the loadgen's) connects; then the Backend gets an ordinary SIP call.
+    let mut client = Command::new(common::binary("voxgate-loadgen"))
+        .args([
+            "whip",
+            "--quiet",
+            "--target",
+            &format!("http://{}/whip", proxy.whip),
+        ])
+        .args(["--concurrency", "1", "--hold", "10s", "--bind", "127.0.0.1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
     let invite = backend.invite();
-    // An ordinary SIP call: Opus first, G.711 to fall back on, events at both rates.
     let offer = sdp_of(&invite.body);
     let kinds: Vec<&CodecKind> = offer.codecs.iter().map(|c| &c.kind).collect();
     assert_eq!(
@@ -239,19 +261,18 @@ fn a_backend_bye_ends_the_webrtc_session() {
             .iter()
             .any(|c| c.kind == CodecKind::TelephoneEvent && c.clock_rate == 48_000)
     );
-    assert_eq!(
-        header_of(&invite, "X-Voxgate-Whip").as_deref(),
-        location.strip_prefix("/whip/")
-    );
+    assert!(header_of(&invite, "X-Voxgate-Whip").is_some_and(|id| id.len() == 32));
     let mut dialog = backend.answer(&invite, vec![Codec::opus(111)]);
+    assert_eq!(proxy.metric("voxgate_sessions_active"), 1.0);
     backend.bye(&mut dialog);
     proxy.assert_idle(Duration::from_secs(5));
     assert_eq!(
         proxy.counter("voxgate_sessions_ended_total{cause=\"backend_bye\"}"),
         1.0
     );
-    // The resource is gone with the session.
-    assert_eq!(whip(&proxy, "DELETE", &location, &[], "").0, 404);
+    // The client saw its session end early: it fails (no audio came back), and exits.
+    let status = client.wait().unwrap();
+    assert!(!status.success());
 }
 
 /// `tests/interop/whip_aiortc.py` run by Debian's python with python3-aiortc; `None` (after

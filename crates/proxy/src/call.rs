@@ -18,7 +18,7 @@ use voxgate_core::{NodeId, RegionId, SessionId};
 use voxgate_endpoint::DialogEvents;
 use voxgate_sip::dialog::{self, Dialog, uri_user};
 use voxgate_sip::message::{new_tag, response_for};
-use voxgate_sip::sdp::{AudioSdp, Codec, Direction};
+use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind, Direction};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::gateway::{Gateway, SessionInfo, USER_AGENT};
@@ -167,6 +167,8 @@ struct Call {
     started: Instant,
     /// An originated call's link to its `POST /v1/calls` record.
     progress: Option<Progress>,
+    /// The first Backend is the only one to try (an operator chose it).
+    pinned: bool,
 }
 
 /// Runs one call from its INVITE to its end. `slot` is this call's share of the node cap.
@@ -259,6 +261,7 @@ pub async fn run(
         sdp_versions: [1, 1],
         started,
         progress: None,
+        pinned: false,
     };
     let (Ok(cause) | Err(cause)) = call.run(destination, None).await;
     call.ended(cause);
@@ -340,7 +343,7 @@ pub async fn originate(
         Err(outcome) => {
             let code = match outcome {
                 Dialed::Refused(code) => Some(code),
-                Dialed::NoAnswer | Dialed::Shutdown => {
+                Dialed::Silent | Dialed::NoAnswer | Dialed::Shutdown => {
                     // Cancel the INVITE (once it is provisional) and clean up an answer that
                     // crosses the CANCEL.
                     if attempt.provisional {
@@ -376,7 +379,10 @@ pub async fn originate(
         request_uri: format!("sip:{}@{host}", request.to),
         max_forwards: None,
     };
-    let Some(answer) = parse_sdp(&response.body).filter(|sdp| sdp.port != 0) else {
+    let answer = parse_sdp(&response.body)
+        .filter(|sdp| sdp.port != 0)
+        .and_then(first_codec_only);
+    let Some(answer) = answer else {
         let mut call_rng = rng;
         let mut caller = caller;
         let bye = caller.dialog.bye(&mut call_rng);
@@ -398,6 +404,7 @@ pub async fn originate(
         sdp_versions: [1, 1],
         started,
         progress: Some(progress),
+        pinned: request.backend.is_some(),
     };
     let region = request.region.clone();
     let result = call.run(Destination::Backend { region }, Some(lease)).await;
@@ -415,11 +422,31 @@ pub async fn originate(
     drop(slot);
 }
 
+/// `sdp` with only its first audio codec (and the telephone-event at that codec's clock), so that
+/// the Backend, offered it, cannot pick a codec the other side will not send; `None` if it has no
+/// audio codec.
+fn first_codec_only(mut sdp: AudioSdp) -> Option<AudioSdp> {
+    let audio = sdp
+        .codecs
+        .iter()
+        .find(|c| c.kind != CodecKind::TelephoneEvent)?
+        .clone();
+    let event = sdp
+        .codecs
+        .iter()
+        .find(|c| c.kind == CodecKind::TelephoneEvent && c.clock_rate == audio.clock_rate)
+        .cloned();
+    sdp.codecs = std::iter::once(audio).chain(event).collect();
+    Some(sdp)
+}
+
 /// Why dialling the trunk did not give an answered call.
 #[derive(Debug, Clone, Copy)]
 enum Dialed {
-    /// A final non-2xx (408 when the trunk never responded).
+    /// A final non-2xx, or 408 from the transaction layer.
     Refused(u16),
+    /// Not even a 100 Trying within `routing.invite_timeout`; a late answer is cleaned up.
+    Silent,
     /// Still ringing at `outbound.ring_timeout`.
     NoAnswer,
     /// The node is going away.
@@ -431,7 +458,7 @@ impl Dialed {
         match self {
             Dialed::Refused(486 | 600) => Outcome::Busy,
             Dialed::Refused(408 | 480 | 487) | Dialed::NoAnswer => Outcome::NoAnswer,
-            Dialed::Refused(_) => Outcome::Failed,
+            Dialed::Refused(_) | Dialed::Silent => Outcome::Failed,
             Dialed::Shutdown => Outcome::Shutdown,
         }
     }
@@ -459,7 +486,7 @@ async fn dial(gateway: &Gateway, attempt: &mut Attempt) -> Result<rsip::Response
                 Some(_) => {}
             },
             () = tokio::time::sleep_until(silent_deadline), if !attempt.provisional => {
-                return Err(Dialed::Refused(408));
+                return Err(Dialed::Silent);
             }
             () = tokio::time::sleep_until(ring_deadline) => return Err(Dialed::NoAnswer),
             () = gateway.hang_up_requested() => return Err(Dialed::Shutdown),
@@ -497,7 +524,12 @@ impl Call {
     ) -> Result<(BackendLeg, AudioSdp), EndCause> {
         let gateway = self.gateway.clone();
         let mut tried: Vec<NodeId> = Vec::new();
-        let attempts = gateway.config.routing.max_attempts.max(1);
+        // An operator's chosen Backend is that Backend or none.
+        let attempts = if self.pinned {
+            1
+        } else {
+            gateway.config.routing.max_attempts.max(1)
+        };
         for round in 0..attempts {
             let (address, lease, backend) = match &destination {
                 Destination::Backend { region } => {
@@ -643,6 +675,14 @@ impl Call {
                             gateway.endpoint.request(attempt.address, dialog::cancel(&attempt.invite));
                         }
                         return AttemptResult::Cancelled;
+                    }
+                    Some(Event::Response { response, .. })
+                        if dialog::is_invite_response(&response) && response.status_code.code() / 100 == 2 =>
+                    {
+                        // An originated leg's 2xx again while the Backend rings: our ACK was lost.
+                        if let Some(ack) = self.caller.ack.clone() {
+                            gateway.endpoint.stateless(self.caller_hop(), ack);
+                        }
                     }
                     Some(Event::Request { key, request, .. }) => {
                         if request.method == rsip::Method::Cancel {

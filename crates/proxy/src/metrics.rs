@@ -382,13 +382,16 @@ pub fn webrtc_unrouted() {
     counter!("voxgate_webrtc_unrouted_total").increment(1);
 }
 
-/// One frame transcoded.
-pub fn webrtc_transcoded(direction: TranscodeDirection) {
+/// `frames` frames transcoded in `direction`.
+pub fn webrtc_transcoded(direction: TranscodeDirection, frames: u64) {
+    if frames == 0 {
+        return;
+    }
     let direction = match direction {
         TranscodeDirection::ToBackend => "to_backend",
         TranscodeDirection::ToClient => "to_client",
     };
-    counter!("voxgate_webrtc_transcoded_frames_total", "direction" => direction).increment(1);
+    counter!("voxgate_webrtc_transcoded_frames_total", "direction" => direction).increment(frames);
 }
 
 /// Sets `voxgate_outbound_queue_pending` and `voxgate_outbound_calls_processing`.

@@ -24,6 +24,9 @@ use voxgate_webrtc::{PeerDemux, PeerEvent, WebRtcPeer};
 
 use crate::metrics;
 
+/// The soonest a peer's timer is run again after it was run.
+const MIN_TIMER: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Largest datagram read; DTLS records and SRTP packets stay far below a 1,500-byte MTU.
 const MAX_DATAGRAM: usize = 2048;
 
@@ -197,20 +200,26 @@ impl Driver {
 
     async fn timeouts(&mut self) {
         let now = Instant::now().into_std();
+        // Take every due entry first and run each peer once: a peer whose next deadline is
+        // still not in the future is run again on the next wake-up, not in a loop here.
+        let mut due = Vec::new();
         while let Some(Reverse((at, key))) = self.timers.peek().copied() {
             if at > now {
                 break;
             }
             self.timers.pop();
-            let Some(entry) = self.peers.get_mut(&key) else {
-                continue;
-            };
-            if entry.scheduled != Some(at) {
-                continue;
+            if let Some(entry) = self.peers.get_mut(&key)
+                && entry.scheduled == Some(at)
+            {
+                entry.scheduled = None;
+                due.push(key);
             }
-            entry.scheduled = None;
-            entry.peer.handle_timeout(now);
-            self.flush(key).await;
+        }
+        for key in due {
+            if let Some(entry) = self.peers.get_mut(&key) {
+                entry.peer.handle_timeout(now);
+                self.flush(key).await;
+            }
         }
     }
 
@@ -243,7 +252,8 @@ impl Driver {
             session_gone |= entry.events.send(event).is_err();
         }
         if session_gone && !closed {
-            // Nobody listens to this peer any more: close it (its Closed comes next round).
+            // Nobody listens to this peer any more: close it.
+            metrics::webrtc_closed("session_gone");
             entry.peer.close(Instant::now().into_std());
             while let Some(transmit) = entry.peer.poll_transmit() {
                 let _ = self
@@ -259,7 +269,9 @@ impl Driver {
             metrics::webrtc_peers(self.peers.len());
             return;
         }
-        if let Some(at) = entry.peer.poll_timeout()
+        // At least a millisecond ahead, so a deadline that does not move cannot spin the task.
+        let soonest = Instant::now().into_std() + MIN_TIMER;
+        if let Some(at) = entry.peer.poll_timeout().map(|at| at.max(soonest))
             && entry.scheduled.is_none_or(|scheduled| at < scheduled)
         {
             entry.scheduled = Some(at);

@@ -1,11 +1,9 @@
 //! One WebRTC session: a WHIP client's peer bridged to a Backend as an ordinary SIP call.
 //!
-//! The Backend is offered Opus and G.711 (and telephone-event when the client offered it). If it
-//! answers Opus, media passes through: the client's decrypted Opus RTP goes to the Backend as
-//! plain RTP and back, payloads untouched. Otherwise the session transcodes: Opus decoded at
-//! 8 kHz to PCMU/PCMA toward the Backend (with loss concealment), G.711 encoded to Opus toward
-//! the client. RFC 4733 events pass through in both modes, their timestamps and durations moved
-//! between the 48 kHz clock of the client and the Backend's event clock.
+//! The Backend is called only once the client has connected (ICE and DTLS done), so a client
+//! that never gets that far costs a slot for `webrtc.setup_timeout` but no Backend call. It is
+//! offered Opus and G.711 (and telephone-event when the client offered it); its answer decides
+//! the [`MediaBridge`]: Opus passes through, G.711 is transcoded.
 //!
 //! The session holds its node slot and Backend lease for its whole life and ends on the first of:
 //! WHIP DELETE, the peer closing (DTLS close, consent expired, setup timeout), a BYE from the
@@ -14,7 +12,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use bytes::Bytes;
 use rand::Rng;
 use rand::rngs::SmallRng;
 use rsip::Header;
@@ -24,13 +21,13 @@ use tokio::time::Instant;
 use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::{NodeId, RegionId, SessionId};
 use voxgate_endpoint::DialogEvents;
-use voxgate_media::{G711Law, G711ToOpus, OpusToG711, RtpHeader, RtpPacket};
 use voxgate_sip::Event;
 use voxgate_sip::dialog::{self, Dialog};
 use voxgate_sip::message::response_for;
-use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
+use voxgate_sip::sdp::{AudioSdp, Codec};
 use voxgate_webrtc::PeerEvent;
 
+use super::bridge::MediaBridge;
 use super::hub::PeerHub;
 use crate::call::{
     Attempt, AttemptResult, answer_other, attempt_result, give_up_silent, in_dialog, parse_sdp,
@@ -100,18 +97,6 @@ impl EndCause {
     }
 }
 
-/// How media crosses between the client and the Backend.
-enum Bridge {
-    /// The Backend took Opus: payloads pass through.
-    Passthrough { backend_pt: u8 },
-    /// The Backend took G.711: transcoders are made on the first packet of each direction.
-    Transcode {
-        law: G711Law,
-        to_backend: Option<Box<OpusToG711>>,
-        to_client: Option<Box<G711ToOpus>>,
-    },
-}
-
 /// The Backend's side once it answered.
 struct BackendLeg {
     dialog: Dialog,
@@ -120,7 +105,6 @@ struct BackendLeg {
     ack: rsip::Request,
     /// Where its RTP goes (latched to the source of what it sends).
     media: SocketAddr,
-    event_pt: Option<(u8, u32)>,
     _lease: Option<BackendLease>,
 }
 
@@ -139,9 +123,6 @@ struct Session {
     delete: oneshot::Receiver<()>,
     connected: bool,
     started: Instant,
-    /// Our RTP stream toward the Backend.
-    ssrc: u32,
-    seq: u16,
     sdp_version: u64,
 }
 
@@ -189,14 +170,12 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
             ports: (port, port),
         },
     );
-    let mut rng = gateway.call_rng();
+    let rng = gateway.call_rng();
     let mut session = Session {
         gateway: gateway.clone(),
         hub,
         id,
         key,
-        ssrc: rng.random(),
-        seq: rng.random(),
         rng,
         opus_pt,
         event_pt,
@@ -209,8 +188,12 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
         started,
         sdp_version: 1,
     };
-    let cause = match session.connect(&region, &to_user, &resource, lease).await {
-        Ok((mut backend, bridge)) => session.established(&mut backend, bridge).await,
+    let connected = match session.wait_connected().await {
+        Ok(()) => session.connect(&region, &to_user, &resource, lease).await,
+        Err(cause) => Err(cause),
+    };
+    let cause = match connected {
+        Ok((mut backend, mut bridge)) => session.established(&mut backend, &mut bridge).await,
         Err(cause) => {
             session.hub.close(key);
             cause
@@ -224,6 +207,41 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
 }
 
 impl Session {
+    /// Waits for the client to connect; `Err` when the session ended first.
+    async fn wait_connected(&mut self) -> Result<(), EndCause> {
+        let gateway = self.gateway.clone();
+        while !self.connected {
+            tokio::select! {
+                event = self.events.recv() => {
+                    if self.on_setup_event(event) {
+                        return Err(self.closed_cause());
+                    }
+                }
+                _ = &mut self.delete => return Err(EndCause::Deleted),
+                () = gateway.hang_up_requested() => return Err(EndCause::Shutdown),
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the session ends now that its peer closed: a DELETE that came with the close wins.
+    fn closed_cause(&mut self) -> EndCause {
+        if self.delete.try_recv().is_ok() {
+            EndCause::Deleted
+        } else {
+            EndCause::PeerClosed
+        }
+    }
+
+    /// Our SDP toward the Backend with `codecs`, its version raised.
+    fn sdp(&mut self, codecs: Vec<Codec>) -> AudioSdp {
+        self.sdp_version += 1;
+        let public_ip = self.gateway.config.media.public_ip;
+        let mut sdp = AudioSdp::offer(public_ip, self.port, codecs, self.id.0);
+        sdp.origin.session_version = self.sdp_version;
+        sdp
+    }
+
     /// The SDP offer to the Backend: Opus first, then G.711, events when the client has them.
     fn offer(&mut self) -> String {
         let mut codecs = vec![Codec::opus(OPUS_PT), Codec::pcmu(), Codec::pcma()];
@@ -234,11 +252,7 @@ impl Session {
             });
             codecs.push(Codec::telephone_event(EVENT_8K_PT));
         }
-        self.sdp_version += 1;
-        let public_ip = self.gateway.config.media.public_ip;
-        let mut sdp = AudioSdp::offer(public_ip, self.port, codecs, self.id.0);
-        sdp.origin.session_version = self.sdp_version;
-        sdp.to_string()
+        self.sdp(codecs).to_string()
     }
 
     /// Calls Backends (the leased one, then others of the region) until one answers.
@@ -248,7 +262,7 @@ impl Session {
         to_user: &str,
         resource: &str,
         first: BackendLease,
-    ) -> Result<(BackendLeg, Bridge), EndCause> {
+    ) -> Result<(BackendLeg, MediaBridge), EndCause> {
         let gateway = self.gateway.clone();
         let mut first = Some(first);
         let mut tried: Vec<NodeId> = Vec::new();
@@ -344,7 +358,7 @@ impl Session {
                 event = self.events.recv() => {
                     // Audio before the Backend answered has nowhere to go.
                     if self.on_setup_event(event) {
-                        return Err(EndCause::PeerClosed);
+                        return Err(self.closed_cause());
                     }
                 }
                 _ = &mut self.delete => return Err(EndCause::Deleted),
@@ -380,14 +394,23 @@ impl Session {
         &mut self,
         mut attempt: Attempt,
         response: rsip::Response,
-    ) -> Result<(BackendLeg, Bridge), EndCause> {
+    ) -> Result<(BackendLeg, MediaBridge), EndCause> {
         attempt.dialog.confirm(&response);
         let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
         let ack = attempt.dialog.ack(&mut self.rng, invite_cseq);
         let next_hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
         self.gateway.endpoint.stateless(next_hop, ack.clone());
         let answer = parse_sdp(&response.body).filter(|sdp| sdp.port != 0);
-        let bridge = answer.as_ref().and_then(bridge_for);
+        let bridge = answer.as_ref().and_then(|answer| {
+            MediaBridge::new(
+                answer,
+                self.opus_pt,
+                self.event_pt,
+                self.rng.random(),
+                self.rng.random(),
+                self.rng.random(),
+            )
+        });
         let mut leg = BackendLeg {
             dialog: attempt.dialog,
             events: attempt.events,
@@ -395,12 +418,6 @@ impl Session {
             ack,
             media: answer.as_ref().map_or(attempt.address, |sdp| {
                 SocketAddr::new(sdp.connection, sdp.port)
-            }),
-            event_pt: answer.as_ref().and_then(|sdp| {
-                sdp.codecs
-                    .iter()
-                    .find(|c| c.kind == CodecKind::TelephoneEvent)
-                    .map(|c| (c.payload_type, c.clock_rate))
             }),
             _lease: attempt.lease,
         };
@@ -417,8 +434,38 @@ impl Session {
         }
     }
 
+    /// Answers a Backend re-INVITE: its offer must keep the codec (payload types and the media
+    /// address may move); an offerless one gets what is negotiated.
+    fn reinvite(
+        &mut self,
+        request: &rsip::Request,
+        backend: &mut BackendLeg,
+        bridge: &mut MediaBridge,
+    ) -> rsip::Response {
+        if request.body.is_empty() {
+            let sdp = self.sdp(bridge.codecs()).to_string();
+            return backend.dialog.response(request, 200, Some(sdp));
+        }
+        let Some(offer) = parse_sdp(&request.body) else {
+            return backend.dialog.response(request, 488, None);
+        };
+        if !bridge.accept_reoffer(&offer) {
+            return backend.dialog.response(request, 488, None);
+        }
+        if offer.port != 0 {
+            backend.media = SocketAddr::new(offer.connection, offer.port);
+        }
+        let mut sdp = self.sdp(bridge.codecs());
+        sdp.direction = offer.direction.mirrored();
+        backend.dialog.response(request, 200, Some(sdp.to_string()))
+    }
+
     /// The answered session, until something ends it.
-    async fn established(&mut self, backend: &mut BackendLeg, mut bridge: Bridge) -> EndCause {
+    async fn established(
+        &mut self,
+        backend: &mut BackendLeg,
+        bridge: &mut MediaBridge,
+    ) -> EndCause {
         let gateway = self.gateway.clone();
         let timeout = gateway.config.media.timeout;
         let mut last_backend_rtp = Instant::now();
@@ -426,8 +473,6 @@ impl Session {
         let mut rtcp_buf = vec![0u8; MAX_RTP];
         loop {
             tokio::select! {
-                // A DELETE wins over the peer's close that usually follows it at once.
-                biased;
                 _ = &mut self.delete => {
                     self.bye(backend);
                     self.hub.close(self.key);
@@ -436,26 +481,40 @@ impl Session {
                 event = self.events.recv() => match event {
                     Some(PeerEvent::Connected) => self.on_connected(),
                     Some(PeerEvent::Audio { payload_type, seq, timestamp, marker, payload, .. }) => {
-                        self.forward_to_backend(backend, &mut bridge, payload_type, seq, timestamp, marker, &payload).await;
+                        let (before, _) = bridge.transcoded();
+                        let (rtp, to) = (&self.rtp, backend.media);
+                        bridge.from_client(payload_type, seq, timestamp, marker, &payload, |datagram| {
+                            // UDP to a local Backend does not block; a full buffer drops, as a
+                            // network would.
+                            let _ = rtp.try_send_to(datagram, to);
+                        });
+                        metrics::webrtc_transcoded(metrics::TranscodeDirection::ToBackend, bridge.transcoded().0 - before);
                     }
                     Some(PeerEvent::Closed(reason)) => {
                         tracing::debug!(session = %self.id, %reason, "webrtc peer closed");
                         self.bye(backend);
-                        break EndCause::PeerClosed;
+                        break self.closed_cause();
                     }
                     None => {
                         self.bye(backend);
-                        break EndCause::PeerClosed;
+                        break self.closed_cause();
                     }
                     Some(_) => {}
                 },
                 received = self.rtp.recv_from(&mut buf) => {
+                    // From the address the Backend's SDP names, or from its SIP address (a Backend
+                    // behind NAT or with several interfaces); the first such packet latches.
                     if let Ok((len, from)) = received
-                        && from.ip() == backend.media.ip()
+                        && (from.ip() == backend.media.ip() || from.ip() == backend.address.ip())
                     {
                         backend.media = from;
                         last_backend_rtp = Instant::now();
-                        self.forward_to_client(backend, &mut bridge, &buf[..len]);
+                        let (_, before) = bridge.transcoded();
+                        let (hub, key) = (&self.hub, self.key);
+                        bridge.from_backend(&buf[..len], |packet| {
+                            hub.send(key, packet.payload_type, packet.timestamp, packet.marker, packet.payload);
+                        });
+                        metrics::webrtc_transcoded(metrics::TranscodeDirection::ToClient, bridge.transcoded().1 - before);
                     }
                 }
                 // The Backend's RTCP is read and dropped: the client's own RTCP is end to end
@@ -472,9 +531,8 @@ impl Session {
                             break EndCause::BackendBye;
                         }
                         rsip::Method::Invite => {
-                            // A session refresh or re-offer: answer with what was negotiated.
-                            let sdp = self.offer();
-                            gateway.endpoint.respond(key, backend.dialog.response(&request, 200, Some(sdp)));
+                            let reply = self.reinvite(&request, backend, bridge);
+                            gateway.endpoint.respond(key, reply);
                         }
                         rsip::Method::Info => {
                             gateway.endpoint.respond(key, backend.dialog.response(&request, 200, None));
@@ -508,169 +566,6 @@ impl Session {
         }
     }
 
-    /// One RTP packet from the client, toward the Backend.
-    #[allow(clippy::too_many_arguments)]
-    async fn forward_to_backend(
-        &mut self,
-        backend: &BackendLeg,
-        bridge: &mut Bridge,
-        payload_type: u8,
-        seq: u16,
-        timestamp: u32,
-        marker: bool,
-        payload: &[u8],
-    ) {
-        let mut out = [0u8; MAX_RTP];
-        if Some(payload_type) == self.event_pt {
-            let Some((pt, rate)) = backend.event_pt else {
-                return;
-            };
-            let Some(event) = rescale_event(payload, 48_000, rate) else {
-                return;
-            };
-            let ts = rescale_timestamp(timestamp, 48_000, rate);
-            self.send_backend(backend, pt, ts, marker, &event, &mut out)
-                .await;
-            return;
-        }
-        if payload_type != self.opus_pt {
-            return;
-        }
-        match bridge {
-            Bridge::Passthrough { backend_pt } => {
-                let pt = *backend_pt;
-                self.send_backend(backend, pt, timestamp, marker, payload, &mut out)
-                    .await;
-            }
-            Bridge::Transcode {
-                law, to_backend, ..
-            } => {
-                if to_backend.is_none() {
-                    let first = rescale_timestamp(timestamp, 48_000, 8_000);
-                    match OpusToG711::new(*law, self.seq, first) {
-                        Ok(t) => *to_backend = Some(Box::new(t)),
-                        Err(err) => {
-                            tracing::warn!(%err, "cannot create the Opus decoder");
-                            return;
-                        }
-                    }
-                }
-                let Some(transcoder) = to_backend.as_mut() else {
-                    return;
-                };
-                if transcoder.handle_packet(seq, timestamp, payload).is_err() {
-                    return;
-                }
-                let pt = law.payload_type();
-                while let Some(frame) = transcoder.poll_frame() {
-                    if let Ok(len) = frame.write_rtp(self.ssrc, pt, &mut out) {
-                        let _ = self.rtp.send_to(&out[..len], backend.media).await;
-                        metrics::webrtc_transcoded(metrics::TranscodeDirection::ToBackend);
-                    }
-                    self.seq = frame.sequence.wrapping_add(1);
-                }
-            }
-        }
-    }
-
-    async fn send_backend(
-        &mut self,
-        backend: &BackendLeg,
-        payload_type: u8,
-        timestamp: u32,
-        marker: bool,
-        payload: &[u8],
-        out: &mut [u8],
-    ) {
-        let header = RtpHeader {
-            marker,
-            payload_type,
-            sequence: self.seq,
-            timestamp,
-            ssrc: self.ssrc,
-        };
-        let Ok(len) = header.write(out) else {
-            return;
-        };
-        let end = len + payload.len();
-        if end > out.len() {
-            return;
-        }
-        out[len..end].copy_from_slice(payload);
-        self.seq = self.seq.wrapping_add(1);
-        let _ = self.rtp.send_to(&out[..end], backend.media).await;
-    }
-
-    /// One RTP packet from the Backend, toward the client.
-    fn forward_to_client(&mut self, backend: &BackendLeg, bridge: &mut Bridge, datagram: &[u8]) {
-        let Ok(packet) = RtpPacket::parse(datagram) else {
-            return;
-        };
-        let pt = packet.payload_type();
-        if let Some((event_pt, rate)) = backend.event_pt
-            && pt == event_pt
-        {
-            let (Some(client_pt), Some(event)) =
-                (self.event_pt, rescale_event(packet.payload(), rate, 48_000))
-            else {
-                return;
-            };
-            let ts = rescale_timestamp(packet.timestamp(), rate, 48_000);
-            self.hub
-                .send(self.key, client_pt, ts, packet.marker(), Bytes::from(event));
-            return;
-        }
-        match bridge {
-            Bridge::Passthrough { backend_pt } => {
-                if pt == *backend_pt {
-                    let payload = Bytes::copy_from_slice(packet.payload());
-                    self.hub.send(
-                        self.key,
-                        self.opus_pt,
-                        packet.timestamp(),
-                        packet.marker(),
-                        payload,
-                    );
-                }
-            }
-            Bridge::Transcode { law, to_client, .. } => {
-                if pt != law.payload_type() {
-                    return;
-                }
-                if to_client.is_none() {
-                    let first = rescale_timestamp(packet.timestamp(), 8_000, 48_000);
-                    match G711ToOpus::new(*law, 0, first) {
-                        Ok(t) => *to_client = Some(Box::new(t)),
-                        Err(err) => {
-                            tracing::warn!(%err, "cannot create the Opus encoder");
-                            return;
-                        }
-                    }
-                }
-                let Some(transcoder) = to_client.as_mut() else {
-                    return;
-                };
-                if transcoder
-                    .handle_packet(packet.sequence(), packet.timestamp(), packet.payload())
-                    .is_err()
-                {
-                    return;
-                }
-                while let Some(frame) = transcoder.poll_frame() {
-                    let payload = Bytes::copy_from_slice(frame.payload());
-                    self.hub.send(
-                        self.key,
-                        self.opus_pt,
-                        frame.timestamp,
-                        frame.marker,
-                        payload,
-                    );
-                    metrics::webrtc_transcoded(metrics::TranscodeDirection::ToClient);
-                }
-            }
-        }
-    }
-
     fn bye(&mut self, backend: &mut BackendLeg) {
         let bye = backend.dialog.bye(&mut self.rng);
         let hop = backend.dialog.next_hop().unwrap_or(backend.address);
@@ -683,98 +578,7 @@ impl Session {
     }
 }
 
-/// The bridge an answer calls for: Opus passes through, PCMU/PCMA transcode.
-fn bridge_for(answer: &AudioSdp) -> Option<Bridge> {
-    let codec = answer
-        .codecs
-        .iter()
-        .find(|c| c.kind != CodecKind::TelephoneEvent)?;
-    match codec.kind {
-        CodecKind::Opus => Some(Bridge::Passthrough {
-            backend_pt: codec.payload_type,
-        }),
-        CodecKind::Pcmu | CodecKind::Pcma => Some(Bridge::Transcode {
-            law: G711Law::from_payload_type(match codec.kind {
-                CodecKind::Pcmu => 0,
-                _ => 8,
-            })?,
-            to_backend: None,
-            to_client: None,
-        }),
-        _ => None,
-    }
-}
-
-/// An RTP timestamp moved from a `from` Hz clock to a `to` Hz clock (48 kHz and 8 kHz only).
-fn rescale_timestamp(timestamp: u32, from: u32, to: u32) -> u32 {
-    match (from, to) {
-        (48_000, 8_000) => timestamp / 6,
-        (8_000, 48_000) => timestamp.wrapping_mul(6),
-        _ => timestamp,
-    }
-}
-
-/// An RFC 4733 event payload with its duration moved between clocks; `None` if malformed.
-fn rescale_event(payload: &[u8], from: u32, to: u32) -> Option<Vec<u8>> {
-    if payload.len() < 4 {
-        return None;
-    }
-    let mut event = payload[..4].to_vec();
-    let duration = u32::from(u16::from_be_bytes([event[2], event[3]]));
-    let scaled = match (from, to) {
-        (48_000, 8_000) => duration / 6,
-        (8_000, 48_000) => (duration * 6).min(u32::from(u16::MAX)),
-        _ => duration,
-    };
-    let scaled = u16::try_from(scaled).unwrap_or(u16::MAX).to_be_bytes();
-    event[2..4].copy_from_slice(&scaled);
-    Some(event)
-}
-
 /// The WebRTC path never cancels through a SIP caller; its `Cancelled` cannot occur.
 fn unreachable_cancel() -> ! {
     unreachable!("await_attempt of a WebRTC session never returns Cancelled")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_move_between_clocks() {
-        // Digit 5, end bit clear, volume 10, duration 960 at 48 kHz = 160 at 8 kHz.
-        let at_48k = [5u8, 10, 0x03, 0xC0];
-        let at_8k = rescale_event(&at_48k, 48_000, 8_000).expect("event");
-        assert_eq!(at_8k, vec![5, 10, 0x00, 0xA0]);
-        assert_eq!(rescale_event(&at_8k, 8_000, 48_000).expect("event"), at_48k);
-        assert_eq!(rescale_event(&[1, 2], 8_000, 48_000), None);
-        assert_eq!(rescale_timestamp(48_000, 48_000, 8_000), 8_000);
-        assert_eq!(rescale_timestamp(8_000, 8_000, 48_000), 48_000);
-        assert_eq!(rescale_timestamp(7, 48_000, 48_000), 7);
-    }
-
-    #[test]
-    fn the_backend_answer_picks_the_bridge() {
-        let ip = "127.0.0.1".parse().expect("ip");
-        let opus = AudioSdp::offer(
-            ip,
-            4000,
-            vec![Codec::opus(96), Codec::telephone_event(101)],
-            1,
-        );
-        assert!(matches!(
-            bridge_for(&opus),
-            Some(Bridge::Passthrough { backend_pt: 96 })
-        ));
-        let pcma = AudioSdp::offer(ip, 4000, vec![Codec::pcma()], 1);
-        assert!(matches!(
-            bridge_for(&pcma),
-            Some(Bridge::Transcode {
-                law: G711Law::Pcma,
-                ..
-            })
-        ));
-        let events_only = AudioSdp::offer(ip, 4000, vec![Codec::telephone_event(101)], 1);
-        assert!(bridge_for(&events_only).is_none());
-    }
 }
