@@ -32,6 +32,10 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code when the run worked but exceeded --max-failure-rate or --max-loss.
 const EXIT_LIMIT_EXCEEDED: u8 = 2;
+/// The tone of `soak`'s WebRTC sessions (`whip`'s default).
+const WHIP_TONE_HZ: f64 = 1000.0;
+/// A `soak` WebRTC session not connected this long after its POST fails (`whip`'s default).
+const WHIP_SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Load generator for SIP/RTP gateways: real SIP calls with G.711 RTP, and an echo Backend.
 ///
@@ -88,6 +92,12 @@ enum Command {
     ///   - the Proxy's RSS at the end exceeds its RSS after the warm-up (the first minute or the
     ///     first 10 % of the run, whichever is shorter) by more than --max-rss-growth.
     ///     RSS is process_resident_memory_bytes when /metrics has it, else VmRSS of --proxy-pid.
+    ///
+    /// WebRTC: --whip-target URL --whip-share F makes a fraction F of the arrivals WHIP sessions
+    /// (as in `whip`, held for the same drawn hold) instead of SIP calls. A 503 to their POST is a
+    /// refusal like a SIP 503; a connected session whose connection fails or that hears no audio
+    /// for --media-timeout before its hold time is dropped, a violation like a dropped call; their
+    /// RTP loss counts in --max-loss. Reported under "webrtc".
     ///
     /// Exit 1 on errors (bad arguments, /metrics unreadable at the start).
     #[command(verbatim_doc_comment)]
@@ -221,6 +231,16 @@ struct SoakArgs {
     /// to exit).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     grace: Duration,
+    /// The Proxy's WHIP endpoint (http://HOST:PORT/whip), for --whip-share.
+    #[arg(long)]
+    whip_target: Option<String>,
+    /// The fraction of arrivals that are WebRTC sessions to --whip-target instead of SIP calls
+    /// (0 = SIP only, 1 = WebRTC only).
+    #[arg(long, default_value_t = 0.0, value_parser = fraction)]
+    whip_share: f64,
+    /// Bearer token sent with the WHIP requests.
+    #[arg(long, env = "VOXGATE_WHIP_TOKEN", hide_env_values = true)]
+    whip_token: Option<String>,
     #[command(flatten)]
     sip: SipCallerArgs,
     /// Write the report as JSON to this file.
@@ -430,6 +450,7 @@ async fn whip(args: WhipArgs) -> anyhow::Result<ExitCode> {
         setup_timeout: args.setup_timeout,
         seed: args.seed.unwrap_or_else(random_seed),
         quiet: args.quiet,
+        media_timeout: None,
     };
     let report = whip::run(plan).await?;
     println!("{report}");
@@ -470,6 +491,32 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
     {
         anyhow::bail!("the fault at {:?} is not within --duration", fault.at);
     }
+    let seed = args.seed.unwrap_or_else(random_seed);
+    let webrtc = match (args.whip_target, args.whip_share > 0.0) {
+        (Some(_), false) => {
+            anyhow::bail!("--whip-target without --whip-share would start no WebRTC session")
+        }
+        (None, true) => anyhow::bail!("--whip-share needs --whip-target"),
+        (None, false) => None,
+        (Some(target), true) => Some(soak::WebrtcMix {
+            session: whip::WhipPlan {
+                target,
+                token: args.whip_token,
+                bind: args.sip.bind.ip(),
+                concurrency: args.concurrency,
+                total: u64::MAX,
+                rate: args.rate,
+                hold: args.hold_max,
+                tone_hz: WHIP_TONE_HZ,
+                telephone_event: true,
+                setup_timeout: WHIP_SETUP_TIMEOUT,
+                seed,
+                quiet: args.quiet,
+                media_timeout: Some(args.media_timeout),
+            },
+            share: args.whip_share,
+        }),
+    };
     let target = resolve_target(&args.target).await?;
     let plan = soak::SoakPlan {
         call: caller::CallPlan {
@@ -482,7 +529,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
             total: u64::MAX,
             hold: args.hold_max,
             answer_timeout: args.sip.answer_timeout,
-            seed: args.seed.unwrap_or_else(random_seed),
+            seed,
             limits: report::Limits::default(),
             quiet: args.quiet,
             media_timeout: Some(args.media_timeout),
@@ -498,6 +545,7 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
             max_loss: Some(args.max_loss),
             max_rss_growth: Some(args.max_rss_growth),
         },
+        webrtc,
     };
     let report = soak::run(plan).await?;
     println!("{report}");

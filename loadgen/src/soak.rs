@@ -4,6 +4,9 @@
 //! The offered load is meant to exceed the Proxy's cap, so 503s are expected and counted, not
 //! judged. What is judged: the cap is never exceeded, no answered call is dropped other than by
 //! the declared fault, the session gauge returns to 0, RTP loss and RSS growth stay in bounds.
+//! With `--whip-target`, a share of the arrivals are WebRTC sessions run by `whip`'s client,
+//! judged like calls: a 503 to their `POST` is a refusal, a connected session lost before its
+//! hold time a drop.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,12 +22,13 @@ use crate::caller::{
     self, CallContext, CallPlan, CallRecord, ENDED_BY_FAR_SIDE, MEDIA_STOPPED, Outcome, Totals,
 };
 use crate::progress::Progress;
-use crate::report::{Percentiles, Verdict};
+use crate::report::{Percentiles, Verdict, ratio};
 use crate::scrape::{self, ProxyProbe, ProxySample};
 use crate::soak_report::{
     FaultKind, FaultReport, PhaseCounts, ProxyEnd, ProxySummary, RssSummary, SoakCalls, SoakReport,
-    SoakSettings,
+    SoakSessions, SoakSettings, SoakWebrtc,
 };
+use crate::whip::{self, MediaTotals, SessionRecord, WhipContext, WhipPlan};
 
 /// How often the Proxy is sampled.
 const SAMPLE_EVERY: Duration = Duration::from_secs(1);
@@ -68,6 +72,8 @@ pub struct SoakPlan {
     pub grace: Duration,
     /// Limits judged at the end.
     pub limits: SoakLimits,
+    /// WebRTC sessions mixed with the calls.
+    pub webrtc: Option<WebrtcMix>,
 }
 
 impl SoakPlan {
@@ -87,6 +93,22 @@ impl SoakPlan {
             _ => None,
         })
     }
+}
+
+/// WebRTC sessions in a soak: a share of its arrivals, with the holds the calls draw.
+#[derive(Debug, Clone)]
+pub struct WebrtcMix {
+    /// How each session runs: target, token, bind, tone, setup and media timeouts, seed
+    /// (`concurrency`, `total`, `rate` and `hold` are unused).
+    pub session: WhipPlan,
+    /// The fraction of arrivals that are WebRTC sessions.
+    pub share: f64,
+}
+
+/// What an arrival became.
+enum Record {
+    Call(CallRecord),
+    Session(SessionRecord),
 }
 
 /// A signal sent at `at` into the run.
@@ -120,15 +142,29 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
         .with_context(|| format!("cannot read --metrics {}", plan.metrics))?;
     let context = CallContext::start(plan.call.clone()).await?;
     let epoch = context.epoch;
+    let webrtc = match &plan.webrtc {
+        Some(mix) => Some(
+            WhipContext::start(mix.session.clone(), epoch)
+                .await
+                .with_context(|| format!("--whip-target {}", mix.session.target))?,
+        ),
+        None => None,
+    };
 
     let (records_tx, mut records) = mpsc::unbounded_channel();
     let (stop, stop_rx) = watch::channel(false);
-    let launcher = tokio::spawn(launch(context.clone(), plan.clone(), records_tx, stop_rx));
+    let launcher = tokio::spawn(launch(
+        context.clone(),
+        webrtc.clone(),
+        plan.clone(),
+        records_tx,
+        stop_rx,
+    ));
     let (samples_tx, mut samples_rx) = mpsc::unbounded_channel();
     let sampler = tokio::spawn(sample_loop(probe.clone(), epoch, samples_tx));
 
     let progress = Progress::timed(plan.duration.as_secs(), plan.call.quiet);
-    let mut tally = Tally::new();
+    let mut tally = Tally::new(plan.webrtc.as_ref());
     let mut proxy = ProxyView::default();
     proxy.record(Some(baseline));
     let mut fault = plan.fault.map(FaultState::new);
@@ -144,10 +180,14 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
             .map(|f| epoch + f.fault.at);
         let drained = fault.as_ref().is_some_and(FaultState::drained);
         tokio::select! {
-            record = records.recv() => match record {
-                Some(record) => tally.add(record, fault.as_ref().and_then(FaultState::fired)),
-                None => break,
-            },
+            record = records.recv() => {
+                let fired = fault.as_ref().and_then(FaultState::fired);
+                match record {
+                    Some(Record::Call(record)) => tally.add(record, fired),
+                    Some(Record::Session(record)) => tally.add_session(record, fired),
+                    None => break,
+                }
+            }
             Some(sample) = samples_rx.recv() => {
                 proxy.record(sample);
                 let allowed = if drained { GONE_AFTER_DRAIN_FAILURES } else { LOST_AFTER_FAILURES };
@@ -168,7 +208,7 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
             _ = tick.tick() => {
                 let elapsed = epoch.elapsed();
                 progress.update(elapsed, elapsed.as_secs().min(plan.duration.as_secs()),
-                    &progress_line(&context, &proxy));
+                    &progress_line(&context, webrtc.as_deref(), &proxy));
             }
             _ = tokio::signal::ctrl_c(), if !interrupted => {
                 interrupted = true;
@@ -194,18 +234,24 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
     progress.finish();
 
     let after = std::mem::take(&mut tally.after_fault);
-    let mut report = tally.into_report(&plan, &context, epoch.elapsed());
+    let webrtc_after = tally
+        .webrtc
+        .as_mut()
+        .map(|webrtc| std::mem::take(&mut webrtc.after_fault));
+    let mut report = tally.into_report(&plan, &context, webrtc.as_deref(), epoch.elapsed());
     report.proxy = proxy.summary(plan.warmup());
-    report.fault = fault.map(|f| f.report(after));
+    report.fault = fault.map(|f| f.report(after, webrtc_after));
     report.verdict = judge(&report);
     Ok(report)
 }
 
-/// Places calls with Poisson arrivals until the duration is up or `stop` is set.
+/// Places calls, and WebRTC sessions for `--whip-share` of the arrivals, with Poisson arrivals
+/// until the duration is up or `stop` is set.
 async fn launch(
     context: Arc<CallContext>,
+    webrtc: Option<Arc<WhipContext>>,
     plan: SoakPlan,
-    records: mpsc::UnboundedSender<CallRecord>,
+    records: mpsc::UnboundedSender<Record>,
     mut stop: watch::Receiver<bool>,
 ) {
     // Arrivals and holds draw from their own stream, so the per-call seeds stay those of `call`.
@@ -237,11 +283,22 @@ async fn launch(
         } else {
             plan.hold_min
         };
+        // Drawn only when sessions are mixed in, so a SIP-only run's seed repeats older runs.
+        let session = match (&webrtc, &plan.webrtc) {
+            (Some(webrtc), Some(mix)) if rng.random::<f64>() < mix.share => Some(webrtc.clone()),
+            _ => None,
+        };
         let context = context.clone();
         let records = records.clone();
         tokio::spawn(async move {
-            let record = caller::place_call(&context, index, hold).await;
-            context.live.finished.fetch_add(1, Ordering::Relaxed);
+            let record = match session {
+                Some(webrtc) => Record::Session(webrtc.run_session(index, hold).await),
+                None => {
+                    let record = caller::place_call(&context, index, hold).await;
+                    context.live.finished.fetch_add(1, Ordering::Relaxed);
+                    Record::Call(record)
+                }
+            };
             drop(permit);
             let _ = records.send(record);
         });
@@ -433,7 +490,7 @@ impl FaultState {
         self.fault.kind == FaultKind::Drain && self.fired_at.is_some()
     }
 
-    fn report(self, after: PhaseCounts) -> FaultReport {
+    fn report(self, after: PhaseCounts, webrtc_after: Option<PhaseCounts>) -> FaultReport {
         FaultReport {
             kind: self.fault.kind,
             pid: self.fault.pid,
@@ -441,6 +498,7 @@ impl FaultState {
             fired_at_seconds: self.fired_at.map(|at| at.as_secs_f64()),
             error: self.error,
             calls_started_after: after,
+            webrtc_sessions_started_after: webrtc_after,
         }
     }
 }
@@ -451,15 +509,69 @@ struct Tally {
     dropped: u64,
     dropped_by_fault: u64,
     after_fault: PhaseCounts,
+    webrtc: Option<SessionTally>,
+}
+
+/// WebRTC session records summed up.
+struct SessionTally {
+    sessions: SoakSessions,
+    media: MediaTotals,
+    after_fault: PhaseCounts,
 }
 
 impl Tally {
-    fn new() -> Self {
+    fn new(webrtc: Option<&WebrtcMix>) -> Self {
         Self {
             totals: Totals::new(),
             dropped: 0,
             dropped_by_fault: 0,
             after_fault: PhaseCounts::default(),
+            webrtc: webrtc.map(|mix| SessionTally {
+                sessions: SoakSessions::default(),
+                media: MediaTotals::new(mix.session.tone_hz),
+                after_fault: PhaseCounts::default(),
+            }),
+        }
+    }
+
+    /// Counts one WebRTC session; `fired` is the fault's kind and signal time once sent.
+    fn add_session(&mut self, record: SessionRecord, fired: Option<(FaultKind, Duration)>) {
+        let Some(webrtc) = &mut self.webrtc else {
+            return;
+        };
+        let answered = record.post_status == Some(201);
+        let refused = record.post_status.filter(|_| !answered);
+        if let Some((_, at)) = fired
+            && record.started_at >= at + FAULT_SETTLE
+        {
+            let after = &mut webrtc.after_fault;
+            after.attempted += 1;
+            after.answered += u64::from(answered);
+            match (&refused, &record.failure) {
+                (Some(_), _) => after.rejected += 1,
+                (None, None) => after.completed += 1,
+                (None, Some(_)) => after.failed += 1,
+            }
+        }
+        let sessions = &mut webrtc.sessions;
+        sessions.attempted += 1;
+        if let Some(status) = refused {
+            *sessions.refused.entry(status).or_default() += 1;
+            return;
+        }
+        sessions.answered += u64::from(answered);
+        sessions.connected += u64::from(record.connected);
+        if session_lost_to_fault(&record, fired) {
+            sessions.dropped_by_fault += 1;
+            return;
+        }
+        webrtc.media.add(&record);
+        sessions.dropped += u64::from(is_session_drop(&record));
+        if let Some(reason) = record.failure {
+            sessions.failed += 1;
+            *sessions.failure_reasons.entry(reason).or_default() += 1;
+        } else {
+            sessions.completed += 1;
         }
     }
 
@@ -502,8 +614,24 @@ impl Tally {
         mut self,
         plan: &SoakPlan,
         context: &CallContext,
+        webrtc: Option<&WhipContext>,
         elapsed: Duration,
     ) -> SoakReport {
+        let webrtc = self.webrtc.zip(plan.webrtc.as_ref()).map(|(tally, mix)| {
+            let media = tally.media.finish();
+            SoakWebrtc {
+                target: mix.session.target.clone(),
+                share: mix.share,
+                sessions: SoakSessions {
+                    peak_concurrency: webrtc.map(WhipContext::peak_active).unwrap_or_default(),
+                    ..tally.sessions
+                },
+                setup_ms: media.setup_ms,
+                media_rtt_ms: media.media_rtt_ms,
+                rtp: media.rtp,
+                tone: media.tone,
+            }
+        });
         self.totals.finish_rtp();
         let counts = self.totals.calls;
         let mut rtp = self.totals.rtp;
@@ -547,6 +675,7 @@ impl Tally {
             media_rtt_ms: Percentiles::from_micros(&context.media.rtt_histogram()),
             rtp,
             sip: context.sip_counts(),
+            webrtc,
             proxy: ProxySummary::default(),
             fault: None,
             verdict: Verdict::default(),
@@ -581,7 +710,31 @@ fn lost_to_fault(record: &CallRecord, fired: Option<(FaultKind, Duration)>) -> b
     (is_drop(record) || echo_cut(record)) && heard.is_some_and(|heard| heard <= at + FAULT_SLACK)
 }
 
-fn progress_line(context: &CallContext, proxy: &ProxyView) -> String {
+/// A connected WebRTC session lost before its hold time: its connection failed, or its audio
+/// stopped for `--media-timeout`.
+fn is_session_drop(record: &SessionRecord) -> bool {
+    record.connected
+        && matches!(
+            record.failure.as_deref(),
+            Some(whip::CONNECTION_LOST | whip::AUDIO_STOPPED)
+        )
+}
+
+/// [`lost_to_fault`] for a WebRTC session: dropped, or its audio cut, and last heard (or
+/// connected) by the Backend kill, give or take [`FAULT_SLACK`].
+fn session_lost_to_fault(record: &SessionRecord, fired: Option<(FaultKind, Duration)>) -> bool {
+    let Some((FaultKind::KillBackend, at)) = fired else {
+        return false;
+    };
+    let heard = record.last_audio_at.max(record.connected_at);
+    let cut = match (heard, record.media_end_at) {
+        (Some(heard), Some(end)) => record.connected && heard + ECHO_CUT < end,
+        _ => false,
+    };
+    (is_session_drop(record) || cut) && heard.is_some_and(|heard| heard <= at + FAULT_SLACK)
+}
+
+fn progress_line(context: &CallContext, webrtc: Option<&WhipContext>, proxy: &ProxyView) -> String {
     let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
     let live = &context.live;
     let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v}"));
@@ -597,8 +750,11 @@ fn progress_line(context: &CallContext, proxy: &ProxyView) -> String {
         }
         _ => "",
     };
+    let webrtc = webrtc.map_or_else(String::new, |webrtc| {
+        format!(" | webrtc active {}", webrtc.active())
+    });
     format!(
-        "active {} answered {} rejected {} failed {} | proxy {}/{}{state}",
+        "active {} answered {} rejected {} failed {}{webrtc} | proxy {}/{}{state}",
         load(&live.active),
         load(&live.answered),
         load(&live.rejected),
@@ -703,6 +859,22 @@ pub fn judge(report: &SoakReport) -> Verdict {
             reasons.join(", ")
         ));
     }
+    if let Some(webrtc) = &report.webrtc
+        && webrtc.sessions.dropped > 0
+    {
+        let reasons: Vec<String> = [whip::CONNECTION_LOST, whip::AUDIO_STOPPED]
+            .iter()
+            .filter_map(|&reason| {
+                let count = webrtc.sessions.failure_reasons.get(reason)?;
+                Some(format!("{reason}: {count}"))
+            })
+            .collect();
+        violations.push(format!(
+            "{} connected WebRTC session(s) dropped before their hold time ({})",
+            webrtc.sessions.dropped,
+            reasons.join(", ")
+        ));
+    }
     match proxy.end {
         ProxyEnd::Running => match proxy.active_at_end {
             Some(0.0) => {}
@@ -726,13 +898,30 @@ pub fn judge(report: &SoakReport) -> Verdict {
             proxy.exited_at_seconds.unwrap_or_default()
         )),
     }
-    if let Some(max) = settings.max_loss
-        && report.rtp.loss_ratio > max
-    {
-        violations.push(format!(
-            "RTP loss {:.6} ({} of {}) exceeds --max-loss {max}",
-            report.rtp.loss_ratio, report.rtp.lost, report.rtp.sent
-        ));
+    if let Some(max) = settings.max_loss {
+        match &report.webrtc {
+            None if report.rtp.loss_ratio > max => violations.push(format!(
+                "RTP loss {:.6} ({} of {}) exceeds --max-loss {max}",
+                report.rtp.loss_ratio, report.rtp.lost, report.rtp.sent
+            )),
+            None => {}
+            Some(webrtc) => {
+                // The echo of a WebRTC session is renumbered by the gateway: its loss is counted
+                // in the received sequence numbers, out of received + lost.
+                let r = &webrtc.rtp;
+                let expected = r.received + r.lost;
+                let lost = report.rtp.lost + r.lost;
+                let sent = report.rtp.sent + expected;
+                let loss = ratio(lost, sent);
+                if loss > max {
+                    violations.push(format!(
+                        "RTP loss {loss:.6} ({lost} of {sent}: calls {} of {}, WebRTC {} of \
+                         {expected}) exceeds --max-loss {max}",
+                        report.rtp.lost, report.rtp.sent, r.lost
+                    ));
+                }
+            }
+        }
     }
     if let (Some(max), Some(growth)) = (settings.max_rss_growth, proxy.rss.growth)
         && growth > max
@@ -835,6 +1024,7 @@ mod tests {
                 ..RtpCounts::default()
             },
             sip: SipCounts::default(),
+            webrtc: None,
             proxy,
             fault: None,
             verdict: Verdict::default(),
@@ -982,7 +1172,7 @@ mod tests {
         let drain = Some((FaultKind::Drain, Duration::from_secs(10)));
         assert!(!lost_to_fault(&record(stopped(), 8, Some(10_010)), drain));
 
-        let mut tally = Tally::new();
+        let mut tally = Tally::new(None);
         tally.add(record(stopped(), 8, Some(10_010)), kill);
         tally.add(record(stopped(), 8, Some(12_500)), kill);
         tally.add(record(Outcome::Completed, 11, Some(13_000)), kill);
@@ -995,6 +1185,98 @@ mod tests {
         assert_eq!(tally.totals.rtp.sent, 200);
         assert_eq!(tally.after_fault.attempted, 1);
         assert_eq!(tally.after_fault.completed, 1);
+    }
+
+    /// A WebRTC session answered 201 at `at` s and connected 100 ms later.
+    fn session(failure: Option<&str>, at: u64, last_audio_ms: Option<u64>) -> SessionRecord {
+        let mut record = SessionRecord::default();
+        record.failure = failure.map(str::to_owned);
+        record.post_status = Some(201);
+        record.connected = true;
+        record.started_at = Duration::from_secs(at);
+        record.connected_at = Some(Duration::from_secs(at) + Duration::from_millis(100));
+        record.last_audio_at = last_audio_ms.map(Duration::from_millis);
+        record.media_end_at = Some(Duration::from_secs(13));
+        record.sent = 100;
+        record.received = 100;
+        record
+    }
+
+    fn webrtc_mix() -> WebrtcMix {
+        WebrtcMix {
+            session: WhipPlan {
+                target: "http://127.0.0.1:8088/whip".into(),
+                token: None,
+                bind: std::net::Ipv4Addr::LOCALHOST.into(),
+                concurrency: 1,
+                total: 1,
+                rate: 1.0,
+                hold: Duration::from_secs(1),
+                tone_hz: 1000.0,
+                telephone_event: true,
+                setup_timeout: Duration::from_secs(10),
+                seed: 1,
+                quiet: true,
+                media_timeout: Some(Duration::from_secs(2)),
+            },
+            share: 0.3,
+        }
+    }
+
+    #[test]
+    fn webrtc_refusals_are_counted_and_drops_are_violations_unless_lost_to_the_kill() {
+        let kill = Some((FaultKind::KillBackend, Duration::from_secs(10)));
+        let mut tally = Tally::new(Some(&webrtc_mix()));
+        let mut refused = SessionRecord::default();
+        refused.failure = Some("POST answered 503".into());
+        refused.post_status = Some(503);
+        tally.add_session(refused, None);
+        tally.add_session(session(None, 1, Some(12_990)), None);
+        // Connection lost with its audio last heard at the kill: the fault's.
+        tally.add_session(session(Some(whip::CONNECTION_LOST), 8, Some(10_010)), kill);
+        // Audio stopped while other sessions still heard theirs: a real drop.
+        tally.add_session(session(Some(whip::AUDIO_STOPPED), 8, Some(12_500)), kill);
+        // Connected but the tone was not found: a failure, not a drop.
+        tally.add_session(session(Some("tone not found"), 11, Some(12_990)), kill);
+        let webrtc = tally.webrtc.as_ref().unwrap();
+        let s = &webrtc.sessions;
+        assert_eq!(s.attempted, 5);
+        assert_eq!(s.refused, BTreeMap::from([(503, 1)]));
+        assert_eq!((s.answered, s.connected, s.completed), (4, 4, 1));
+        assert_eq!((s.failed, s.dropped, s.dropped_by_fault), (2, 1, 1));
+        assert_eq!(webrtc.after_fault.attempted, 1);
+        assert_eq!(webrtc.after_fault.failed, 1);
+
+        let mut report = report_of(&healthy_samples(), ProxyEnd::Running);
+        report.webrtc = Some(SoakWebrtc {
+            sessions: s.clone(),
+            ..SoakWebrtc::default()
+        });
+        let found = violations(&report);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("1 connected WebRTC session(s) dropped"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("audio stopped during the hold: 1"));
+    }
+
+    #[test]
+    fn webrtc_loss_counts_in_the_loss_check() {
+        let mut report = report_of(&healthy_samples(), ProxyEnd::Running);
+        report.webrtc = Some(SoakWebrtc::default());
+        assert!(violations(&report).is_empty());
+        // Calls lose nothing; WebRTC 40 of 2000: 40 of 12 000 in all, above 0.001.
+        let rtp = &mut report.webrtc.as_mut().unwrap().rtp;
+        rtp.received = 1960;
+        rtp.lost = 40;
+        let found = violations(&report);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("RTP loss 0.003333 (40 of 12000"),
+            "{found:?}"
+        );
+        assert!(found[0].contains("WebRTC 40 of 2000"), "{found:?}");
     }
 
     #[test]

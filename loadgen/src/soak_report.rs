@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::report::{Percentiles, RtpCounts, SipCounts, Verdict};
 use crate::scrape::RssSource;
+use crate::whip::report::{SetupTimes, ToneCounts, WhipRtpCounts, statuses};
 
 /// Everything a `soak` run measured, and its verdict.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +31,8 @@ pub struct SoakReport {
     pub rtp: RtpCounts,
     /// SIP datagrams on the wire.
     pub sip: SipCounts,
+    /// The WebRTC (WHIP) sessions mixed with the calls; `None` without `--whip-target`.
+    pub webrtc: Option<SoakWebrtc>,
     /// What the Proxy's `/metrics` said.
     pub proxy: ProxySummary,
     /// The fault injected, if one was asked for.
@@ -104,6 +107,62 @@ impl SoakCalls {
     /// Calls rejected with any status.
     pub fn rejected_total(&self) -> u64 {
         self.rejected.values().sum()
+    }
+}
+
+/// The WebRTC sessions of a soak: arrivals drawn from the same Poisson process and holds as the
+/// calls, a `--whip-share` of them.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SoakWebrtc {
+    /// The WHIP endpoint.
+    pub target: String,
+    /// The fraction of arrivals that were WebRTC sessions.
+    pub share: f64,
+    /// Session outcomes.
+    pub sessions: SoakSessions,
+    /// Setup times, from the `POST`.
+    pub setup_ms: SetupTimes,
+    /// Audio round trip: a tone onset sent -> heard in the echo.
+    pub media_rtt_ms: Percentiles,
+    /// Media of connected sessions, except the ones lost with the killed Backend (the loss
+    /// checked against `--max-loss` together with the calls').
+    pub rtp: WhipRtpCounts,
+    /// The tone check of connected sessions.
+    pub tone: ToneCounts,
+}
+
+/// WebRTC session outcomes of a soak.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SoakSessions {
+    /// `POST`s sent.
+    pub attempted: u64,
+    /// `POST`s answered other than 201, by status code (a 503 at the cap is expected, not a
+    /// failure).
+    pub refused: BTreeMap<u16, u64>,
+    /// Answered 201 (the sessions lost with the killed Backend included).
+    pub answered: u64,
+    /// ICE and DTLS completed.
+    pub connected: u64,
+    /// Held with audio back and the tone found, and deleted.
+    pub completed: u64,
+    /// Sessions that went wrong after the `POST` was sent, the `dropped` ones included; not the
+    /// refused ones nor the ones lost with the killed Backend.
+    pub failed: u64,
+    /// Why sessions failed, with counts.
+    pub failure_reasons: BTreeMap<String, u64>,
+    /// Connected sessions whose connection failed, or that heard no audio for
+    /// `--media-timeout`, before their hold time, other than by the fault: each is a violation.
+    pub dropped: u64,
+    /// Connected sessions lost with the killed Backend (not violations); their RTP left out.
+    pub dropped_by_fault: u64,
+    /// Most sessions up at once on the loadgen's side.
+    pub peak_concurrency: u64,
+}
+
+impl SoakSessions {
+    /// Sessions refused with any status.
+    pub fn refused_total(&self) -> u64 {
+        self.refused.values().sum()
     }
 }
 
@@ -194,6 +253,9 @@ pub struct FaultReport {
     pub error: Option<String>,
     /// Calls whose INVITE went out after the signal.
     pub calls_started_after: PhaseCounts,
+    /// WebRTC sessions whose `POST` went out after the signal (`rejected`: refused); `None`
+    /// without `--whip-target`.
+    pub webrtc_sessions_started_after: Option<PhaseCounts>,
 }
 
 /// Outcomes of the calls started in one phase of the run.
@@ -241,6 +303,47 @@ impl fmt::Display for SoakReport {
         writeln!(f, "setup     {}", self.setup_ms)?;
         writeln!(f, "media rtt {}", self.media_rtt_ms)?;
         writeln!(f, "rtp       {}", self.rtp)?;
+        if let Some(webrtc) = &self.webrtc {
+            let s = &webrtc.sessions;
+            writeln!(
+                f,
+                "webrtc    attempted {}  refused {}  answered {}  connected {}  completed {}  \
+                 failed {}  dropped {}  dropped by fault {}  ({:.0} % of arrivals, peak {})",
+                s.attempted,
+                s.refused_total(),
+                s.answered,
+                s.connected,
+                s.completed,
+                s.failed,
+                s.dropped,
+                s.dropped_by_fault,
+                webrtc.share * 100.0,
+                s.peak_concurrency
+            )?;
+            if !s.refused.is_empty() {
+                writeln!(f, "          refused: {}", statuses(&s.refused))?;
+            }
+            crate::report::write_outcomes(f, std::iter::empty::<(u16, u64)>(), &s.failure_reasons)?;
+            writeln!(
+                f,
+                "          connected {}",
+                webrtc.setup_ms.post_to_connected
+            )?;
+            writeln!(f, "          audio rtt {}", webrtc.media_rtt_ms)?;
+            let r = &webrtc.rtp;
+            writeln!(
+                f,
+                "          rtp sent {}  received {}  lost {} ({:.4} %)  jitter mean {:.3} ms  \
+                 tone passed {} failed {}",
+                r.sent,
+                r.received,
+                r.lost,
+                r.loss_ratio * 100.0,
+                r.jitter_mean_ms,
+                webrtc.tone.passed,
+                webrtc.tone.failed
+            )?;
+        }
         let p = &self.proxy;
         writeln!(
             f,
@@ -295,6 +398,16 @@ impl fmt::Display for SoakReport {
                 )?,
                 (None, Some(error)) => writeln!(f, "fault     {kind} failed: {error}")?,
                 (None, None) => writeln!(f, "fault     {kind} not sent: the run ended first")?,
+            }
+            if let (Some(after), Some(_)) =
+                (&fault.webrtc_sessions_started_after, fault.fired_at_seconds)
+            {
+                writeln!(
+                    f,
+                    "          webrtc sessions started after: {} (answered {}, completed {}, \
+                     refused {}, failed {})",
+                    after.attempted, after.answered, after.completed, after.rejected, after.failed
+                )?;
             }
         }
         if self.verdict.passed {

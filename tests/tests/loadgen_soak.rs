@@ -1,6 +1,7 @@
 //! `voxgate-loadgen soak` against a real voxgate and echo Backends on loopback: churn above the
 //! cap passes with 503s counted; a drain in the middle and a Backend killed in the middle pass
-//! with their effects reported. (The verdict on broken invariants is unit-tested in soak.rs.)
+//! with their effects reported; WebRTC (WHIP) sessions mixed into the arrivals share the cap and
+//! are accounted next to the calls. (The verdict on broken invariants is unit-tested in soak.rs.)
 
 // A plain test thread drives real processes: real clock and sleeps; setup failures may panic.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
@@ -228,5 +229,65 @@ fn killed_backend_loses_its_calls_as_dropped_by_fault_and_the_other_takes_new_on
     );
     assert_eq!(field(after, &["failed"]), 0, "{report:#}");
     assert_eq!(field_f64(&report, &["proxy", "active_at_end"]), 0.0);
+    proxy.assert_alive();
+}
+
+#[test]
+fn webrtc_sessions_mixed_in_share_the_cap_and_complete_undropped() {
+    let (_b1, a1) = start_backend("soak-whip-b1", &[]);
+    let (_b2, a2) = start_backend("soak-whip-b2", &[]);
+    let mut proxy = proxy_for("soak-whip-proxy", &[a1, a2]);
+    let pid = proxy.process.child.id().to_string();
+    let whip = format!("http://{}/whip", proxy.whip);
+    let (output, report) = soak(
+        &proxy,
+        "14",
+        &[
+            "--proxy-pid",
+            &pid,
+            "--whip-target",
+            &whip,
+            "--whip-share",
+            "0.3",
+        ],
+    );
+    assert_passed(&output, &report);
+
+    // About 30 % of ~160 arrivals were WebRTC sessions; the ones admitted ran to their end.
+    let webrtc = &report["webrtc"];
+    assert_eq!(webrtc["target"], whip.as_str(), "{report:#}");
+    assert_eq!(field_f64(webrtc, &["share"]), 0.3);
+    let sessions = &webrtc["sessions"];
+    assert!(field(sessions, &["attempted"]) >= 20, "{report:#}");
+    assert!(field(sessions, &["completed"]) > 5, "{report:#}");
+    assert_eq!(
+        field(sessions, &["completed"]),
+        field(sessions, &["answered"]),
+        "{report:#}"
+    );
+    assert_eq!(field(sessions, &["failed"]), 0, "{report:#}");
+    assert_eq!(field(sessions, &["dropped"]), 0, "{report:#}");
+    assert!(field(webrtc, &["rtp", "received"]) > 0, "{report:#}");
+    assert!(
+        field_f64(webrtc, &["rtp", "loss_ratio"]) <= 0.01,
+        "{report:#}"
+    );
+    assert!(field(webrtc, &["tone", "passed"]) > 0, "{report:#}");
+    assert!(field(&report, &["calls", "completed"]) > 10, "{report:#}");
+
+    // Offered above the cap: arrivals refused with 503 (SIP or WebRTC), the shared cap of 10
+    // never exceeded, and back to 0 at the end.
+    let refused = report["calls"]["rejected"]["503"].as_u64().unwrap_or(0)
+        + sessions["refused"]["503"].as_u64().unwrap_or(0);
+    assert!(refused > 0, "{report:#}");
+    assert!(field_f64(&report, &["proxy", "max_active"]) <= 10.0);
+    assert_eq!(field(&report, &["proxy", "cap_exceeded_samples"]), 0);
+    assert_eq!(field_f64(&report, &["proxy", "active_at_end"]), 0.0);
+    assert!(
+        String::from_utf8_lossy(&output.stdout).contains("webrtc    attempted"),
+        "{}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+    proxy.assert_idle(Duration::from_secs(5));
     proxy.assert_alive();
 }

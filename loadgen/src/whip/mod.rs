@@ -9,6 +9,9 @@
 //! stream's sequence numbers (the gateway renumbers, so the echo cannot be matched to what was
 //! sent packet by packet); the round trip and tone check come from the decoded audio
 //! (`signal`).
+//!
+//! `soak` runs sessions through the same [`WhipContext`], each with the hold it drew, mixed with
+//! its SIP calls.
 
 mod http;
 mod peer;
@@ -45,6 +48,12 @@ const DATAGRAM_ROOM: usize = 2048;
 /// A session more than this late on its 20 ms schedule skips ahead instead of bursting.
 const MAX_LATE: Duration = Duration::from_millis(100);
 
+/// Why a connected session failed when its peer connection failed (or the server closed DTLS)
+/// before its hold time.
+pub const CONNECTION_LOST: &str = "connection lost during the hold";
+/// Why a connected session failed when it heard no audio for [`WhipPlan::media_timeout`].
+pub const AUDIO_STOPPED: &str = "audio stopped during the hold";
+
 /// What `whip` is asked to do.
 #[derive(Debug, Clone)]
 pub struct WhipPlan {
@@ -72,6 +81,9 @@ pub struct WhipPlan {
     pub seed: u64,
     /// No progress line.
     pub quiet: bool,
+    /// A connected session that hears no audio for this long fails as [`AUDIO_STOPPED`] before
+    /// its hold time (`soak`'s drop check); `None`: only its absence at the end is checked.
+    pub media_timeout: Option<Duration>,
 }
 
 /// Live counters, read by the progress line.
@@ -90,9 +102,9 @@ struct Live {
     last_start_us: AtomicU64,
 }
 
-/// What every session of a run shares.
+/// What every session of a run shares: the plan, the endpoint, the tone, the counters.
 #[derive(Debug)]
-struct WhipContext {
+pub struct WhipContext {
     plan: WhipPlan,
     url: WhipUrl,
     local_ip: IpAddr,
@@ -101,22 +113,36 @@ struct WhipContext {
     live: Live,
 }
 
-/// What one session measured.
+/// What one session measured. Times `*_at` are since the run's epoch.
 #[derive(Debug, Default)]
-struct SessionRecord {
+pub struct SessionRecord {
     /// Why the session failed (its first failure); `None` when it completed.
-    failure: Option<String>,
-    post_status: Option<u16>,
-    delete_status: Option<u16>,
-    connected: bool,
+    pub failure: Option<String>,
+    /// Status of the `POST` (anything but 201 is a refusal).
+    pub post_status: Option<u16>,
+    /// Status of the `DELETE`.
+    pub delete_status: Option<u16>,
+    /// ICE and DTLS completed.
+    pub connected: bool,
+    /// When the `POST` was sent.
+    pub started_at: Duration,
+    /// When ICE and DTLS completed.
+    pub connected_at: Option<Duration>,
+    /// When the last audio packet came back.
+    pub last_audio_at: Option<Duration>,
+    /// When it stopped sending (its hold was up, or it ended early).
+    pub media_end_at: Option<Duration>,
     post_to_201: Option<Duration>,
     post_to_connected: Option<Duration>,
     post_to_first_audio: Option<Duration>,
     rtt: Vec<Duration>,
-    sent: u64,
-    received: u64,
+    /// Opus packets sent.
+    pub sent: u64,
+    /// Packets received.
+    pub received: u64,
     expected: u64,
-    lost: u64,
+    /// Packets missing from the received stream's sequence numbers.
+    pub lost: u64,
     jitter_seconds: Option<f64>,
     decode_errors: u64,
     /// The tone check, for connected sessions.
@@ -125,20 +151,9 @@ struct SessionRecord {
 
 /// Runs the plan and returns its report.
 pub async fn run(plan: WhipPlan) -> anyhow::Result<WhipReport> {
-    let url = WhipUrl::parse(&plan.target)
+    let context = WhipContext::start(plan.clone(), Instant::now())
         .await
         .with_context(|| format!("--target {}", plan.target))?;
-    let local_ip =
-        crate::caller::local_ip_towards(SocketAddr::new(plan.bind, 0), url.addr()).await?;
-    let tone = ToneLoop::new(plan.tone_hz).context("cannot encode the tone")?;
-    let context = Arc::new(WhipContext {
-        plan: plan.clone(),
-        url,
-        local_ip,
-        tone,
-        epoch: Instant::now(),
-        live: Live::default(),
-    });
     let (records_tx, mut records) = mpsc::unbounded_channel();
     let stop = Arc::new(tokio::sync::Notify::new());
     let launcher = tokio::spawn(launch(context.clone(), records_tx, stop.clone()));
@@ -196,46 +211,83 @@ async fn launch(
         let context = context.clone();
         let records = records.clone();
         tokio::spawn(async move {
-            let record = run_session(&context, index).await;
-            context.live.finished.fetch_add(1, Ordering::Relaxed);
+            let record = context.run_session(index, context.plan.hold).await;
             drop(permit);
             let _ = records.send(record);
         });
     }
 }
 
-async fn run_session(context: &WhipContext, index: u64) -> SessionRecord {
-    let live = &context.live;
-    let since_epoch = u64::try_from(context.epoch.elapsed().as_micros()).unwrap_or(u64::MAX);
-    if live.started.fetch_add(1, Ordering::Relaxed) == 0 {
-        live.first_start_us.store(since_epoch, Ordering::Relaxed);
+impl WhipContext {
+    /// Resolves the plan's endpoint and encodes the tone; times are counted from `epoch`.
+    pub async fn start(plan: WhipPlan, epoch: Instant) -> anyhow::Result<Arc<Self>> {
+        let url = WhipUrl::parse(&plan.target).await?;
+        let local_ip =
+            crate::caller::local_ip_towards(SocketAddr::new(plan.bind, 0), url.addr()).await?;
+        let tone = ToneLoop::new(plan.tone_hz).context("cannot encode the tone")?;
+        Ok(Arc::new(Self {
+            plan,
+            url,
+            local_ip,
+            tone,
+            epoch,
+            live: Live::default(),
+        }))
     }
-    live.last_start_us.fetch_max(since_epoch, Ordering::Relaxed);
-    let active = live.active.fetch_add(1, Ordering::Relaxed) + 1;
-    live.peak_active.fetch_max(active, Ordering::Relaxed);
-    let mut record = SessionRecord::default();
-    record.failure = Session::new(context, index).run(&mut record).await.err();
-    live.active.fetch_sub(1, Ordering::Relaxed);
-    match &record.failure {
-        None => live.completed.fetch_add(1, Ordering::Relaxed),
-        Some(reason) => {
-            tracing::debug!(index, reason, "session failed");
-            live.failed.fetch_add(1, Ordering::Relaxed)
+
+    /// Runs session `index` (its seeds derive from it) from `POST` to `DELETE`, holding it
+    /// `hold` once connected.
+    pub async fn run_session(&self, index: u64, hold: Duration) -> SessionRecord {
+        let live = &self.live;
+        let since_epoch = self.epoch.elapsed();
+        let since_epoch_us = micros(since_epoch);
+        if live.started.fetch_add(1, Ordering::Relaxed) == 0 {
+            live.first_start_us.store(since_epoch_us, Ordering::Relaxed);
         }
-    };
-    record
+        live.last_start_us
+            .fetch_max(since_epoch_us, Ordering::Relaxed);
+        let active = live.active.fetch_add(1, Ordering::Relaxed) + 1;
+        live.peak_active.fetch_max(active, Ordering::Relaxed);
+        let mut record = SessionRecord {
+            started_at: since_epoch,
+            ..SessionRecord::default()
+        };
+        record.failure = Session::new(self, index, hold).run(&mut record).await.err();
+        live.active.fetch_sub(1, Ordering::Relaxed);
+        match &record.failure {
+            None => live.completed.fetch_add(1, Ordering::Relaxed),
+            Some(reason) => {
+                tracing::debug!(index, reason, "session failed");
+                live.failed.fetch_add(1, Ordering::Relaxed)
+            }
+        };
+        live.finished.fetch_add(1, Ordering::Relaxed);
+        record
+    }
+
+    /// Sessions up now.
+    pub fn active(&self) -> u64 {
+        self.live.active.load(Ordering::Relaxed)
+    }
+
+    /// Most sessions up at once so far.
+    pub fn peak_active(&self) -> u64 {
+        self.live.peak_active.load(Ordering::Relaxed)
+    }
 }
 
 /// One WHIP session from `POST` to `DELETE`.
 struct Session<'a> {
     context: &'a WhipContext,
+    hold: Duration,
     rng: SmallRng,
 }
 
 impl<'a> Session<'a> {
-    fn new(context: &'a WhipContext, index: u64) -> Self {
+    fn new(context: &'a WhipContext, index: u64, hold: Duration) -> Self {
         Self {
             context,
+            hold,
             rng: SmallRng::seed_from_u64(
                 context.plan.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15),
             ),
@@ -298,7 +350,7 @@ impl<'a> Session<'a> {
             peer,
         };
         let result = media
-            .connect_and_hold(context, &answer.body, post_at, record)
+            .connect_and_hold(context, &answer.body, post_at, self.hold, record)
             .await;
         let deleted = resource.delete(token).await;
         media.peer.close();
@@ -326,9 +378,11 @@ impl Media {
         context: &WhipContext,
         answer: &str,
         post_at: Instant,
+        hold: Duration,
         record: &mut SessionRecord,
     ) -> Result<(), String> {
         let plan = &context.plan;
+        let since_epoch = |at: Instant| at.saturating_duration_since(context.epoch);
         if let Err(err) = self.peer.accept_answer(Instant::now().into_std(), answer) {
             tracing::debug!("SDP answer refused: {err:#}");
             return Err("SDP answer refused".to_owned());
@@ -352,14 +406,18 @@ impl Media {
             while self.peer.poll_rtp().is_some() {}
         }
         record.connected = true;
+        let connected_at = Instant::now();
+        record.connected_at = Some(since_epoch(connected_at));
         record.post_to_connected = Some(post_at.elapsed());
         context.live.connected.fetch_add(1, Ordering::Relaxed);
 
         let mut analyzer =
             EchoAnalyzer::new(plan.tone_hz).map_err(|_| "cannot start the Opus decoder")?;
         let mut stats = StreamStats::new(48_000);
-        let hold_end = Instant::now() + plan.hold;
-        let mut next_send = Instant::now();
+        let hold_start = Instant::now();
+        let hold_end = hold_start + hold;
+        let mut next_send = hold_start;
+        let mut heard = hold_start;
         let mut frame = 0u64;
         let mut onset_sent_at = None;
         let outcome = loop {
@@ -368,7 +426,13 @@ impl Media {
                 break Ok(());
             }
             if self.peer.state() == PeerState::Failed {
-                break Err("connection lost during the hold".to_owned());
+                break Err(CONNECTION_LOST.to_owned());
+            }
+            if plan
+                .media_timeout
+                .is_some_and(|timeout| now > heard + timeout)
+            {
+                break Err(AUDIO_STOPPED.to_owned());
             }
             if now > next_send + MAX_LATE {
                 next_send = now;
@@ -393,6 +457,7 @@ impl Media {
             self.step(next_send.min(hold_end)).await;
             let now = Instant::now();
             while let Some(packet) = self.peer.poll_rtp() {
+                heard = now;
                 record.received += 1;
                 context.live.rtp_received.fetch_add(1, Ordering::Relaxed);
                 record
@@ -414,6 +479,8 @@ impl Media {
                 }
             }
         };
+        record.media_end_at = Some(since_epoch(Instant::now()));
+        record.last_audio_at = record.post_to_first_audio.map(|_| since_epoch(heard));
         record.expected = stats.expected();
         record.lost = stats.lost();
         record.jitter_seconds = (stats.received() > 1).then(|| stats.jitter_seconds());
@@ -477,17 +544,7 @@ struct Totals {
     sessions: SessionCounts,
     post_statuses: BTreeMap<u16, u64>,
     delete_statuses: BTreeMap<u16, u64>,
-    post_to_201: Histogram<u64>,
-    post_to_connected: Histogram<u64>,
-    post_to_first_audio: Histogram<u64>,
-    rtt: Histogram<u64>,
-    rtp: WhipRtpCounts,
-    expected: u64,
-    jitter_sum_ms: f64,
-    jitter_sessions: u64,
-    tone: ToneCounts,
-    tone_ratio_sum: f64,
-    tone_sessions: u64,
+    media: MediaTotals,
 }
 
 impl Totals {
@@ -496,25 +553,12 @@ impl Totals {
             sessions: SessionCounts::default(),
             post_statuses: BTreeMap::new(),
             delete_statuses: BTreeMap::new(),
-            post_to_201: new_histogram(),
-            post_to_connected: new_histogram(),
-            post_to_first_audio: new_histogram(),
-            rtt: new_histogram(),
-            rtp: WhipRtpCounts::default(),
-            expected: 0,
-            jitter_sum_ms: 0.0,
-            jitter_sessions: 0,
-            tone: ToneCounts {
-                sent_hz: tone_hz,
-                ratio_min: f64::INFINITY,
-                ..ToneCounts::default()
-            },
-            tone_ratio_sum: 0.0,
-            tone_sessions: 0,
+            media: MediaTotals::new(tone_hz),
         }
     }
 
     fn add(&mut self, record: SessionRecord) {
+        self.media.add(&record);
         let sessions = &mut self.sessions;
         sessions.attempted += 1;
         if record.post_to_201.is_some() {
@@ -536,6 +580,92 @@ impl Totals {
         if let Some(status) = record.delete_status {
             *self.delete_statuses.entry(status).or_default() += 1;
         }
+    }
+
+    fn into_report(mut self, context: &WhipContext) -> WhipReport {
+        let plan = &context.plan;
+        let media = self.media.finish();
+        self.sessions.achieved_rate = achieved_rate(&context.live);
+        self.sessions.peak_concurrency = context.peak_active();
+        let passed = self.sessions.failed == 0 && self.sessions.attempted > 0;
+        WhipReport {
+            tool: format!("voxgate-loadgen {}", env!("CARGO_PKG_VERSION")),
+            target: plan.target.clone(),
+            duration_seconds: context.epoch.elapsed().as_secs_f64(),
+            settings: WhipSettings {
+                concurrency: plan.concurrency,
+                total: plan.total,
+                rate: plan.rate,
+                hold_seconds: plan.hold.as_secs_f64(),
+                tone_hz: plan.tone_hz,
+                telephone_event: plan.telephone_event,
+                token: plan.token.is_some(),
+            },
+            sessions: self.sessions,
+            post_statuses: self.post_statuses,
+            delete_statuses: self.delete_statuses,
+            setup_ms: media.setup_ms,
+            media_rtt_ms: media.media_rtt_ms,
+            rtp: media.rtp,
+            tone: media.tone,
+            verdict: WhipVerdict { passed },
+        }
+    }
+}
+
+/// Setup times, audio round trips, RTP and the tone check of sessions, summed up (by `whip` and
+/// by `soak`).
+pub struct MediaTotals {
+    post_to_201: Histogram<u64>,
+    post_to_connected: Histogram<u64>,
+    post_to_first_audio: Histogram<u64>,
+    rtt: Histogram<u64>,
+    rtp: WhipRtpCounts,
+    expected: u64,
+    jitter_sum_ms: f64,
+    jitter_sessions: u64,
+    tone: ToneCounts,
+    tone_ratio_sum: f64,
+    tone_sessions: u64,
+}
+
+/// [`MediaTotals`] finished.
+#[derive(Debug, Clone, Default)]
+pub struct MediaSummary {
+    /// Setup times.
+    pub setup_ms: SetupTimes,
+    /// Audio round trip.
+    pub media_rtt_ms: Percentiles,
+    /// Media counters.
+    pub rtp: WhipRtpCounts,
+    /// The tone check.
+    pub tone: ToneCounts,
+}
+
+impl MediaTotals {
+    /// No session yet; the tone sent is `tone_hz`.
+    pub fn new(tone_hz: f64) -> Self {
+        Self {
+            post_to_201: new_histogram(),
+            post_to_connected: new_histogram(),
+            post_to_first_audio: new_histogram(),
+            rtt: new_histogram(),
+            rtp: WhipRtpCounts::default(),
+            expected: 0,
+            jitter_sum_ms: 0.0,
+            jitter_sessions: 0,
+            tone: ToneCounts {
+                sent_hz: tone_hz,
+                ratio_min: f64::INFINITY,
+                ..ToneCounts::default()
+            },
+            tone_ratio_sum: 0.0,
+            tone_sessions: 0,
+        }
+    }
+
+    /// Counts one session's times and media.
+    pub fn add(&mut self, record: &SessionRecord) {
         for (histogram, value) in [
             (&mut self.post_to_201, record.post_to_201),
             (&mut self.post_to_connected, record.post_to_connected),
@@ -580,8 +710,8 @@ impl Totals {
         }
     }
 
-    fn into_report(mut self, context: &WhipContext) -> WhipReport {
-        let plan = &context.plan;
+    /// Percentiles, the loss ratio and the means.
+    pub fn finish(mut self) -> MediaSummary {
         self.rtp.loss_ratio = ratio(self.rtp.lost, self.expected);
         if self.jitter_sessions > 0 {
             self.rtp.jitter_mean_ms = self.jitter_sum_ms / self.jitter_sessions as f64;
@@ -591,25 +721,7 @@ impl Totals {
         } else {
             self.tone.ratio_min = 0.0;
         }
-        self.sessions.achieved_rate = achieved_rate(&context.live);
-        self.sessions.peak_concurrency = context.live.peak_active.load(Ordering::Relaxed);
-        let passed = self.sessions.failed == 0 && self.sessions.attempted > 0;
-        WhipReport {
-            tool: format!("voxgate-loadgen {}", env!("CARGO_PKG_VERSION")),
-            target: plan.target.clone(),
-            duration_seconds: context.epoch.elapsed().as_secs_f64(),
-            settings: WhipSettings {
-                concurrency: plan.concurrency,
-                total: plan.total,
-                rate: plan.rate,
-                hold_seconds: plan.hold.as_secs_f64(),
-                tone_hz: plan.tone_hz,
-                telephone_event: plan.telephone_event,
-                token: plan.token.is_some(),
-            },
-            sessions: self.sessions,
-            post_statuses: self.post_statuses,
-            delete_statuses: self.delete_statuses,
+        MediaSummary {
             setup_ms: SetupTimes {
                 post_to_201: Percentiles::from_micros(&self.post_to_201),
                 post_to_connected: Percentiles::from_micros(&self.post_to_connected),
@@ -618,7 +730,6 @@ impl Totals {
             media_rtt_ms: Percentiles::from_micros(&self.rtt),
             rtp: self.rtp,
             tone: self.tone,
-            verdict: WhipVerdict { passed },
         }
     }
 }
@@ -639,8 +750,8 @@ fn progress_line(context: &WhipContext, totals: &Totals) -> String {
         load(&live.connected),
         load(&live.completed),
         load(&live.failed),
-        p50(&totals.post_to_connected),
-        p50(&totals.rtt),
+        p50(&totals.media.post_to_connected),
+        p50(&totals.media.rtt),
         load(&live.rtp_sent),
         load(&live.rtp_received),
     )

@@ -199,7 +199,7 @@ impl fmt::Display for WhipReport {
 }
 
 /// `201 x5, 503 x2`, or `none`.
-fn statuses<K: fmt::Display>(map: &BTreeMap<K, u64>) -> String {
+pub fn statuses<K: fmt::Display>(map: &BTreeMap<K, u64>) -> String {
     if map.is_empty() {
         return "none".to_owned();
     }
