@@ -42,8 +42,13 @@ cargo build --workspace --bins --locked
 echo "==> cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
-cargo test --workspace --locked 2>&1 | tee "$log"
+# Every test binary runs even when one fails; the closing line counts them all.
+set +e
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
 # One closing line over every test binary (cargo's last line is often a doc-test run of 0).
 awk '/^test result:/ { for (i = 1; i <= NF; i++) {
         if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i; if ($(i+1) ~ /^ignored/) s += $i } }
      END { printf "tests: %d passed, %d failed, %d skipped\n", p, f, s }' "$log"
+exit "$status"

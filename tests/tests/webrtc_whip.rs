@@ -275,6 +275,15 @@ fn the_backend_is_called_once_the_client_connects_and_its_bye_ends_the_session()
     assert!(!status.success());
 }
 
+/// The interop client found the 1 kHz tone in what came back (its FFT bins are not exact).
+fn assert_tone(result: &Value, what: &str) {
+    let found = result["dominant_hz"].as_f64();
+    assert!(
+        found.is_some_and(|hz| (hz - 1000.0).abs() < 30.0),
+        "{what}: the tone did not come back: {result:#}"
+    );
+}
+
 /// `tests/interop/whip_aiortc.py` run by Debian's python with python3-aiortc; `None` (after
 /// saying why) when that is not installed. `scripts/test.sh` installs it.
 fn aiortc_client() -> Option<Command> {
@@ -335,7 +344,7 @@ fn aiortc_audio_round_trip_with_opus_passthrough_and_with_g711_transcoding() {
             return;
         };
         assert_eq!(result["status"], 201, "{result:#}");
-        assert_eq!(result["dominant_hz"], 1000.0, "{name}: {result:#}");
+        assert_tone(&result, name);
         assert_eq!(result["delete_status"], 200, "{result:#}");
         let frames =
             proxy.counter("voxgate_webrtc_transcoded_frames_total{direction=\"to_client\"}");
@@ -465,7 +474,7 @@ fn headless_chromium_completes_a_whip_session_with_audio_both_ways() {
             .unwrap_or_else(|e| panic!("no JSON from Chromium ({e}):\n{stdout}\n{stderr}"));
         assert!(output.status.success(), "{codecs}: {result:#}\n{stderr}");
         assert_eq!(result["status"], 201, "{result:#}");
-        assert_eq!(result["dominant_hz"], 1000, "{codecs}: {result:#}");
+        assert_tone(&result, codecs);
         // The script prints voxgate's metrics on stderr after the session.
         assert!(stderr.contains("voxgate_sessions_active 0"), "{stderr}");
         assert_eq!(

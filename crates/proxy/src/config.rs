@@ -374,6 +374,17 @@ impl Config {
                 "must be at least 5s (clients refresh consent every ~5 s, RFC 7675)",
             ));
         }
+        let origin_ok = !webrtc.allow_origin.is_empty()
+            && webrtc
+                .allow_origin
+                .bytes()
+                .all(|b| b.is_ascii_graphic() || b == b' ');
+        if !origin_ok {
+            return Err(ConfigError::new(
+                "webrtc.allow_origin",
+                "must be \"*\" or an origin such as \"https://app.example.com\" (printable ASCII)",
+            ));
+        }
         let mut seen = BTreeSet::new();
         for (i, token) in webrtc.tokens.iter().enumerate() {
             if token.token.chars().count() < MIN_API_KEY_LEN {

@@ -510,6 +510,11 @@ pub async fn run(gateway: Arc<Gateway>) {
 /// Dials as many pending requests as there are free slots and Backends with room.
 fn dial_next(gateway: &Arc<Gateway>) {
     for (id, request) in gateway.outbound.waiting() {
+        // Looked at before reserving: a reserve that is given back at once would still make a
+        // concurrent INVITE see a full node for an instant.
+        if gateway.slots.capacity().is_full() {
+            return;
+        }
         let Some(slot) = gateway.slots.try_reserve() else {
             return;
         };

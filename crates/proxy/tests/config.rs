@@ -247,6 +247,18 @@ fn each_validation_error_names_its_key() {
         ),
         ("[[trunks]]\nname = \"t\"\n".into(), "trunks[0].sources"),
         ("[[trunks]]\nname = \"t\"\nsources = [\"10.0.0.0/8\"]\nhosts = [\"\"]\n".into(), "trunks[0].hosts[0]"),
+        ("[outbound]\nqueue_size = 0\n".into(), "outbound.queue_size"),
+        ("[outbound]\nmax_wait = \"0s\"\n".into(), "outbound.max_wait"),
+        ("[outbound]\nring_timeout = \"0s\"\n".into(), "outbound.ring_timeout"),
+        ("[outbound]\ncaller_id = \"a b\"\n".into(), "outbound.caller_id"),
+        ("[webrtc]\nsetup_timeout = \"0s\"\n".into(), "webrtc.setup_timeout"),
+        ("[webrtc]\nconsent_timeout = \"2s\"\n".into(), "webrtc.consent_timeout"),
+        ("[webrtc]\nallow_origin = \"\"\n".into(), "webrtc.allow_origin"),
+        ("[[webrtc.tokens]]\ntoken = \"short\"\n".into(), "webrtc.tokens[0].token"),
+        (
+            "[[webrtc.tokens]]\ntoken = \"a-token-of-at-least-32-characters-long\"\nregion = \"GB-LON\"\n".into(),
+            "webrtc.tokens[0].region",
+        ),
         ("[routing.spillover]\n\"GB-LON\" = [\"US-EAST\"]\n".into(), "routing.spillover.GB-LON"),
         ("[routing.spillover]\n\"US-EAST\" = [\"GB-LON\"]\n".into(), "routing.spillover.US-EAST"),
     ];

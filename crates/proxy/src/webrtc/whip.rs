@@ -256,13 +256,21 @@ async fn create(
         setup_timeout: gateway.config.webrtc.setup_timeout,
         consent_timeout: gateway.config.webrtc.consent_timeout,
     };
-    let peer = match WebRtcPeer::new(
-        offer.sdp(),
-        whip.candidate,
-        config,
-        &mut rng,
-        started.into_std(),
-    ) {
+    // Answering makes a certificate and key pair: CPU work kept off the async workers.
+    let candidate = whip.candidate;
+    let answered = tokio::task::spawn_blocking(move || {
+        let peer = WebRtcPeer::new(offer.sdp(), candidate, config, &mut rng, started.into_std());
+        (peer, rng)
+    })
+    .await;
+    let Ok((answered, mut rng)) = answered else {
+        return error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "answering the offer failed",
+        );
+    };
+    let peer = match answered {
         Ok(peer) => peer,
         Err(err) => {
             metrics::session_rejected("bad_offer");
