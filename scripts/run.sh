@@ -7,20 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "missing: cargo (the Rust toolchain, 1.88 or newer)" >&2; exit 1; }
-# The bundled libopus (WebRTC transcoding) builds with cmake and a C compiler.
-missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "==> installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "missing: ${missing[*]} (Debian packages). Install with: sudo apt-get install ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+source scripts/packages.sh
+mapfile -t missing < <(build_packages)
+install_missing "${missing[@]}"
 cargo build --release --locked -p voxgate-proxy -p voxgate-loadgen
 bin=target/release
 pids=()

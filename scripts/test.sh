@@ -7,23 +7,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-missing=()
-command -v cmake >/dev/null 2>&1 || missing+=(cmake)
-command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+source scripts/packages.sh
+mapfile -t missing < <(build_packages)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 /usr/bin/python3 -c 'import aiortc, numpy' >/dev/null 2>&1 || missing+=(python3-aiortc python3-numpy)
 [[ -x /usr/lib/chromium/chromium ]] || missing+=(chromium)
-if ((${#missing[@]})); then
-    if [[ $(id -u) -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
-        echo "==> installing ${missing[*]}"
-        apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-    else
-        echo "missing: ${missing[*]} (Debian packages). Install with: sudo apt-get install ${missing[*]}" >&2
-        exit 1
-    fi
-fi
+install_missing "${missing[@]}"
 for tool in rustfmt clippy-driver; do
     command -v "$tool" >/dev/null 2>&1 || {
         echo "missing: $tool. Install with: rustup component add ${tool%-driver}" >&2

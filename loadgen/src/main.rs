@@ -5,6 +5,7 @@ mod backend;
 mod batch;
 mod caller;
 mod echo;
+mod http_url;
 mod media;
 mod probe;
 mod progress;

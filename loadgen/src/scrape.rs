@@ -9,6 +9,8 @@ use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Empty};
 use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
+
+use crate::http_url::HttpUrl;
 use serde::Serialize;
 
 /// How long one scrape may take; the sampler runs once a second.
@@ -61,28 +63,14 @@ impl ProxyProbe {
     /// Resolves `url` (`http://HOST:PORT/PATH`); `pid` is the Proxy's process, for RSS when the
     /// metrics carry none and to notice its exit.
     pub async fn new(url: &str, pid: Option<u32>) -> anyhow::Result<Self> {
-        let uri: hyper::Uri = url
-            .parse()
-            .with_context(|| format!("--metrics {url:?} is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("--metrics {url:?}: only http:// is supported");
-        }
-        let authority = uri
-            .authority()
-            .with_context(|| format!("--metrics {url:?} has no host"))?
-            .clone();
-        let port = authority.port_u16().unwrap_or(80);
-        let addr = tokio::net::lookup_host((authority.host(), port))
-            .await
-            .with_context(|| format!("cannot resolve {}", authority.host()))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", authority.host()))?;
-        let path = uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let HttpUrl {
+            addr,
+            authority,
+            path,
+        } = HttpUrl::resolve(url).await.context("--metrics")?;
         Ok(Self {
             addr,
-            authority: authority.to_string(),
+            authority,
             path,
             pid,
         })

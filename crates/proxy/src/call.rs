@@ -139,6 +139,24 @@ pub(crate) struct Attempt {
     pub(crate) provisional: bool,
 }
 
+impl Attempt {
+    /// Confirms the dialog with its 2xx `response` and ACKs it; returns the ACK (sent again if
+    /// the 2xx is retransmitted).
+    pub(crate) fn acknowledge(
+        &mut self,
+        gateway: &Gateway,
+        response: &rsip::Response,
+        rng: &mut SmallRng,
+    ) -> rsip::Request {
+        self.dialog.confirm(response);
+        let invite_cseq = voxgate_sip::message::cseq(&self.invite).map_or(1, |(n, _)| n);
+        let ack = self.dialog.ack(rng, invite_cseq);
+        let next_hop = self.dialog.next_hop().unwrap_or(self.address);
+        gateway.endpoint.stateless(next_hop, ack.clone());
+        ack
+    }
+}
+
 /// The outcome of one attempt.
 pub(crate) enum AttemptResult {
     Answered(rsip::Response),
@@ -360,11 +378,8 @@ pub async fn originate(
             return;
         }
     };
-    attempt.dialog.confirm(&response);
-    let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
-    let ack = attempt.dialog.ack(&mut rng, invite_cseq);
+    let ack = attempt.acknowledge(&gateway, &response, &mut rng);
     let hop = attempt.dialog.next_hop().unwrap_or(trunk_addr);
-    gateway.endpoint.stateless(hop, ack.clone());
     let caller = CallerLeg {
         inbound: None,
         dialog: attempt.dialog,
@@ -735,11 +750,7 @@ impl Call {
         mut attempt: Attempt,
         response: rsip::Response,
     ) -> Result<(BackendLeg, AudioSdp), EndCause> {
-        attempt.dialog.confirm(&response);
-        let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
-        let ack = attempt.dialog.ack(&mut self.rng, invite_cseq);
-        let next_hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
-        self.gateway.endpoint.stateless(next_hop, ack.clone());
+        let ack = attempt.acknowledge(&self.gateway, &response, &mut self.rng);
         let mut leg = BackendLeg {
             dialog: attempt.dialog,
             events: attempt.events,
@@ -1153,13 +1164,8 @@ pub(crate) async fn wind_down(gateway: Arc<Gateway>, mut attempt: Attempt, mut r
                     }
                     100..=199 => {}
                     200..=299 => {
-                        attempt.dialog.confirm(&response);
-                        let cseq =
-                            voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
+                        attempt.acknowledge(&gateway, &response, &mut rng);
                         let hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
-                        gateway
-                            .endpoint
-                            .stateless(hop, attempt.dialog.ack(&mut rng, cseq));
                         gateway.endpoint.request(hop, attempt.dialog.bye(&mut rng));
                         return;
                     }

@@ -4,11 +4,12 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Bytes;
 use hyper::header;
 use hyper_util::rt::TokioIo;
+
+use crate::http_url::HttpUrl;
 
 /// How long one request may take, connection included.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -54,28 +55,14 @@ impl HttpFailure {
 impl WhipUrl {
     /// Resolves `url` (`http://HOST:PORT/PATH`).
     pub async fn parse(url: &str) -> anyhow::Result<Self> {
-        let uri: hyper::Uri = url
-            .parse()
-            .with_context(|| format!("{url:?} is not a URL"))?;
-        if uri.scheme_str() != Some("http") {
-            bail!("{url:?}: only http:// is supported");
-        }
-        let authority = uri
-            .authority()
-            .with_context(|| format!("{url:?} has no host"))?
-            .clone();
-        let port = authority.port_u16().unwrap_or(80);
-        let addr = tokio::net::lookup_host((authority.host(), port))
-            .await
-            .with_context(|| format!("cannot resolve {}", authority.host()))?
-            .next()
-            .with_context(|| format!("{} resolves to no address", authority.host()))?;
-        let path = uri
-            .path_and_query()
-            .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
+        let HttpUrl {
+            addr,
+            authority,
+            path,
+        } = HttpUrl::resolve(url).await?;
         Ok(Self {
             addr,
-            authority: authority.to_string(),
+            authority,
             path,
         })
     }

@@ -395,11 +395,7 @@ impl Session {
         mut attempt: Attempt,
         response: rsip::Response,
     ) -> Result<(BackendLeg, MediaBridge), EndCause> {
-        attempt.dialog.confirm(&response);
-        let invite_cseq = voxgate_sip::message::cseq(&attempt.invite).map_or(1, |(n, _)| n);
-        let ack = attempt.dialog.ack(&mut self.rng, invite_cseq);
-        let next_hop = attempt.dialog.next_hop().unwrap_or(attempt.address);
-        self.gateway.endpoint.stateless(next_hop, ack.clone());
+        let ack = attempt.acknowledge(&self.gateway, &response, &mut self.rng);
         let answer = parse_sdp(&response.body).filter(|sdp| sdp.port != 0);
         let bridge = answer.as_ref().and_then(|answer| {
             MediaBridge::new(
