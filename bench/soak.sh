@@ -6,6 +6,7 @@
 #
 # e.g. bench/soak.sh 10m 20        (holds 2-20 s: ~220 calls offered at once, 1.5x the cap)
 #      bench/soak.sh 5m 20 --kill-backend-at 2m   (the script fills in the Backend's pid)
+#      bench/soak.sh 3m 20 --whip-target http://127.0.0.1:8080/whip --whip-share 0.3  (30 % WebRTC)
 #
 # The report goes to soak-report.json in the current directory; the exit status is the soak's
 # (0 pass, 2 a violation). Builds nothing: run `cargo build --release -p voxgate-proxy
@@ -32,6 +33,7 @@ done
 backend=${pids[0]}
 VOXGATE_SIP__LISTEN_UDP=127.0.0.1:5060 VOXGATE_SIP__LISTEN_TCP="" \
 VOXGATE_MEDIA__BIND_IP=127.0.0.1 VOXGATE_CLUSTER__STATE_FILE="" \
+VOXGATE_WEBRTC__LISTEN=127.0.0.1:8080 VOXGATE_WEBRTC__MEDIA_LISTEN=127.0.0.1:3478 \
     "$bin/voxgate" > "$work/proxy.log" 2>&1 &
 proxy=$!
 pids+=("$proxy")
