@@ -112,8 +112,8 @@ fn an_originated_call_is_dialled_bridged_and_carries_media() {
 
 #[test]
 fn requests_wait_for_a_slot_and_a_full_queue_answers_429() {
-    // One slot, room for two waiting. The Backend ends each call after 1 s without RTP.
-    let (_backend, backend_addr) = start_backend("queue-backend", &["--media-timeout", "1s"]);
+    // One slot, room for two waiting. The Backend ends a call after 3 s without RTP.
+    let (_backend, backend_addr) = start_backend("queue-backend", &["--media-timeout", "3s"]);
     let (_carrier, carrier_addr) = start_backend("queue-carrier", &[]);
     let config = format!(
         "[limits]\nmax_sessions = 1\n\n[outbound]\nqueue_size = 2\n{}{}",
@@ -149,23 +149,26 @@ fn requests_wait_for_a_slot_and_a_full_queue_answers_429() {
     assert_eq!(capacity["outbound"]["processing"], 1, "{capacity:#}");
     assert_eq!(proxy.metric("voxgate_outbound_queue_pending"), 2.0);
 
-    // Cancel the last waiting one; the one being dialled cannot be cancelled.
+    // Cancel the last waiting one: it leaves the queue.
     let (status, cancelled, _) = api(&proxy, "DELETE", &format!("/v1/calls/{}", ids[1]), None);
     assert_eq!(status, 200, "{cancelled:#}");
     assert_eq!(cancelled["outcome"], "cancelled");
-    let (status, busy, _) = api(&proxy, "DELETE", &format!("/v1/calls/{first}"), None);
-    assert_eq!(
-        (status, busy["code"].as_str()),
-        (409, Some("CALL_NOT_PENDING"))
-    );
 
-    // The first call ends (Backend BYE after 1 s of silence); the second is dialled in its slot.
+    // Hang up the one that is up: both legs get BYE, and the second is dialled in its slot.
+    wait_for_call(&proxy, &first, |call| call["state"] == "connected");
+    let (status, hanging_up, _) = api(&proxy, "DELETE", &format!("/v1/calls/{first}"), None);
+    assert_eq!(status, 202, "{hanging_up:#}");
     let done = wait_for_call(&proxy, &first, |call| call["state"] == "ended");
     assert_eq!(done["outcome"], "completed", "{done:#}");
+    assert_eq!(done["end_cause"], "hung_up", "{done:#}");
+    let (status, ended, _) = api(&proxy, "DELETE", &format!("/v1/calls/{first}"), None);
+    assert_eq!((status, ended["code"].as_str()), (409, Some("CALL_ENDED")));
+    // The second ends by itself (its Backend hangs up after 3 s without RTP).
     let second = wait_for_call(&proxy, &ids[0], |call| call["state"] == "ended");
     assert_eq!(second["outcome"], "completed", "{second:#}");
+    assert_eq!(second["end_cause"], "backend_bye", "{second:#}");
     assert!(
-        second["waited_s"].as_f64().unwrap() >= 0.5,
+        second["waited_s"].as_f64().unwrap() > 0.0,
         "the second call did not wait for the slot: {second:#}"
     );
     proxy.assert_idle(Duration::from_secs(5));

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use rand::rngs::SmallRng;
 use rsip::Header;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use voxgate_cluster::{BackendLease, SessionSlot, Trunk};
 use voxgate_core::{NodeId, RegionId, SessionId};
@@ -52,6 +53,8 @@ enum EndCause {
     AckTimeout,
     NoBackend,
     Shutdown,
+    /// `DELETE /v1/calls/{id}` on an originated call.
+    HungUp,
 }
 
 impl EndCause {
@@ -65,6 +68,7 @@ impl EndCause {
             EndCause::AckTimeout => "ack_timeout",
             EndCause::NoBackend => "no_backend",
             EndCause::Shutdown => "shutdown",
+            EndCause::HungUp => "hung_up",
         }
     }
 }
@@ -169,6 +173,8 @@ pub(crate) enum AttemptResult {
     Reject(u16),
     /// The caller cancelled; it has been answered.
     Cancelled,
+    /// The API hung an originated call up; its leg has been hung up.
+    HungUp,
 }
 
 struct Call {
@@ -187,6 +193,8 @@ struct Call {
     progress: Option<Progress>,
     /// The first Backend is the only one to try (an operator chose it).
     pinned: bool,
+    /// An originated call's hang-up signal (`DELETE /v1/calls/{id}`).
+    hang_up: Option<Arc<Notify>>,
 }
 
 /// Runs one call from its INVITE to its end. `slot` is this call's share of the node cap.
@@ -280,6 +288,7 @@ pub async fn run(
         started,
         progress: None,
         pinned: false,
+        hang_up: None,
     };
     let (Ok(cause) | Err(cause)) = call.run(destination, None).await;
     call.ended(cause);
@@ -356,12 +365,13 @@ pub async fn originate(
         lease: None,
         provisional: false,
     };
-    let response = match dial(&gateway, &mut attempt).await {
+    let hang_up = progress.hang_up_signal();
+    let response = match dial(&gateway, &mut attempt, &hang_up).await {
         Ok(response) => response,
         Err(outcome) => {
             let code = match outcome {
                 Dialed::Refused(code) => Some(code),
-                Dialed::Silent | Dialed::NoAnswer | Dialed::Shutdown => {
+                Dialed::Silent | Dialed::NoAnswer | Dialed::Shutdown | Dialed::HungUp => {
                     // Cancel the INVITE (once it is provisional) and clean up an answer that
                     // crosses the CANCEL.
                     if attempt.provisional {
@@ -420,6 +430,7 @@ pub async fn originate(
         started,
         progress: Some(progress),
         pinned: request.backend.is_some(),
+        hang_up: Some(hang_up),
     };
     let region = request.region.clone();
     let result = call.run(Destination::Backend { region }, Some(lease)).await;
@@ -427,6 +438,7 @@ pub async fn originate(
     let outcome = match (result, cause) {
         (Ok(_), _) => Outcome::Completed,
         (Err(_), EndCause::Shutdown) => Outcome::Shutdown,
+        (Err(_), EndCause::HungUp) => Outcome::Cancelled,
         (Err(_), EndCause::NoBackend | EndCause::Rejected) => Outcome::NoBackend,
         (Err(_), _) => Outcome::Failed,
     };
@@ -466,6 +478,8 @@ enum Dialed {
     NoAnswer,
     /// The node is going away.
     Shutdown,
+    /// `DELETE /v1/calls/{id}` while ringing.
+    HungUp,
 }
 
 impl Dialed {
@@ -475,12 +489,25 @@ impl Dialed {
             Dialed::Refused(408 | 480 | 487) | Dialed::NoAnswer => Outcome::NoAnswer,
             Dialed::Refused(_) | Dialed::Silent => Outcome::Failed,
             Dialed::Shutdown => Outcome::Shutdown,
+            Dialed::HungUp => Outcome::Cancelled,
         }
     }
 }
 
+/// Resolves when `signal` is notified; never without one.
+async fn signalled(signal: Option<&Notify>) {
+    match signal {
+        Some(signal) => signal.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Waits for the trunk's answer to an originated call's INVITE.
-async fn dial(gateway: &Gateway, attempt: &mut Attempt) -> Result<rsip::Response, Dialed> {
+async fn dial(
+    gateway: &Gateway,
+    attempt: &mut Attempt,
+    hang_up: &Notify,
+) -> Result<rsip::Response, Dialed> {
     let now = Instant::now();
     let silent_deadline = now + gateway.config.routing.invite_timeout;
     let ring_deadline = now + gateway.config.outbound.ring_timeout;
@@ -505,6 +532,7 @@ async fn dial(gateway: &Gateway, attempt: &mut Attempt) -> Result<rsip::Response
             }
             () = tokio::time::sleep_until(ring_deadline) => return Err(Dialed::NoAnswer),
             () = gateway.hang_up_requested() => return Err(Dialed::Shutdown),
+            () = hang_up.notified() => return Err(Dialed::HungUp),
         }
     }
 }
@@ -584,6 +612,10 @@ impl Call {
                     tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
                     return Err(EndCause::Cancelled);
                 }
+                AttemptResult::HungUp => {
+                    tokio::spawn(wind_down(gateway.clone(), attempt, self.call_rng()));
+                    return Err(EndCause::HungUp);
+                }
             }
         }
         metrics::session_rejected("no_backend");
@@ -659,8 +691,16 @@ impl Call {
     async fn await_attempt(&mut self, attempt: &mut Attempt) -> AttemptResult {
         let gateway = self.gateway.clone();
         let deadline = Instant::now() + gateway.config.routing.invite_timeout;
+        let hang_up = self.hang_up.clone();
         loop {
             tokio::select! {
+                () = signalled(hang_up.as_deref()) => {
+                    if attempt.provisional {
+                        gateway.endpoint.request(attempt.address, dialog::cancel(&attempt.invite));
+                    }
+                    self.bye_caller();
+                    return AttemptResult::HungUp;
+                }
                 event = attempt.events.recv() => match event {
                     Some(Event::Response { response, .. }) if dialog::is_invite_response(&response) => {
                         let code = response.status_code.code();
@@ -795,8 +835,15 @@ impl Call {
     /// The answered call, until one side ends it.
     async fn established(&mut self, backend: &mut BackendLeg) -> EndCause {
         let gateway = self.gateway.clone();
+        let hang_up = self.hang_up.clone();
         loop {
             tokio::select! {
+                () = signalled(hang_up.as_deref()) => {
+                    tracing::info!(session = %self.id, "hung up through the API");
+                    self.bye(Side::Caller, backend);
+                    self.bye(Side::Backend, backend);
+                    return EndCause::HungUp;
+                }
                 event = self.caller.events.recv() => match event {
                     Some(Event::Request { key, request, .. }) if !in_dialog(&request, &self.caller.dialog) => {
                         // Same Call-ID, other tags: not this dialog (a stray or a forged request).

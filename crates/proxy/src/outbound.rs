@@ -133,6 +133,15 @@ pub enum SubmitError {
     QueueFull,
 }
 
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cancelled {
+    /// The request was pending: it left the queue (outcome `cancelled`).
+    Dequeued,
+    /// The call was being dialled or was up: its task was told to hang up (CANCEL or BYE).
+    HangingUp,
+}
+
 /// Why a request could not be cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -140,9 +149,9 @@ pub enum CancelError {
     /// No request with that id (or it ended long ago).
     #[error("no originate request with that id")]
     NotFound,
-    /// It is already being dialled or has ended; a live call is ended like any other session.
-    #[error("the request is no longer pending")]
-    NotPending,
+    /// It has ended already.
+    #[error("the call has ended")]
+    Ended,
 }
 
 /// The queue and the record of every recent originate request.
@@ -179,6 +188,8 @@ struct Record {
     end_cause: Option<&'static str>,
     backend: Option<NodeId>,
     session: Option<SessionId>,
+    /// Tells the call's task to hang up, from dialing on.
+    hang_up: Option<Arc<Notify>>,
 }
 
 impl OutboundQueue {
@@ -217,6 +228,7 @@ impl OutboundQueue {
                 end_cause: None,
                 backend: None,
                 session: None,
+                hang_up: None,
             },
         );
         inner.pending.push_back(id.clone());
@@ -227,16 +239,23 @@ impl OutboundQueue {
         Ok((id, position))
     }
 
-    /// Cancels a pending request.
-    pub fn cancel(&self, id: &str, now: Instant) -> Result<(), CancelError> {
+    /// Cancels a request: a pending one leaves the queue, a call being dialled or up is hung up.
+    pub fn cancel(&self, id: &str, now: Instant) -> Result<Cancelled, CancelError> {
         let mut inner = self.lock();
-        match inner.records.get(id).map(|r| r.stage) {
-            None => Err(CancelError::NotFound),
-            Some(Stage::Pending) => {
+        let record = inner.records.get(id).ok_or(CancelError::NotFound)?;
+        match record.stage {
+            Stage::Pending => {
                 inner.end_pending(id, Outcome::Cancelled, now);
-                Ok(())
+                Ok(Cancelled::Dequeued)
             }
-            Some(_) => Err(CancelError::NotPending),
+            Stage::Ended => Err(CancelError::Ended),
+            Stage::Dialing | Stage::Bridging | Stage::Connected => {
+                if let Some(hang_up) = &record.hang_up {
+                    // A permit: the task sees it at its next wait even if not waiting now.
+                    hang_up.notify_one();
+                }
+                Ok(Cancelled::HangingUp)
+            }
         }
     }
 
@@ -324,22 +343,23 @@ impl OutboundQueue {
             .collect()
     }
 
-    /// Moves a pending request to `dialing`; false if it is no longer pending (cancelled).
-    fn start(&self, id: &str, backend: &NodeId, now: Instant) -> bool {
+    /// Moves a pending request to `dialing` and returns its hang-up signal; `None` if it is no
+    /// longer pending (cancelled).
+    fn start(&self, id: &str, backend: &NodeId, now: Instant) -> Option<Arc<Notify>> {
         let mut inner = self.lock();
-        let Some(index) = inner.pending.iter().position(|p| p == id) else {
-            return false;
-        };
+        let index = inner.pending.iter().position(|p| p == id)?;
         inner.pending.remove(index);
         inner.processing += 1;
+        let hang_up = Arc::new(Notify::new());
         if let Some(record) = inner.records.get_mut(id) {
             record.stage = Stage::Dialing;
             record.dialed_at = Some(now);
             record.backend = Some(backend.clone());
+            record.hang_up = Some(hang_up.clone());
             metrics::outbound_wait(now.saturating_duration_since(record.queued_at));
         }
         inner.publish();
-        true
+        Some(hang_up)
     }
 
     fn update(&self, id: &str, change: impl FnOnce(&mut Record)) {
@@ -374,6 +394,7 @@ impl Inner {
             record.stage = Stage::Ended;
             record.outcome = Some(outcome);
             record.ended_at = Some(now);
+            record.hang_up = None;
         }
         *self.outcomes.entry(outcome).or_default() += 1;
         metrics::outbound_finished(outcome.as_str());
@@ -425,6 +446,7 @@ impl Record {
 pub struct Progress {
     gateway: Arc<Gateway>,
     id: String,
+    hang_up: Arc<Notify>,
     finished: bool,
 }
 
@@ -432,6 +454,11 @@ impl Progress {
     /// The request's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Notified when `DELETE /v1/calls/{id}` asks the call to hang up.
+    pub fn hang_up_signal(&self) -> Arc<Notify> {
+        self.hang_up.clone()
     }
 
     /// The session that carries the call.
@@ -521,12 +548,13 @@ fn dial_next(gateway: &Arc<Gateway>) {
         let Some(lease) = lease_for(gateway, &request) else {
             continue;
         };
-        if !gateway.outbound.start(&id, lease.id(), Instant::now()) {
+        let Some(hang_up) = gateway.outbound.start(&id, lease.id(), Instant::now()) else {
             continue;
-        }
+        };
         let progress = Progress {
             gateway: gateway.clone(),
             id,
+            hang_up,
             finished: false,
         };
         tokio::spawn(call::originate(
@@ -587,13 +615,20 @@ mod tests {
         assert_eq!(waiting, vec![a.clone(), b.clone()]);
 
         let backend = NodeId::new("b1").expect("node");
-        assert!(queue.start(&a, &backend, t0 + Duration::from_secs(3)));
-        assert!(!queue.start(&a, &backend, t0), "started twice");
-        assert_eq!(queue.cancel(&a, t0), Err(CancelError::NotPending));
+        let hang_up = queue
+            .start(&a, &backend, t0 + Duration::from_secs(3))
+            .expect("a was pending");
+        assert!(queue.start(&a, &backend, t0).is_none(), "started twice");
+        assert_eq!(queue.cancel(&a, t0), Ok(Cancelled::HangingUp));
+        // The permit is there for the call's task to see.
+        tokio::time::timeout(Duration::from_millis(1), hang_up.notified())
+            .await
+            .expect("the hang-up was signalled");
         assert_eq!(queue.call_json(&b, t0).expect("b")["position"], 1);
-        queue.cancel(&b, t0).expect("b is pending");
+        assert_eq!(queue.cancel(&b, t0), Ok(Cancelled::Dequeued));
         assert_eq!(queue.cancel("nope", t0), Err(CancelError::NotFound));
         queue.finish(&a, Outcome::Completed, t0 + Duration::from_secs(9));
+        assert_eq!(queue.cancel(&a, t0), Err(CancelError::Ended));
 
         let now = t0 + Duration::from_secs(10);
         let stats = queue.stats_json(now);

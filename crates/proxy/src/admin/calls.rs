@@ -13,7 +13,7 @@ use voxgate_sip::dialog::is_sip_user;
 
 use super::{Admin, ApiError, ApiResult, node_id, ok, region_id};
 use crate::metrics;
-use crate::outbound::{CallRequest, CancelError, SubmitError};
+use crate::outbound::{CallRequest, CancelError, Cancelled, SubmitError};
 
 /// The body of `POST /v1/calls`.
 #[derive(Debug, Deserialize)]
@@ -198,7 +198,8 @@ pub(super) async fn get(
     ok(record.ok_or_else(call_not_found)?)
 }
 
-/// Cancels a pending request; one being dialled or up is a session like any other.
+/// Cancels a request: a pending one leaves the queue (200); a call being dialled is CANCELled
+/// and one that is up is hung up with BYE (202, the outcome follows on `GET`).
 pub(super) async fn cancel(
     State(admin): State<Admin>,
     headers: HeaderMap,
@@ -206,17 +207,16 @@ pub(super) async fn cancel(
 ) -> ApiResult {
     admin.authorize(&headers)?;
     let now = Instant::now();
-    match admin.gateway.outbound.cancel(&id, now) {
-        Ok(()) => ok(admin
-            .gateway
-            .outbound
-            .call_json(&id, now)
-            .unwrap_or(json!({ "id": id }))),
+    let outbound = &admin.gateway.outbound;
+    let record = || outbound.call_json(&id, now).unwrap_or(json!({ "id": id }));
+    match outbound.cancel(&id, now) {
+        Ok(Cancelled::Dequeued) => ok(record()),
+        Ok(Cancelled::HangingUp) => Ok((StatusCode::ACCEPTED, Json(record())).into_response()),
         Err(CancelError::NotFound) => Err(call_not_found()),
-        Err(CancelError::NotPending) => Err(ApiError::new(
+        Err(CancelError::Ended) => Err(ApiError::new(
             StatusCode::CONFLICT,
-            "CALL_NOT_PENDING",
-            "the call is being dialled or has ended; only pending requests can be cancelled",
+            "CALL_ENDED",
+            "the call has ended already",
         )),
     }
 }

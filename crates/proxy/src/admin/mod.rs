@@ -8,7 +8,7 @@
 //! `FORBIDDEN`, `INVALID_JSON`, `REASON_REQUIRED`, `NOT_THIS_NODE`, `REGISTRY_UNAVAILABLE`, and
 //! for `/v1/calls` `INVALID_NUMBER`, `INVALID_CALLER_ID`, `UNKNOWN_TRUNK`, `NO_TRUNK`,
 //! `UNKNOWN_BACKEND`, `NO_BACKEND_IN_REGION`, `QUEUE_FULL`, `NOT_ACCEPTING`, `CALL_NOT_FOUND`,
-//! `CALL_NOT_PENDING`.
+//! `CALL_ENDED`.
 //!
 //! | method and path | what |
 //! |---|---|
@@ -26,7 +26,7 @@
 //! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
 //! | `POST /v1/calls` `{"to", "from"?, "trunk"?, "region"?, "backend"?}` | originate: 202 and the request (pending), 429 `QUEUE_FULL` + Retry-After when the queue is full |
-//! | `GET /v1/calls`, `GET`, `DELETE /v1/calls/{id}` | the queue and recent requests; one; cancel a pending one |
+//! | `GET /v1/calls`, `GET`, `DELETE /v1/calls/{id}` | the queue and recent requests; one; cancel (pending: 200) or hang up (dialing or up: 202) |
 //!
 //! Every registry change (regions, nodes, their lifecycle) is recorded in the audit trail with the
 //! actor, the action, the target and both reasons. A drain is this process's runtime action, not a

@@ -288,7 +288,13 @@ impl Session {
                     tracing::info!(session = %self.id, code, "backend refused the WebRTC session");
                     return Err(EndCause::Rejected);
                 }
-                Ok(AttemptResult::Cancelled) => unreachable_cancel(),
+                // Only a SIP caller's CANCEL or the API's hang-up give these (`Call`), never
+                // `attempt_result`; were one to come, the attempt is over like a refusal.
+                Ok(AttemptResult::Cancelled | AttemptResult::HungUp) => {
+                    let rng = self.call_rng();
+                    tokio::spawn(wind_down(gateway.clone(), attempt, rng));
+                    return Err(EndCause::Rejected);
+                }
                 Err(cause) => {
                     if attempt.provisional {
                         gateway
@@ -572,9 +578,4 @@ impl Session {
         use rand::SeedableRng;
         SmallRng::from_rng(&mut self.rng)
     }
-}
-
-/// The WebRTC path never cancels through a SIP caller; its `Cancelled` cannot occur.
-fn unreachable_cancel() -> ! {
-    unreachable!("await_attempt of a WebRTC session never returns Cancelled")
 }
