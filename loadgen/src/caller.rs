@@ -11,7 +11,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::net::UdpSocket;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
@@ -262,31 +262,17 @@ async fn launch(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let plan = &context.plan;
-    let permits = Arc::new(Semaphore::new(plan.concurrency as usize));
-    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate));
-    // Burst: an offered load catches up after the scheduler was late, up to the concurrency cap.
-    pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    for index in 0..plan.total {
-        tokio::select! {
-            _ = pace.tick() => {}
-            () = stop.notified() => break,
-        }
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = stop.notified() => break,
-        };
+    let (rate, concurrency, total) = (plan.rate, plan.concurrency as usize, plan.total);
+    crate::pace::launch(rate, concurrency, total, stop, |index| {
         let context = context.clone();
         let records = records.clone();
-        tokio::spawn(async move {
+        async move {
             let record = place_call(&context, index, context.plan.hold).await;
             context.live.finished.fetch_add(1, Ordering::Relaxed);
-            drop(permit);
             let _ = records.send(record);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 /// Places call number `index` (which seeds its Call-ID, tags and SSRC), holds it for `hold` once

@@ -7,6 +7,7 @@ mod caller;
 mod echo;
 mod http_url;
 mod media;
+mod pace;
 mod probe;
 mod progress;
 mod report;
@@ -424,17 +425,7 @@ async fn call(args: CallArgs) -> anyhow::Result<ExitCode> {
         media_timeout: None,
     };
     let report = caller::run(plan).await?;
-    println!("{report}");
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write report {}", path.display()))?;
-    }
-    Ok(if report.verdict.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_LIMIT_EXCEEDED)
-    })
+    conclude(&report, args.report.as_deref(), report.verdict.passed)
 }
 
 async fn whip(args: WhipArgs) -> anyhow::Result<ExitCode> {
@@ -454,17 +445,7 @@ async fn whip(args: WhipArgs) -> anyhow::Result<ExitCode> {
         media_timeout: None,
     };
     let report = whip::run(plan).await?;
-    println!("{report}");
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write report {}", path.display()))?;
-    }
-    Ok(if report.verdict.passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_LIMIT_EXCEEDED)
-    })
+    conclude(&report, args.report.as_deref(), report.verdict.passed)
 }
 
 async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
@@ -549,16 +530,26 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
         webrtc,
     };
     let report = soak::run(plan).await?;
-    println!("{report}");
-    if let Some(path) = &args.report {
-        let json = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("cannot write report {}", path.display()))?;
-    }
     for violation in &report.verdict.violations {
         eprintln!("violation: {violation}");
     }
-    Ok(if report.verdict.passed {
+    conclude(&report, args.report.as_deref(), report.verdict.passed)
+}
+
+/// Prints `report`, writes it as JSON to `path` if given, and turns its verdict into the exit
+/// code (0 passed, 2 a limit exceeded).
+fn conclude(
+    report: &(impl std::fmt::Display + serde::Serialize),
+    path: Option<&std::path::Path>,
+    passed: bool,
+) -> anyhow::Result<ExitCode> {
+    println!("{report}");
+    if let Some(path) = path {
+        let json = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("cannot write report {}", path.display()))?;
+    }
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(EXIT_LIMIT_EXCEEDED)

@@ -30,7 +30,7 @@ use hdrhistogram::Histogram;
 use rand::rngs::SmallRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::net::UdpSocket;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use voxgate_media::StreamStats;
 
@@ -193,29 +193,16 @@ async fn launch(
     stop: Arc<tokio::sync::Notify>,
 ) {
     let plan = &context.plan;
-    let permits = Arc::new(Semaphore::new(plan.concurrency as usize));
-    let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / plan.rate));
-    pace.set_missed_tick_behavior(MissedTickBehavior::Burst);
-    for index in 0..plan.total {
-        tokio::select! {
-            _ = pace.tick() => {}
-            () = stop.notified() => break,
-        }
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-            () = stop.notified() => break,
-        };
+    let (rate, concurrency, total) = (plan.rate, plan.concurrency as usize, plan.total);
+    crate::pace::launch(rate, concurrency, total, stop, |index| {
         let context = context.clone();
         let records = records.clone();
-        tokio::spawn(async move {
+        async move {
             let record = context.run_session(index, context.plan.hold).await;
-            drop(permit);
             let _ = records.send(record);
-        });
-    }
+        }
+    })
+    .await;
 }
 
 impl WhipContext {
