@@ -189,12 +189,9 @@ struct Call {
     /// `o=` session version per side (caller, Backend), raised on every SDP we send.
     sdp_versions: [u64; 2],
     started: Instant,
-    /// An originated call's link to its `POST /v1/calls` record.
+    /// An originated call's link to its `POST /v1/calls` record (its pinned Backend, its
+    /// hang-up signal).
     progress: Option<Progress>,
-    /// The first Backend is the only one to try (an operator chose it).
-    pinned: bool,
-    /// An originated call's hang-up signal (`DELETE /v1/calls/{id}`).
-    hang_up: Option<Arc<Notify>>,
 }
 
 /// Runs one call from its INVITE to its end. `slot` is this call's share of the node cap.
@@ -287,8 +284,6 @@ pub async fn run(
         sdp_versions: [1, 1],
         started,
         progress: None,
-        pinned: false,
-        hang_up: None,
     };
     let (Ok(cause) | Err(cause)) = call.run(destination, None).await;
     call.ended(cause);
@@ -429,8 +424,6 @@ pub async fn originate(
         sdp_versions: [1, 1],
         started,
         progress: Some(progress),
-        pinned: request.backend.is_some(),
-        hang_up: Some(hang_up),
     };
     let region = request.region.clone();
     let result = call.run(Destination::Backend { region }, Some(lease)).await;
@@ -568,7 +561,7 @@ impl Call {
         let gateway = self.gateway.clone();
         let mut tried: Vec<NodeId> = Vec::new();
         // An operator's chosen Backend is that Backend or none.
-        let attempts = if self.pinned {
+        let attempts = if self.progress.as_ref().is_some_and(Progress::pinned) {
             1
         } else {
             gateway.config.routing.max_attempts.max(1)
@@ -691,7 +684,7 @@ impl Call {
     async fn await_attempt(&mut self, attempt: &mut Attempt) -> AttemptResult {
         let gateway = self.gateway.clone();
         let deadline = Instant::now() + gateway.config.routing.invite_timeout;
-        let hang_up = self.hang_up.clone();
+        let hang_up = self.progress.as_ref().map(Progress::hang_up_signal);
         loop {
             tokio::select! {
                 () = signalled(hang_up.as_deref()) => {
@@ -835,7 +828,7 @@ impl Call {
     /// The answered call, until one side ends it.
     async fn established(&mut self, backend: &mut BackendLeg) -> EndCause {
         let gateway = self.gateway.clone();
-        let hang_up = self.hang_up.clone();
+        let hang_up = self.progress.as_ref().map(Progress::hang_up_signal);
         loop {
             tokio::select! {
                 () = signalled(hang_up.as_deref()) => {

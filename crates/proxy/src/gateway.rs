@@ -233,7 +233,14 @@ impl Gateway {
     pub fn refusal(&self) -> Option<&'static str> {
         if self.draining() {
             Some("draining")
-        } else if self.maintenance_reason().is_some() {
+        } else if self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+        {
+            // Looked at in place: this runs for every INVITE and WHIP POST, the reason string
+            // need not be copied.
             Some("maintenance")
         } else {
             None

@@ -382,16 +382,20 @@ pub fn webrtc_unrouted() {
     counter!("voxgate_webrtc_unrouted_total").increment(1);
 }
 
-/// `frames` frames transcoded in `direction`.
+/// `frames` frames transcoded in `direction`. Called for every transcoded packet, so the two
+/// handles are looked up once (after [`install`], as every session runs) and kept.
 pub fn webrtc_transcoded(direction: TranscodeDirection, frames: u64) {
+    static HANDLES: [OnceLock<Counter>; 2] = [OnceLock::new(), OnceLock::new()];
     if frames == 0 {
         return;
     }
-    let direction = match direction {
-        TranscodeDirection::ToBackend => "to_backend",
-        TranscodeDirection::ToClient => "to_client",
+    let (index, label) = match direction {
+        TranscodeDirection::ToBackend => (0, "to_backend"),
+        TranscodeDirection::ToClient => (1, "to_client"),
     };
-    counter!("voxgate_webrtc_transcoded_frames_total", "direction" => direction).increment(frames);
+    HANDLES[index]
+        .get_or_init(|| counter!("voxgate_webrtc_transcoded_frames_total", "direction" => label))
+        .increment(frames);
 }
 
 /// Sets `voxgate_outbound_queue_pending` and `voxgate_outbound_calls_processing`.

@@ -447,6 +447,7 @@ pub struct Progress {
     gateway: Arc<Gateway>,
     id: String,
     hang_up: Arc<Notify>,
+    pinned: bool,
     finished: bool,
 }
 
@@ -454,6 +455,11 @@ impl Progress {
     /// The request's id.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Whether the operator chose the Backend: that one or none, no failover.
+    pub fn pinned(&self) -> bool {
+        self.pinned
     }
 
     /// Notified when `DELETE /v1/calls/{id}` asks the call to hang up.
@@ -555,6 +561,7 @@ fn dial_next(gateway: &Arc<Gateway>) {
             gateway: gateway.clone(),
             id,
             hang_up,
+            pinned: request.backend.is_some(),
             finished: false,
         };
         tokio::spawn(call::originate(
