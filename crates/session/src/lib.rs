@@ -1,0 +1,36 @@
+//! The session engine: one B2BUA session of voxgate, from its first message to its end, as a
+//! sans-I/O state machine.
+//!
+//! A [`Session`] joins a caller leg (a SIP dialog we answered, a SIP dialog we placed for
+//! `POST /v1/calls`, or a WebRTC peer) to a Backend leg (a SIP dialog today) and owns everything
+//! that happens between them: failover to the next Backend on 5xx, 408 or silence, 503 cooldown,
+//! the ring deadline, CANCEL at any moment, re-INVITE and INFO relayed with the media re-pointed
+//! (and restored when the far side refuses), BYE from either side (also while a re-INVITE or INFO
+//! is in flight), the operator's hang-up, the node's shutdown and the media timeout.
+//!
+//! The engine does no I/O and reads no clock, in the style of quinn-proto's `Connection` and
+//! str0m's `Rtc`: SIP events of the transaction layer, media events and operator commands go in
+//! through [`Session::handle`] with the time they happened; SIP to send, relay commands, Backend
+//! choices and the end come out of [`Session::poll_output`], drained until empty after every
+//! input; [`Session::poll_timeout`] names the next deadline. The async side (the proxy's
+//! drivers) only carries inputs and outputs, so every flow is tested here on virtual time.
+//!
+//! What it does not do: parse bytes or run transactions (`voxgate_sip` does), choose a Backend
+//! (it asks with [`Output::Pick`] and is answered with [`Input::Target`]), relay media (it says
+//! where each side's media goes with [`MediaCommand`]) or count metrics (it reports progress).
+//! A lease handed in with a [`Target`] is held exactly as long as the Backend's INVITE or dialog
+//! lives, so dropping it is what releases the Backend's capacity.
+
+mod attempt;
+mod cause;
+mod io;
+mod leg;
+mod media;
+mod session;
+
+pub use cause::{End, EndCause};
+pub use io::{
+    CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, WebRtcCaller,
+};
+pub use media::{PeerMedia, Side, first_codec_only, parse_sdp, peer_media};
+pub use session::{Session, SessionConfig};
