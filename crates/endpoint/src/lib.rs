@@ -241,6 +241,19 @@ impl Endpoint {
         }
     }
 
+    /// Routes every later event of `call_id` into `events` (shared by the dialogs of one
+    /// session) until the returned [`Route`] is dropped.
+    pub fn route(&self, call_id: &str, events: mpsc::UnboundedSender<Event>) -> Route {
+        self.send(Command::Register {
+            call_id: call_id.to_owned(),
+            events,
+        });
+        Route {
+            call_id: call_id.to_owned(),
+            commands: self.commands.clone(),
+        }
+    }
+
     /// Starts a client transaction, over TCP when a connection to `destination` is open, else
     /// over UDP (the connection reuse rule, see the crate docs).
     pub fn request(&self, destination: SocketAddr, request: rsip::Request) {
@@ -298,6 +311,21 @@ impl Endpoint {
         // The driver only stops when every handle is gone, so a failed send cannot happen while
         // `self` exists; ignoring it keeps shutdown paths simple.
         let _ = self.commands.send(command);
+    }
+}
+
+/// A Call-ID routed by [`Endpoint::route`]; unregisters the route when dropped.
+#[derive(Debug)]
+pub struct Route {
+    call_id: String,
+    commands: mpsc::UnboundedSender<Command>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let _ = self.commands.send(Command::Unregister {
+            call_id: std::mem::take(&mut self.call_id),
+        });
     }
 }
 

@@ -269,6 +269,12 @@ impl Config {
         if self.routing.invite_timeout.is_zero() {
             return fail("routing.invite_timeout", "must be more than 0s");
         }
+        if self.routing.ring_timeout <= self.routing.invite_timeout {
+            return fail(
+                "routing.ring_timeout",
+                "must be longer than routing.invite_timeout",
+            );
+        }
         if self.health.interval.is_zero() {
             return fail("health.interval", "must be more than 0s");
         }
@@ -855,6 +861,10 @@ pub struct RoutingConfig {
     /// No provisional or final response from a Backend within this -> next Backend.
     #[serde(with = "humantime_serde")]
     pub invite_timeout: Duration,
+    /// A far INVITE (Backend or trunk) still unanswered by then is cancelled and the caller
+    /// answered 408 (RFC 3261 Timer C as one deadline per leg).
+    #[serde(with = "humantime_serde")]
+    pub ring_timeout: Duration,
     /// Seed for tie-breaking between equally loaded Backends; `None` seeds from the OS.
     pub seed: Option<u64>,
     /// Region -> regions to try next, in order, when it has no eligible Backend.
@@ -867,6 +877,7 @@ impl Default for RoutingConfig {
         Self {
             max_attempts: 3,
             invite_timeout: Duration::from_secs(4),
+            ring_timeout: Duration::from_secs(120),
             seed: None,
             spillover: BTreeMap::new(),
         }

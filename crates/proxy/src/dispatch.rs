@@ -1,6 +1,11 @@
 //! Requests that belong to no live call: new INVITEs (admission, then a call task), OPTIONS,
 //! and the RFC 3261 answers for everything else (481, 405, 501, 483).
+//!
+//! A new INVITE's Call-ID is routed to its session before the session's task runs, and events of
+//! that Call-ID already queued here behind the INVITE (a CANCEL sent right after it) are
+//! forwarded to the session too: a CANCEL at any moment finds its call.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -9,7 +14,8 @@ use tokio::sync::mpsc;
 use voxgate_sip::message::{response_for, to_tag};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
-use crate::call::{self, Destination};
+use crate::call;
+use crate::driver::Destination;
 use crate::gateway::Gateway;
 use crate::metrics;
 
@@ -26,9 +32,31 @@ const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
     rsip::Method::Refer,
 ];
 
+/// Sessions started here whose events may still be queued behind their INVITE; pruned of ended
+/// sessions once it grows past this.
+const CLAIMED_PRUNE: usize = 1024;
+
 /// Handles events the endpoint could not route to a call, until the endpoint stops.
 pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Event>) {
+    let mut claimed: HashMap<String, mpsc::UnboundedSender<Event>> = HashMap::new();
     while let Some(event) = incoming.recv().await {
+        let call_id = match &event {
+            Event::Request { request, .. } | Event::Ack { request, .. } => {
+                voxgate_sip::message::call_id(request)
+            }
+            Event::Response { response, .. } | Event::StrayResponse { response, .. } => {
+                voxgate_sip::message::call_id(response)
+            }
+            _ => None,
+        };
+        let session = call_id.and_then(|id| claimed.get(id));
+        let event = match session {
+            Some(session) => match session.send(event) {
+                Ok(()) => continue,
+                Err(returned) => returned.0,
+            },
+            None => event,
+        };
         if let Event::Request {
             key,
             source,
@@ -36,7 +64,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Ev
             request,
         } = event
         {
-            on_request(&gateway, key, source, transport, request);
+            on_request(&gateway, &mut claimed, key, source, transport, request);
         }
         // ACKs for answers of ended calls and stray responses need nothing.
     }
@@ -44,6 +72,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Ev
 
 fn on_request(
     gateway: &Arc<Gateway>,
+    claimed: &mut HashMap<String, mpsc::UnboundedSender<Event>>,
     key: TransactionKey,
     source: SocketAddr,
     transport: Transport,
@@ -82,12 +111,18 @@ fn on_request(
                 reply(503, retry_after());
                 return;
             };
-            let destination = if gateway.is_backend(source) {
+            let (region, destination) = if gateway.is_backend(source) {
                 let trunk_name =
                     voxgate_sip::dialog::header_value(&request.headers, "X-Voxgate-Trunk");
                 let host = request.uri.host_with_port.host.to_string();
                 match gateway.trunks.outbound(trunk_name.as_deref(), &host) {
-                    Some(trunk) => Destination::Trunk(trunk.clone()),
+                    Some(trunk) => {
+                        let destination = Destination::Trunk {
+                            address: trunk.outbound,
+                            host,
+                        };
+                        (trunk.region.clone(), destination)
+                    }
                     None => {
                         metrics::session_rejected("no_route");
                         reply(404, Vec::new());
@@ -99,8 +134,21 @@ fn on_request(
                     .trunks
                     .inbound(source.ip())
                     .map_or_else(|| gateway.region().clone(), |t| t.region.clone());
-                Destination::Backend { region }
+                let destination = Destination::Backend {
+                    region: region.clone(),
+                    first: None,
+                };
+                (region, destination)
             };
+            let call_id = voxgate_sip::message::call_id(&request)
+                .unwrap_or_default()
+                .to_owned();
+            let (events, events_rx) = mpsc::unbounded_channel();
+            let route = gateway.endpoint.route(&call_id, events.clone());
+            if claimed.len() >= CLAIMED_PRUNE {
+                claimed.retain(|_, session| !session.is_closed());
+            }
+            claimed.insert(call_id, events.clone());
             let gateway = gateway.clone();
             tokio::spawn(async move {
                 let caller = call::Caller {
@@ -108,8 +156,10 @@ fn on_request(
                     source,
                     transport,
                     invite: request,
+                    events: (events, events_rx),
+                    route,
                 };
-                call::run(gateway, slot, caller, destination).await;
+                call::run(gateway, slot, caller, region, destination).await;
             });
         }
         rsip::Method::Options => {

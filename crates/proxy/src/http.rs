@@ -90,8 +90,15 @@ async fn render_metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-async fn livez() -> &'static str {
-    "ok"
+/// Live while every media worker runs: a dead worker is not restarted (its relays' sockets went
+/// with it), so the process is to be replaced.
+async fn livez() -> Response {
+    let (alive, started) = crate::relay::workers_alive();
+    if alive < started {
+        let body = format!("media workers: {alive} of {started} running\n");
+        return (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+    }
+    "ok".into_response()
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {

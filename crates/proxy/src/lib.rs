@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod config;
 pub mod ctl;
 pub mod dispatch;
+pub mod driver;
 pub mod gateway;
 pub mod http;
 pub mod metrics;

@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, mpsc as std_mpsc};
 use std::time::Duration;
 
@@ -27,49 +27,14 @@ use voxgate_media::relay::{PacketKind, RelayLeg};
 
 use crate::metrics::{self, RtpDirection};
 
-/// Which side of the session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// The leg facing the caller (trunk or client).
-    Caller,
-    /// The leg facing the Backend (or the outbound trunk).
-    Backend,
-}
+pub use voxgate_session::{PeerMedia, Side};
 
-impl Side {
-    fn index(self) -> usize {
-        match self {
-            Side::Caller => 0,
-            Side::Backend => 1,
-        }
+/// The direction of packets received on `side`.
+fn direction(side: Side) -> RtpDirection {
+    match side {
+        Side::Caller => RtpDirection::CallerToBackend,
+        Side::Backend => RtpDirection::BackendToCaller,
     }
-
-    fn other(self) -> Side {
-        match self {
-            Side::Caller => Side::Backend,
-            Side::Backend => Side::Caller,
-        }
-    }
-
-    fn direction(self) -> RtpDirection {
-        match self {
-            Side::Caller => RtpDirection::CallerToBackend,
-            Side::Backend => RtpDirection::BackendToCaller,
-        }
-    }
-}
-
-/// What the peer of a side announced in its SDP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PeerMedia {
-    /// RTP address (`c=` and `m=` port).
-    pub rtp: SocketAddr,
-    /// RTCP address (`a=rtcp`, else RTP port + 1); unused when `mux`.
-    pub rtcp: SocketAddr,
-    /// RTP and RTCP share the RTP port (rtcp-mux).
-    pub mux: bool,
-    /// The peer will send media (its direction is sendrecv or sendonly), so silence means trouble.
-    pub sends: bool,
 }
 
 /// Why relay setup failed.
@@ -159,13 +124,13 @@ impl MediaWorkers {
         }
     }
 
-    /// The next worker, round robin.
+    /// The next live worker, round robin.
     fn pick(&self) -> Option<&Worker> {
-        if self.workers.is_empty() {
-            return None;
-        }
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.workers.len();
-        self.workers.get(index)
+        let count = self.workers.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..count)
+            .filter_map(|i| self.workers.get((start + i) % count))
+            .find(|w| w.alive.load(Ordering::Acquire))
     }
 }
 
@@ -174,6 +139,31 @@ impl MediaWorkers {
 struct Worker {
     commands: std_mpsc::Sender<Command>,
     wake: Arc<EventFd>,
+    /// Cleared when the worker's thread ends (an epoll failure, a panic).
+    alive: Arc<AtomicBool>,
+}
+
+/// Clears a worker's `alive` flag when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicBool>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+/// Media workers running and started: a worker whose thread ended is not restarted (its relays'
+/// sockets are gone with it), so `/livez` fails and the process is replaced.
+pub fn workers_alive() -> (usize, usize) {
+    let Some(workers) = WORKERS.get() else {
+        return (0, 0);
+    };
+    let alive = workers
+        .workers
+        .iter()
+        .filter(|w| w.alive.load(Ordering::Acquire))
+        .count();
+    (alive, workers.workers.len())
 }
 
 impl Worker {
@@ -184,6 +174,8 @@ impl Worker {
         )?);
         epoll.add(&*wake, EpollEvent::new(EpollFlags::EPOLLIN, WAKE))?;
         let (commands, inbox) = std_mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let guard = AliveGuard(alive.clone());
         let mut event_loop = WorkerLoop {
             epoll,
             wake: wake.clone(),
@@ -196,10 +188,15 @@ impl Worker {
         std::thread::Builder::new()
             .name(format!("media-{index}"))
             .spawn(move || {
+                let _alive = guard;
                 set_thread_nice(index, nice);
                 event_loop.run();
             })?;
-        Ok(Self { commands, wake })
+        Ok(Self {
+            commands,
+            wake,
+            alive,
+        })
     }
 
     fn send(&self, command: Command) {
@@ -516,7 +513,7 @@ impl Relay {
                 silent: silent_tx,
                 timeout,
             }),
-            None => tracing::error!("no media worker is running; the call has no media"),
+            None => tracing::error!("no media worker is running; the session ends"),
         }
         Self {
             worker,
@@ -543,23 +540,28 @@ impl Relay {
         }
     }
 
-    /// Resolves with the side that went silent for the media timeout; pending forever when the
-    /// relay stopped otherwise.
-    pub async fn silence(&mut self) -> Side {
-        match self.silent.as_mut() {
-            Some(rx) => match rx.await {
-                Ok(side) => {
-                    self.silent = None;
-                    side
-                }
-                Err(_) => {
-                    self.silent = None;
-                    std::future::pending().await
-                }
-            },
-            None => std::future::pending().await,
-        }
+    /// Resolves with the side that went silent for the media timeout, or with the relay lost
+    /// (no worker took it, or its worker died); pending forever once it reported.
+    pub async fn alarm(&mut self) -> RelayAlarm {
+        let Some(rx) = self.silent.as_mut() else {
+            return std::future::pending().await;
+        };
+        let alarm = match (self.worker, rx.await) {
+            (Some(_), Ok(side)) => RelayAlarm::Silent(side),
+            _ => RelayAlarm::Lost,
+        };
+        self.silent = None;
+        alarm
     }
+}
+
+/// What a running relay reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RelayAlarm {
+    /// No RTP from this side for the media timeout.
+    Silent(Side),
+    /// The relay is gone: no worker took it, or its worker ended.
+    Lost,
 }
 
 impl Drop for Relay {
@@ -671,7 +673,7 @@ impl Tally {
         for side in [Side::Caller, Side::Backend] {
             let i = side.index();
             if self.packets[i] > 0 {
-                metrics::rtp_packets(side.direction(), self.packets[i], self.bytes[i]);
+                metrics::rtp_packets(direction(side), self.packets[i], self.bytes[i]);
             }
         }
         for (reason, count) in [

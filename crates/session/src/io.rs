@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use voxgate_core::NodeId;
-use voxgate_sip::sdp::AudioSdp;
+use voxgate_sip::sdp::{AudioSdp, Codec};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::cause::{End, EndCause};
@@ -85,6 +85,9 @@ pub enum Input<L> {
     Sip(Event),
     /// The answer to [`Output::Pick`]: where to try next, or `None` when nothing is left.
     Target(Option<Target<L>>),
+    /// The answer to [`Output::Reoffer`]: the codecs the media bridge keeps carrying (the
+    /// re-offer is accepted), or `None` (refused with 488).
+    ReofferAnswer(Option<Vec<Codec>>),
     /// The WebRTC client connected (ICE and DTLS done).
     ClientConnected,
     /// The WebRTC client is gone.
@@ -170,6 +173,9 @@ pub enum Output {
     /// The far side answered: its SDP answer as it sent it (a WebRTC driver builds its media
     /// bridge from it; an unusable one is ended with [`Input::HangUp`]).
     Answered(AudioSdp),
+    /// The far side re-offered media to a caller that has no SIP of its own (a WebRTC client):
+    /// the media bridge decides whether it can follow; answer with [`Input::ReofferAnswer`].
+    Reoffer(AudioSdp),
     /// A step of the session.
     Progress(Progress),
     /// The session ended: the caller and the far side have been told. The node slot may go

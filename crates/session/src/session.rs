@@ -123,6 +123,8 @@ pub struct Session<L> {
     winding: Vec<Attempt<L>>,
     relayed: Vec<Relayed>,
     media: [Option<PeerMedia>; 2],
+    /// A far re-INVITE answered here for a caller without SIP, awaiting the bridge's word.
+    reoffer: Option<(TransactionKey, rsip::Request, AudioSdp)>,
     /// The inbound caller's INVITE transaction once answered (Timer L names it).
     caller_invite_key: Option<TransactionKey>,
     outputs: VecDeque<Output>,
@@ -160,6 +162,7 @@ impl<L> Session<L> {
             winding: Vec::new(),
             relayed: Vec::new(),
             media: [None, None],
+            reoffer: None,
             caller_invite_key: None,
             outputs: VecDeque::new(),
             end: None,
@@ -183,6 +186,7 @@ impl<L> Session<L> {
         match input {
             Input::Sip(event) => self.on_sip(now, event),
             Input::Target(target) => self.on_target(now, target),
+            Input::ReofferAnswer(codecs) => self.on_reoffer_answer(codecs),
             Input::ClientConnected => {
                 if self.caller.webrtc && self.phase == Phase::Setup {
                     self.caller.up = true;
@@ -837,6 +841,10 @@ impl<L> Session<L> {
         request: rsip::Request,
     ) {
         let to = from.other();
+        if self.leg(to).is_none() {
+            self.answer_locally(from, key, request);
+            return;
+        }
         let reinvite = request.method == Method::Invite;
         let respond = |session: &mut Self, code: u16, extra: Option<Header>| {
             if let Some(leg) = session.leg(from) {
@@ -906,6 +914,70 @@ impl<L> Session<L> {
             since: now,
             restore,
         });
+    }
+
+    /// An in-dialog request toward a side without SIP (a WebRTC client): INFO is taken, a
+    /// re-INVITE is answered with what this node carries (the media bridge decides whether it
+    /// can follow a new offer).
+    fn answer_locally(&mut self, from: Side, key: TransactionKey, request: rsip::Request) {
+        let Some(leg) = self.leg(from) else { return };
+        if request.method != Method::Invite {
+            let reply = leg.dialog.response(&request, 200, None);
+            self.outputs.push_back(Output::Respond {
+                key,
+                response: reply,
+            });
+            return;
+        }
+        if request.body.is_empty() {
+            // An offerless re-INVITE gets what is negotiated as the offer.
+            let body = self.offer.clone().map(|sdp| self.sdp.write(from, &sdp));
+            let reply = self
+                .leg(from)
+                .map(|leg| leg.dialog.response(&request, 200, body));
+            if let Some(reply) = reply {
+                self.outputs.push_back(Output::Respond {
+                    key,
+                    response: reply,
+                });
+            }
+            return;
+        }
+        let Some(offer) = parse_sdp(&request.body) else {
+            let reply = leg.dialog.response(&request, 488, None);
+            self.outputs.push_back(Output::Respond {
+                key,
+                response: reply,
+            });
+            return;
+        };
+        self.outputs.push_back(Output::Reoffer(offer.clone()));
+        self.reoffer = Some((key, request, offer));
+    }
+
+    fn on_reoffer_answer(&mut self, codecs: Option<Vec<Codec>>) {
+        let Some((key, request, offer)) = self.reoffer.take() else {
+            return;
+        };
+        let (code, body) = match (codecs, self.offer.clone()) {
+            (Some(codecs), Some(mut ours)) => {
+                if offer.port != 0 {
+                    self.set_media(Side::Backend, peer_media(&offer));
+                }
+                ours.codecs = codecs;
+                ours.direction = offer.direction.mirrored();
+                self.offer = Some(ours.clone());
+                (200, Some(self.sdp.write(Side::Backend, &ours)))
+            }
+            _ => (488, None),
+        };
+        if let Some(leg) = self.leg(Side::Backend) {
+            let reply = leg.dialog.response(&request, code, body);
+            self.outputs.push_back(Output::Respond {
+                key,
+                response: reply,
+            });
+        }
     }
 
     /// The other side's final answer to a relayed request, mapped back.

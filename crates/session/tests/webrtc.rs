@@ -52,3 +52,26 @@ fn a_client_gone_while_the_backend_rings_cancels_it() {
     assert_eq!(h.ended.unwrap().cause, EndCause::WhipDelete);
     h.assert_released();
 }
+
+#[test]
+fn a_backend_reinvite_is_answered_by_the_bridge() {
+    let mut h = Harness::new(config(), Harness::webrtc());
+    h.input(Input::ClientConnected);
+    let invite = requests(&h.take(B1), Method::Invite)[0].clone();
+    let mut b1 = Ua::callee(B1, &invite);
+    h.deliver(B1, b1.answer(200, Some(sdp("127.0.0.21", 50_000))));
+    let _ = h.take(B1);
+    // A new address, same codec: the bridge follows, the media moves.
+    let reinvite = b1.request(Method::Invite, Some(sdp("127.0.0.21", 51_000)));
+    h.deliver(B1, reinvite);
+    assert_eq!(h.reoffers.len(), 1);
+    assert_eq!(codes(&h.take(B1)).last(), Some(&200));
+    assert_eq!(h.peer_of(voxgate_session::Side::Backend).unwrap().rtp, addr("127.0.0.21:51000"));
+    // A codec the bridge cannot follow: 488, the media stays.
+    h.bridge_follows = false;
+    let reinvite = b1.request(Method::Invite, Some(sdp("127.0.0.21", 52_000)));
+    h.deliver(B1, reinvite);
+    assert_eq!(codes(&h.take(B1)).last(), Some(&488));
+    assert_eq!(h.peer_of(voxgate_session::Side::Backend).unwrap().rtp, addr("127.0.0.21:51000"));
+    assert!(h.ended.is_none());
+}

@@ -247,10 +247,13 @@ async fn create(
         metrics::session_rejected("capacity");
         return unavailable(gateway, "capacity", "this node is at its session cap");
     };
-    let Ok(lease) = gateway.picker.pick(started.into_std(), &region, &[]) else {
+    // A Backend is leased only once the client has connected (the session engine asks for
+    // one then); here its room is only checked, so that a POST no Backend could take is refused
+    // at once. The probe's lease is dropped at the end of the statement.
+    if gateway.picker.pick(started.into_std(), &region, &[]).is_err() {
         metrics::session_rejected("no_backend");
         return unavailable(gateway, "no_backend", "no Backend has room in this region");
-    };
+    }
     let mut rng = StdRng::from_os_rng();
     let config = PeerConfig {
         setup_timeout: gateway.config.webrtc.setup_timeout,
@@ -292,7 +295,6 @@ async fn create(
         to_user,
         opus_pt: peer.opus_payload_type(),
         event_pt: peer.telephone_event_payload_type(),
-        lease,
         slot,
         events,
         delete,

@@ -119,6 +119,9 @@ pub struct Harness {
     pub media: Vec<MediaCommand>,
     pub progress: Vec<Progress>,
     pub answered: Vec<AudioSdp>,
+    /// Re-offers handed to the "media bridge", and whether it follows them.
+    pub reoffers: Vec<AudioSdp>,
+    pub bridge_follows: bool,
     pub picks: usize,
     pub ended: Option<End>,
     pub ended_at: Option<Instant>,
@@ -161,6 +164,8 @@ impl Harness {
             media: Vec::new(),
             progress: Vec::new(),
             answered: Vec::new(),
+            reoffers: Vec::new(),
+            bridge_follows: true,
             picks: 0,
             ended: None,
             ended_at: None,
@@ -331,6 +336,13 @@ impl Harness {
             Output::Media(command) => self.media.push(command),
             Output::Answered(sdp) => self.answered.push(sdp),
             Output::Progress(progress) => self.progress.push(progress),
+            Output::Reoffer(offer) => {
+                let codecs = self
+                    .bridge_follows
+                    .then(|| offer.codecs.iter().take(1).cloned().collect());
+                self.reoffers.push(offer);
+                self.session.handle(now, Input::ReofferAnswer(codecs));
+            }
             Output::Ended(end) => {
                 assert!(self.ended.is_none(), "ended twice");
                 self.ended = Some(end);
