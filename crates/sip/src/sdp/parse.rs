@@ -1,5 +1,4 @@
-//! The SDP text parser behind [`AudioSdp::parse`]: one pass over the lines, the first
-//! `m=audio` section read into the model, everything else kept verbatim in place.
+//! The one-pass SDP text parser behind [`AudioSdp::parse`].
 
 use std::net::IpAddr;
 

@@ -1,5 +1,4 @@
-//! What voxgate keeps of an SDP body without modelling it: the media sections other than the
-//! audio one, and the order RFC 4566 gives the line types it carries verbatim.
+//! The SDP kept verbatim: media sections besides the audio one, and where kept lines go.
 
 use std::fmt;
 
