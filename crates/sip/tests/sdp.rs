@@ -1,5 +1,5 @@
 //! Audio SDP: parsing real-world offers, RFC 3264 answers, and property tests (no panics,
-//! build -> parse round-trips).
+//! build -> parse round-trips, every media section kept and answered in place).
 
 // Test helpers outside #[test] fns unwrap too; a failed unwrap is a failed test.
 #![allow(clippy::unwrap_used)]
@@ -7,14 +7,14 @@
 use std::net::IpAddr;
 
 use proptest::prelude::*;
-use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind, Direction, Origin, SdpError};
+use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind, Direction, Origin, OtherMedia, SdpError};
 
 fn ip(text: &str) -> IpAddr {
     text.parse().unwrap()
 }
 
 /// An offer as a SIP trunk (Asterisk-like) sends it: session-level c=, static types without
-/// rtpmap, video section to ignore.
+/// rtpmap, a video section to keep and refuse.
 const TRUNK_OFFER: &str = "v=0\r\n\
 o=root 1234 5678 IN IP4 203.0.113.9\r\n\
 s=Asterisk\r\n\
@@ -155,6 +155,64 @@ fn disabled_stream_and_no_common_codec() {
     );
 }
 
+#[test]
+fn trunk_offer_answer_keeps_video_refused_in_place() {
+    let offer = AudioSdp::parse(TRUNK_OFFER).unwrap();
+    assert_eq!(offer.other_media.len(), 1);
+    assert_eq!(offer.audio_index, 0);
+    let answer = AudioSdp::answer(&offer, &[CodecKind::Pcma], ip("198.51.100.2"), 1, 1).unwrap();
+    let text = answer.to_string();
+    let m_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(m_lines, ["m=audio 1 RTP/AVP 8", "m=video 0 RTP/AVP 96"]);
+    // PCMA came without an rtpmap; the answer names it the same way.
+    assert!(!text.contains("a=rtpmap:8"), "{text}");
+    // The offer itself is written back with its video section whole.
+    let written = offer.to_string();
+    assert!(
+        written.ends_with("m=video 10002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=recvonly\r\n")
+    );
+}
+
+#[test]
+fn video_first_offer_answered_by_a_relayed_answer() {
+    let offer_text = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+        m=video 6000 RTP/AVP 96\r\na=rtpmap:96 VP8/90000\r\n\
+        m=audio 6002 RTP/AVP 0 8\r\na=x-unknown:1\r\n";
+    let offer = AudioSdp::parse(offer_text).unwrap();
+    assert_eq!((offer.port, offer.audio_index), (6002, 1));
+    assert_eq!(offer.audio_lines, ["a=x-unknown:1"]);
+    // What the far side gets: audio only; what it answers, relayed back with the offer's sections.
+    let to_far_side = offer.without_other_sections().to_string();
+    assert_eq!(to_far_side.matches("m=").count(), 1);
+    let far_answer = AudioSdp::answer(
+        &AudioSdp::parse(&to_far_side).unwrap(),
+        &[CodecKind::Pcma],
+        ip("198.51.100.7"),
+        7000,
+        5,
+    )
+    .unwrap();
+    let mut relayed = far_answer.clone();
+    relayed.connection = ip("203.0.113.1");
+    relayed.port = 40000;
+    relayed.answer_sections_of(&offer);
+    let text = relayed.to_string();
+    let m_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(m_lines, ["m=video 0 RTP/AVP 96", "m=audio 40000 RTP/AVP 8"]);
+}
+
+#[test]
+fn srtp_offer_is_told_apart() {
+    let savp = TRUNK_OFFER.replace("m=audio 10000 RTP/AVP", "m=audio 10000 RTP/SAVP");
+    let offer = AudioSdp::parse(&savp).unwrap();
+    assert!(offer.is_secure());
+    assert!(matches!(
+        AudioSdp::answer(&offer, &[CodecKind::Pcma], ip("198.51.100.2"), 1, 1),
+        Err(SdpError::SecureProfile(_))
+    ));
+    assert!(!AudioSdp::parse(TRUNK_OFFER).unwrap().is_secure());
+}
+
 fn ip_strategy() -> impl Strategy<Value = IpAddr> {
     prop_oneof![
         any::<[u8; 4]>().prop_map(IpAddr::from),
@@ -186,6 +244,7 @@ fn codec_strategy() -> impl Strategy<Value = Codec> {
             clock_rate,
             channels,
             fmtp,
+            rtpmap: true,
         })
 }
 
@@ -241,6 +300,7 @@ fn sdp_strategy() -> impl Strategy<Value = AudioSdp> {
                     direction,
                     rtcp_mux,
                     rtcp,
+                    ..AudioSdp::offer(connection, port, Vec::new(), 0)
                 }
             },
         )
@@ -275,6 +335,42 @@ proptest! {
             let again = AudioSdp::parse(&sdp.to_string());
             prop_assert!(again.is_ok(), "{:?}", again);
             let _ = AudioSdp::answer(&sdp, &[CodecKind::Pcmu, CodecKind::Opus, CodecKind::TelephoneEvent], sdp.connection, 1, 1);
+        }
+    }
+
+    #[test]
+    fn parse_never_panics_on_sections(lines in prop::collection::vec(
+        prop_oneof![
+            Just("v=0".to_string()),
+            Just("o=- 1 1 IN IP4 192.0.2.1".to_string()),
+            Just("c=IN IP4 192.0.2.1".to_string()),
+            Just("m=audio 4000 RTP/AVP 0 8 101".to_string()),
+            "m=(audio|video|application|text) [0-9]{1,6}(/[0-9])? (RTP/AVP|RTP/SAVPF|UDP/DTLS/SCTP)( [0-9a-z-]{1,4}){0,3}",
+            "a=(rtpmap|fmtp|rtcp-fb):[0-9*]{1,3} [ -~]{0,12}",
+            "a=(mid|group|ssrc|x-[a-z]{1,4})(:[ -~]{0,8})?",
+            "[a-z]=[ -~]{0,20}",
+        ],
+        0..24,
+    )) {
+        let text = format!("v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\nc=IN IP4 192.0.2.1\r\n{}", lines.join("\r\n"));
+        if let Ok(sdp) = AudioSdp::parse(&text) {
+            // Written once, the text is stable: parse -> write keeps every section.
+            let written = sdp.to_string();
+            let again = AudioSdp::parse(&written);
+            prop_assert!(again.is_ok(), "{:?}\n{}", again, written);
+            let again = again.unwrap();
+            prop_assert_eq!(again.other_media.len(), sdp.other_media.len());
+            prop_assert_eq!(&again.to_string(), &written);
+            // An answer has one section per offered section, the audio in the offer's place.
+            if let Ok(answer) = AudioSdp::answer(&sdp, &[CodecKind::Pcmu, CodecKind::Opus], sdp.connection, 1, 1) {
+                let answer = AudioSdp::parse(&answer.to_string()).unwrap();
+                prop_assert_eq!(answer.other_media.len(), sdp.other_media.len());
+                prop_assert_eq!(answer.audio_index, sdp.audio_index.min(sdp.other_media.len()));
+                prop_assert!(answer.other_media.iter().all(|m| m.port() == 0 && m.lines().is_empty()));
+                let offered: Vec<&str> = sdp.other_media.iter().map(OtherMedia::media).collect();
+                let answered: Vec<&str> = answer.other_media.iter().map(OtherMedia::media).collect();
+                prop_assert_eq!(offered, answered);
+            }
         }
     }
 

@@ -4,8 +4,8 @@
 //! one host candidate (the shared socket), `a=setup:passive` (the client starts DTLS), Opus with
 //! the offer's payload type, `telephone-event/48000` when offered, `a=sendrecv`, `a=rtcp-mux`.
 //! Any other `m=` section is rejected with port 0 (`rtc` rejects video by itself, having no
-//! video codec; it would accept a data channel, so `m=application` is set to port 0 in the offer
-//! it is handed). Then the proxy drives it like every voxgate
+//! video codec; it would accept a data channel, so [`inspect_offer`] sets `m=application` to
+//! port 0 in the parsed offer it is handed). Then the proxy drives it like every voxgate
 //! core: [`handle_receive`](WebRtcPeer::handle_receive) and
 //! [`handle_timeout`](WebRtcPeer::handle_timeout) take `now`; after each call drain
 //! [`poll_transmit`](WebRtcPeer::poll_transmit) and [`poll_event`](WebRtcPeer::poll_event),
@@ -65,7 +65,7 @@ use rtc::sansio::Protocol;
 use rtc::shared::{TaggedBytesMut, TransportContext, TransportProtocol};
 
 use crate::demux::is_stun;
-use crate::whip::{WhipError, inspect_offer};
+use crate::whip::{WhipError, WhipOffer, inspect_offer};
 
 /// Settings of a [`WebRtcPeer`]; the defaults suit browsers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -248,6 +248,10 @@ impl WebRtcPeer {
     /// Answers `offer_sdp` with `local_candidate` (the shared socket's public address) as the only
     /// candidate. `rng` supplies the ICE credentials, SSRC and first sequence number (DTLS keys
     /// and the certificate come from `rtc`'s own OS-seeded generator).
+    ///
+    /// The text is checked with [`inspect_offer`] first; a caller that already has the
+    /// [`WhipOffer`] (from [`classify_post`](crate::classify_post)) calls
+    /// [`from_offer`](Self::from_offer) and saves parsing it again.
     pub fn new(
         offer_sdp: &str,
         local_candidate: SocketAddr,
@@ -255,7 +259,25 @@ impl WebRtcPeer {
         rng: &mut impl RngCore,
         now: Instant,
     ) -> Result<Self, PeerError> {
-        let offer = inspect_offer(offer_sdp)?;
+        Self::from_offer(
+            &inspect_offer(offer_sdp)?,
+            local_candidate,
+            config,
+            rng,
+            now,
+        )
+    }
+
+    /// Answers an offer that passed [`classify_post`](crate::classify_post), as
+    /// [`new`](Self::new) does, without parsing it again. (`rtc` still reads the offer's text
+    /// once more: its API takes SDP as text only.)
+    pub fn from_offer(
+        offer: &WhipOffer,
+        local_candidate: SocketAddr,
+        config: PeerConfig,
+        rng: &mut impl RngCore,
+        now: Instant,
+    ) -> Result<Self, PeerError> {
         let opus_payload_type = offer.opus_payload_type();
         let telephone_event_payload_type = offer.telephone_event_payload_type();
         let local_ufrag = random_ice_string(rng, 16);
@@ -306,7 +328,7 @@ impl WebRtcPeer {
             .build(now)
             .map_err(|err| PeerError::Internal(err.to_string()))?;
 
-        let offer_desc = RTCSessionDescription::offer(without_data_channels(offer_sdp))
+        let offer_desc = RTCSessionDescription::offer(offer.description().marshal())
             .map_err(|err| PeerError::Negotiation(err.to_string()))?;
         pc.set_remote_description(now, offer_desc)
             .map_err(|err| PeerError::Negotiation(err.to_string()))?;
@@ -661,50 +683,6 @@ impl fmt::Debug for WebRtcPeer {
             .field("closed", &self.closed)
             .finish_non_exhaustive()
     }
-}
-
-/// The offer with every `m=application` section set to port 0 and dropped from the BUNDLE
-/// group, so that `rtc` (which would accept a data channel) answers it with port 0 too.
-fn without_data_channels(offer: &str) -> String {
-    let mut out = String::with_capacity(offer.len());
-    let mut rejected_mids = Vec::new();
-    let mut in_application = false;
-    for line in offer.split_inclusive('\n') {
-        if let Some(rest) = line.strip_prefix("m=") {
-            in_application = rest.starts_with("application ");
-            if in_application
-                && let Some((_, after_port)) = rest["application ".len()..].split_once(' ')
-            {
-                out.push_str("m=application 0 ");
-                out.push_str(after_port);
-                continue;
-            }
-        } else if in_application && let Some(mid) = line.strip_prefix("a=mid:") {
-            rejected_mids.push(mid.trim_end().to_owned());
-        }
-        out.push_str(line);
-    }
-    if rejected_mids.is_empty() {
-        return out;
-    }
-    let mut result = String::with_capacity(out.len());
-    for line in out.split_inclusive('\n') {
-        match line.strip_prefix("a=group:BUNDLE") {
-            Some(mids) => {
-                let ending = &line[line.trim_end().len()..];
-                result.push_str("a=group:BUNDLE");
-                for mid in mids.split_whitespace() {
-                    if !rejected_mids.iter().any(|r| r == mid) {
-                        result.push(' ');
-                        result.push_str(mid);
-                    }
-                }
-                result.push_str(ending);
-            }
-            None => result.push_str(line),
-        }
-    }
-    result
 }
 
 fn opus_codec() -> RTCRtpCodec {

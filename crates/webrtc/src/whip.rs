@@ -3,7 +3,7 @@
 //!
 //! The proxy's HTTP layer hands in the request's `Content-Type`, `If-Match` and body and maps
 //! the outcome to a response: [`classify_post`] either yields a [`WhipOffer`] (go on: admission,
-//! routing, [`WebRtcPeer::new`](crate::WebRtcPeer::new), then `201 Created` with the answer, a
+//! routing, [`WebRtcPeer::from_offer`](crate::WebRtcPeer::from_offer), then `201 Created` with the answer, a
 //! `Location` built from a [`ResourceId`] and an [`ETag`]) or a [`WhipError`] whose
 //! [`http_status`](WhipError::http_status) and [`code`](WhipError::code) make the error response.
 //!
@@ -122,10 +122,13 @@ impl WhipError {
     }
 }
 
-/// A POST body that passed [`classify_post`]: an SDP offer this gateway can answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A POST body that passed [`classify_post`]: an SDP offer this gateway can answer, parsed once
+/// and handed to [`WebRtcPeer::from_offer`](crate::WebRtcPeer::from_offer) as it is.
+#[derive(Debug, Clone)]
 pub struct WhipOffer {
     sdp: String,
+    /// `sdp` parsed, its data channel sections already refused (see [`reject_data_channels`]).
+    description: SessionDescription,
     remote_ufrag: String,
     opus_payload_type: u8,
     telephone_event_payload_type: Option<u8>,
@@ -133,9 +136,15 @@ pub struct WhipOffer {
 }
 
 impl WhipOffer {
-    /// The offer, as received; hand it to [`WebRtcPeer::new`](crate::WebRtcPeer::new).
+    /// The offer, as received.
     pub fn sdp(&self) -> &str {
         &self.sdp
+    }
+
+    /// The offer as `rtc` is to answer it: parsed, with every `m=application` section set to
+    /// port 0 and out of the BUNDLE group.
+    pub(crate) fn description(&self) -> &SessionDescription {
+        &self.description
     }
 
     /// The client's ICE ufrag (audio section, else session level).
@@ -159,6 +168,15 @@ impl WhipOffer {
     }
 }
 
+impl PartialEq for WhipOffer {
+    fn eq(&self, other: &Self) -> bool {
+        // `description` is a function of `sdp` (and `rtc`'s type has no PartialEq).
+        self.sdp == other.sdp
+    }
+}
+
+impl Eq for WhipOffer {}
+
 /// Classifies a WHIP POST from its `Content-Type` header and body.
 pub fn classify_post(content_type: Option<&str>, body: &[u8]) -> Result<WhipOffer, WhipError> {
     check_content_type(content_type, SDP_CONTENT_TYPE)?;
@@ -168,9 +186,10 @@ pub fn classify_post(content_type: Option<&str>, body: &[u8]) -> Result<WhipOffe
     inspect_offer(text)
 }
 
-/// The checks of [`classify_post`] on an offer without its HTTP envelope.
+/// The checks of [`classify_post`] on an offer without its HTTP envelope. The one place a WHIP
+/// offer is parsed (with `rtc`'s SDP parser, the one that answers it).
 pub fn inspect_offer(text: &str) -> Result<WhipOffer, WhipError> {
-    let parsed = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
+    let mut parsed = SessionDescription::unmarshal(&mut Cursor::new(text.as_bytes()))
         .map_err(|err| WhipError::MalformedSdp(err.to_string()))?;
     if parsed.media_descriptions.is_empty() {
         return Err(WhipError::UnsupportedOffer(MissingInOffer::AudioSection));
@@ -218,13 +237,53 @@ pub fn inspect_offer(text: &str) -> Result<WhipOffer, WhipError> {
     if !has("fingerprint") {
         return Err(WhipError::UnsupportedOffer(MissingInOffer::DtlsFingerprint));
     }
+    let remote_ufrag = remote_ufrag.to_owned();
+    let rejected_sections = parsed.media_descriptions.len() - 1;
+    reject_data_channels(&mut parsed);
     Ok(WhipOffer {
         sdp: text.to_owned(),
-        remote_ufrag: remote_ufrag.to_owned(),
+        description: parsed,
+        remote_ufrag,
         opus_payload_type,
         telephone_event_payload_type,
-        rejected_sections: parsed.media_descriptions.len() - 1,
+        rejected_sections,
     })
+}
+
+/// Sets every `m=application` section of `offer` to port 0 and drops its mid from the BUNDLE
+/// group, so that `rtc` (which would accept a data channel) answers it with port 0 too
+/// (RFC 3264 6; video it refuses by itself, having no video codec).
+fn reject_data_channels(offer: &mut SessionDescription) {
+    let mut rejected_mids = Vec::new();
+    for media in &mut offer.media_descriptions {
+        if media.media_name.media == "application" {
+            media.media_name.port.value = 0;
+            media.media_name.port.range = None;
+            if let Some(Some(mid)) = media.attribute("mid") {
+                rejected_mids.push(mid.to_owned());
+            }
+        }
+    }
+    if rejected_mids.is_empty() {
+        return;
+    }
+    for attribute in &mut offer.attributes {
+        let Some(value) = attribute.value.as_mut() else {
+            continue;
+        };
+        if attribute.key != "group" || !value.starts_with("BUNDLE") {
+            continue;
+        }
+        let kept: Vec<&str> = value
+            .split_whitespace()
+            .skip(1)
+            .filter(|mid| !rejected_mids.iter().any(|r| r == mid))
+            .collect();
+        *value = std::iter::once("BUNDLE")
+            .chain(kept)
+            .collect::<Vec<_>>()
+            .join(" ");
+    }
 }
 
 /// What an accepted PATCH does.
@@ -450,6 +509,33 @@ a=rtpmap:96 VP8/90000\r\n";
             BROWSER_OFFER.replace("126 telephone-event/8000", "126 telephone-event/48000");
         let offer = classify_post(Some("application/sdp"), with_dtmf.as_bytes()).unwrap();
         assert_eq!(offer.telephone_event_payload_type(), Some(126));
+    }
+
+    #[test]
+    fn data_channels_are_refused_in_the_parsed_offer() {
+        let with_data = format!(
+            "{}m=application 9/2 UDP/DTLS/SCTP webrtc-datachannel\r\na=mid:2\r\na=sctp-port:5000\r\n",
+            BROWSER_OFFER.replace("a=group:BUNDLE 0 1", "a=group:BUNDLE 0 1 2")
+        );
+        let offer = inspect_offer(&with_data).unwrap();
+        assert_eq!(offer.rejected_sections(), 2);
+        assert_eq!(offer.sdp(), with_data, "the text stays as received");
+        let answerable = offer.description().marshal();
+        assert!(
+            answerable.contains("a=group:BUNDLE 0 1\r\n"),
+            "{answerable}"
+        );
+        assert!(
+            answerable.contains("m=application 0 UDP/DTLS/SCTP webrtc-datachannel\r\n"),
+            "{answerable}"
+        );
+        assert!(answerable.contains("m=audio 9 UDP/TLS/RTP/SAVPF 111 63 126\r\n"));
+        // Without a data channel, nothing is changed.
+        let plain = inspect_offer(BROWSER_OFFER)
+            .unwrap()
+            .description()
+            .marshal();
+        assert!(plain.contains("a=group:BUNDLE 0 1\r\n"), "{plain}");
     }
 
     #[test]

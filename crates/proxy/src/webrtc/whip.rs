@@ -262,7 +262,7 @@ async fn create(
     // Answering makes a certificate and key pair: CPU work kept off the async workers.
     let candidate = whip.candidate;
     let answered = tokio::task::spawn_blocking(move || {
-        let peer = WebRtcPeer::new(offer.sdp(), candidate, config, &mut rng, started.into_std());
+        let peer = WebRtcPeer::from_offer(&offer, candidate, config, &mut rng, started.into_std());
         (peer, rng)
     })
     .await;
