@@ -102,11 +102,26 @@ impl SdpWriter {
         }
     }
 
-    /// `sdp` as this node presents it to `side`.
+    /// `sdp` as this node presents it to `side`: its audio section only, without the lines this
+    /// node does not model (they would tell `side` about the other one: ICE, SSRCs, mids).
     pub(crate) fn write(&mut self, side: Side, sdp: &AudioSdp) -> String {
+        self.rewrite(side, sdp).to_string()
+    }
+
+    /// An answer to `offer` as this node presents it to `side`: every section `offer` has is
+    /// answered in its place, the ones other than audio refused with port 0 (RFC 3264 6).
+    pub(crate) fn write_answer(&mut self, side: Side, sdp: &AudioSdp, offer: &AudioSdp) -> String {
+        let mut out = self.rewrite(side, sdp);
+        out.answer_sections_of(offer);
+        out.to_string()
+    }
+
+    fn rewrite(&mut self, side: Side, sdp: &AudioSdp) -> AudioSdp {
         let index = side.index();
         self.versions[index] += 1;
-        let mut out = sdp.clone();
+        let mut out = sdp.without_other_sections();
+        out.session_lines.clear();
+        out.audio_lines.clear();
         out.origin = Origin {
             username: "voxgate".into(),
             session_id: self.session_id,
@@ -119,6 +134,6 @@ impl SdpWriter {
             out.port = self.ports[index];
         }
         out.rtcp = None;
-        out.to_string()
+        out
     }
 }

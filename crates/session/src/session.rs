@@ -101,6 +101,8 @@ struct Relayed {
     since: Instant,
     /// The media of `from` before a re-INVITE re-pointed it, restored if it fails.
     restore: Option<PeerMedia>,
+    /// A re-INVITE's offer, whose every section the answer answers.
+    offer: Option<AudioSdp>,
 }
 
 /// One B2BUA session; `L` is the Backend lease type (dropped to release).
@@ -115,6 +117,8 @@ pub struct Session<L> {
     offer: Option<AudioSdp>,
     /// The caller's rtcp-mux choice, kept in our answer.
     caller_mux: bool,
+    /// An inbound caller's offer, whose every section our answer answers.
+    caller_offer: Option<AudioSdp>,
     attempt: Option<Attempt<L>>,
     /// The far leg once it answered, with its lease.
     far: Option<(SipLeg, Option<L>)>,
@@ -155,6 +159,7 @@ impl<L> Session<L> {
             },
             offer: None,
             caller_mux: false,
+            caller_offer: None,
             attempt: None,
             far: None,
             tried: Vec::new(),
@@ -344,9 +349,16 @@ impl<L> Session<L> {
             self.end(now, EndCause::BadSdp, Some(488), Some(refusal), None);
             return;
         };
+        if offer.is_secure() {
+            // SRTP (SDES) is not carried yet: refuse rather than answer it in the clear.
+            let refusal = (488, vec![warning("SRTP (RTP/SAVP) is not supported")]);
+            self.end(now, EndCause::BadSdp, Some(488), Some(refusal), None);
+            return;
+        }
         self.caller_mux = offer.rtcp_mux;
         self.set_media(Side::Caller, peer_media(&offer));
-        self.offer = Some(offer);
+        self.offer = Some(offer.clone());
+        self.caller_offer = Some(offer);
         self.pick(now);
     }
 
@@ -520,7 +532,10 @@ impl<L> Session<L> {
     fn early_response(&mut self, code: u16, response: &rsip::Response) {
         let sdp = parse_sdp(&response.body).map(|answer| {
             self.set_media(Side::Backend, peer_media(&answer));
-            self.sdp.write(Side::Caller, &answer)
+            match &self.caller_offer {
+                Some(offer) => self.sdp.write_answer(Side::Caller, &answer, offer),
+                None => self.sdp.write(Side::Caller, &answer),
+            }
         });
         if let (Some((key, invite)), Some(leg)) = (&self.caller.invite, &self.caller.leg) {
             let reply = leg.dialog.response(invite, code, sdp);
@@ -546,7 +561,10 @@ impl<L> Session<L> {
             // We terminate rtcp-mux ourselves: accept it toward the caller whenever it offered
             // it, whatever the far side chose.
             answer.rtcp_mux = self.caller_mux;
-            let body = self.sdp.write(Side::Caller, &answer);
+            let body = match &self.caller_offer {
+                Some(offer) => self.sdp.write_answer(Side::Caller, &answer, offer),
+                None => self.sdp.write(Side::Caller, &answer),
+            };
             let ok = leg.dialog.response(&invite, 200, Some(body));
             // Keep the INVITE's key: a missing ACK (Timer L) names it.
             self.caller_invite_key = Some(key.clone());
@@ -868,27 +886,21 @@ impl<L> Session<L> {
             respond(self, 491, None);
             return;
         }
-        let (body, content_type, restore) = if reinvite {
-            let Some(offer) = parse_sdp(&request.body) else {
-                respond(
-                    self,
-                    488,
-                    Some(warning("re-INVITE without a usable SDP offer")),
-                );
+        let (body, content_type, restore, offer) = if reinvite {
+            let Some(offer) = parse_sdp(&request.body).filter(|o| !o.is_secure()) else {
+                let refusal = warning("re-INVITE without a usable SDP offer");
+                respond(self, 488, Some(refusal));
                 return;
             };
             let restore = self.media[from.index()];
             self.set_media(from, peer_media(&offer));
             let body = self.sdp.write(to, &offer);
-            (
-                Some(body.into_bytes()),
-                Some("application/sdp".to_owned()),
-                restore,
-            )
+            let content_type = Some("application/sdp".to_owned());
+            (Some(body.into_bytes()), content_type, restore, Some(offer))
         } else {
             let body = (!request.body.is_empty()).then(|| request.body.clone());
             let content_type = dialog::header_value(&request.headers, "Content-Type");
-            (body, content_type, None)
+            (body, content_type, None, None)
         };
         let mut rng = SmallRng::from_rng(&mut self.rng);
         let Some(leg) = self.leg_mut(to) else {
@@ -913,6 +925,7 @@ impl<L> Session<L> {
             branch,
             since: now,
             restore,
+            offer,
         });
     }
 
@@ -1006,7 +1019,10 @@ impl<L> Session<L> {
         match parse_sdp(&response.body) {
             Some(answer) => {
                 self.set_media(to, peer_media(&answer));
-                let body = self.sdp.write(relayed.from, &answer);
+                let body = match &relayed.offer {
+                    Some(offer) => self.sdp.write_answer(relayed.from, &answer, offer),
+                    None => self.sdp.write(relayed.from, &answer),
+                };
                 self.respond_relayed(&relayed, 200, Some(body));
             }
             None => {
