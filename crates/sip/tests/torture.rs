@@ -63,12 +63,7 @@ fn outcome(bytes: &[u8]) -> Result<String, u16> {
         Ok(rsip::SipMessage::Request(request)) => validate::request(&request)
             .map(|()| request.method.to_string())
             .map_err(|refusal| refusal.code()),
-        Ok(rsip::SipMessage::Response(response))
-            if (100..=699).contains(&response.status_code.code()) =>
-        {
-            // Parsed responses are stray here: dropped.
-            Err(0)
-        }
+        // A response that parses is a stray here: dropped.
         Ok(rsip::SipMessage::Response(_)) => Err(0),
         Err(err) => match error_response(bytes, &err) {
             Some(_) => Err(err.status_code()),
@@ -80,7 +75,16 @@ fn outcome(bytes: &[u8]) -> Result<String, u16> {
 #[test]
 fn every_rfc4475_message_is_handled_as_the_rfc_says() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/torture");
-    let files = std::fs::read_dir(dir).unwrap().count();
+    let files = std::fs::read_dir(dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "dat")
+        })
+        .count();
     assert_eq!(files, TABLE.len(), "one table row per file in {dir}");
     for (name, want) in TABLE {
         let bytes = std::fs::read(format!("{dir}/{name}.dat")).unwrap();

@@ -96,7 +96,7 @@ pub(super) fn is_token_char(c: u8) -> bool {
 }
 
 /// Where a scan of header bytes is with respect to RFC 3261 quoted strings (`"..."` with
-/// `\\`-escaped quoted-pairs).
+/// `\`-escaped quoted-pairs).
 #[derive(Default, Clone, Copy)]
 pub(super) struct Quoting {
     open: bool,
@@ -128,7 +128,7 @@ impl Quoting {
         self.open
     }
 
-    /// The last byte seen was the `\\` of a quoted-pair.
+    /// The last byte seen was the `\` of a quoted-pair.
     fn is_escaped(self) -> bool {
         self.open && self.escaped
     }
@@ -388,7 +388,7 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
 }
 
 /// True when every NUL in `head` is the second byte of a quoted-pair inside a quoted string
-/// (`"NUL:\\<NUL>"`, RFC 3261 25.1 allows it; RFC 4475 "intmeth").
+/// (`"NUL:\<NUL>"`, RFC 3261 25.1 allows it; RFC 4475 "intmeth").
 fn nuls_are_quoted_pairs(head: &str) -> bool {
     let mut quoting = Quoting::default();
     head.bytes().all(|b| {
@@ -705,6 +705,95 @@ fn check_name_addr(header: &'static str, value: &str) -> Result<(), ParseError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_addr_rules() {
+        for ok in [
+            "<sip:a@x>;tag=1",
+            "Bob <sip:a@x>",
+            "caller<sip:a@x>;tag=3",
+            r#""J Rosenberg \\\"" <sip:a@x>;tag=9"#,
+            r#""Bell, Alexander" <sip:a@x>"#,
+            "sip:a@x;tag=1",
+            "isbn:2983792873",
+        ] {
+            assert_eq!(check_name_addr("To", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            r#""Mr. J. User <sip:a@x>"#,
+            "Bell, Alexander <sip:a@x>",
+            r#""W" < sip:a@x >"#,
+            "<sip:a@x",
+            "sip:a@x?Route=%3Csip:b%3E",
+            "<sip:a@x> <sip:b@y>",
+        ] {
+            assert!(check_name_addr("To", bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_contact("*"), Ok(()));
+        assert_eq!(
+            check_contact(r#"<sip:a@x>, "b, c" <sip:b@y>;q=0.5"#),
+            Ok(())
+        );
+        assert!(check_contact("<sip:a@x>, sip:b@y?h=v").is_err());
+    }
+
+    #[test]
+    fn via_rules() {
+        let via = ViaParts::parse("SIP  /   2.0 /UDP 192.0.2.2;branch=390skdjuw").unwrap();
+        assert_eq!((via.transport, via.sent_by), ("UDP", "192.0.2.2"));
+        assert_eq!(via.branch, Some("390skdjuw"));
+        assert!(ViaParts::parse("SIP/7.0/UDP h;branch=z9hG4bKx").is_none());
+        assert!(ViaParts::parse_any_version("SIP/7.0/UDP h;branch=z9hG4bKx").is_some());
+        assert_eq!(
+            check_via_params("SIP/2.0/UDP h;rport;branch=z9hG4bKx"),
+            Ok(())
+        );
+        for bad in [
+            "SIP/2.0/UDP h;;",
+            "SIP/2.0/UDP h;branch=",
+            "SIP/2.0/UDP h;",
+            ";",
+        ] {
+            assert!(check_via_params(bad).is_err(), "{bad}");
+        }
+        assert!(split_via_list_raw("a;x, ,b").iter().any(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn request_uri_rules() {
+        assert_eq!(check_request_uri("sip:a@x;lr"), Ok(()));
+        assert_eq!(check_request_uri("tel:+1234"), Ok(()));
+        assert_eq!(check_request_uri("sip:we?ird@x"), Ok(()));
+        assert!(matches!(
+            check_request_uri("soap.beep://192.0.2.103:3002"),
+            Err(ParseError::UnsupportedUriScheme(s)) if s == "soap.beep"
+        ));
+        for bad in ["<sip:a@x>", "sip:a@x?Route=%3Csip:b%3E", "1x:y", "nocolon"] {
+            assert!(
+                matches!(check_request_uri(bad), Err(ParseError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_only_as_a_quoted_pair() {
+        assert!(nuls_are_quoted_pairs("To: \"NUL:\\\0\" <sip:a@x>"));
+        assert!(!nuls_are_quoted_pairs("To: \0<sip:a@x>"));
+        assert!(!nuls_are_quoted_pairs("To: \"\0\" <sip:a@x>"));
+    }
+
+    #[test]
+    fn single_value_headers_appear_once() {
+        let text = "OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\
+            From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nt: <sip:c@x>\r\nCall-ID: c\r\n\
+            CSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(
+            frame(text.as_bytes()).err(),
+            Some(ParseError::DuplicateHeader("To"))
+        );
+    }
 
     #[test]
     fn find_blank_line_matches_find() {
