@@ -20,8 +20,8 @@ use crate::driver::Destination;
 use crate::gateway::Gateway;
 use crate::metrics;
 
-/// Methods the gateway implements, for `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+/// Methods the gateway implements, for `Allow`: those of a session.
+pub const ALLOW: &str = voxgate_session::ALLOW;
 
 /// Methods RFC 3261 and its extensions define that the gateway does not implement: 405.
 const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[

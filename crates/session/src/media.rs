@@ -90,6 +90,8 @@ pub(crate) struct SdpWriter {
     /// Relay port per side.
     pub(crate) ports: [u16; 2],
     versions: [u64; 2],
+    /// The last SDP sent to each side, for a session refresh that changes nothing.
+    pub(crate) last: [Option<String>; 2],
 }
 
 impl SdpWriter {
@@ -99,13 +101,16 @@ impl SdpWriter {
             session_id,
             ports,
             versions: [1, 1],
+            last: [None, None],
         }
     }
 
     /// `sdp` as this node presents it to `side`: its audio section only, without the lines this
     /// node does not model (they would tell `side` about the other one: ICE, SSRCs, mids).
     pub(crate) fn write(&mut self, side: Side, sdp: &AudioSdp) -> String {
-        self.rewrite(side, sdp).to_string()
+        let text = self.rewrite(side, sdp).to_string();
+        self.last[side.index()] = Some(text.clone());
+        text
     }
 
     /// An answer to `offer` as this node presents it to `side`: every section `offer` has is
@@ -113,7 +118,9 @@ impl SdpWriter {
     pub(crate) fn write_answer(&mut self, side: Side, sdp: &AudioSdp, offer: &AudioSdp) -> String {
         let mut out = self.rewrite(side, sdp);
         out.answer_sections_of(offer);
-        out.to_string()
+        let text = out.to_string();
+        self.last[side.index()] = Some(text.clone());
+        text
     }
 
     fn rewrite(&mut self, side: Side, sdp: &AudioSdp) -> AudioSdp {

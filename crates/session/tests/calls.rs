@@ -175,16 +175,6 @@ fn a_refusal_is_mapped_and_a_redirect_hidden() {
 }
 
 #[test]
-fn an_invite_without_sdp_is_refused_488() {
-    let (_caller, mut invite) = Ua::caller(40_000);
-    voxgate_sip::message::set_body(&mut invite, Vec::new(), None);
-    let mut h = Harness::new(config(), Harness::inbound(&invite));
-    assert_eq!(codes(&h.take(CALLER)).last(), Some(&488));
-    assert_eq!(h.picks, 0, "no Backend is asked for");
-    assert_eq!(h.ended.unwrap().cause, EndCause::BadSdp);
-}
-
-#[test]
 fn a_backend_answer_without_media_is_hung_up_and_the_caller_told_502() {
     let (_caller, invite) = Ua::caller(40_000);
     let mut h = Harness::new(config(), Harness::inbound(&invite));

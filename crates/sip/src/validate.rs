@@ -11,9 +11,10 @@ use rsip::{Header, Method};
 
 use crate::message::max_forwards;
 
-/// Option tags (RFC 3261 19.2) this stack supports; `Require` naming any other is refused 420.
-/// Add `100rel`, `timer` or `replaces` here once they are implemented.
-pub const SUPPORTED_EXTENSIONS: &[&str] = &[];
+/// Option tags (RFC 3261 19.2) this stack supports; `Require` naming any other is refused 420:
+/// reliable provisionals (RFC 3262) and session timers (RFC 4028), both done by the session
+/// engine on each leg.
+pub const SUPPORTED_EXTENSIONS: &[&str] = &["100rel", "timer"];
 
 /// The one body type an INVITE may carry, and the one its answer needs `Accept` to allow.
 const SDP: &str = "application/sdp";
