@@ -194,9 +194,7 @@ impl SipSession {
         slot: SessionSlot,
         progress: Option<outbound::Progress>,
     ) -> Self {
-        let hang_up = progress
-            .as_ref()
-            .map(outbound::Progress::hang_up_signal);
+        let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
         Self {
             driver,
             relay: Some(relay),
@@ -382,19 +380,43 @@ mod tests {
     #[test]
     fn originated_outcomes() {
         let cases = [
-            (end(EndCause::Rejected, Some(486), false, false), Outcome::Busy),
-            (end(EndCause::Rejected, Some(480), false, false), Outcome::NoAnswer),
-            (end(EndCause::RingTimeout, None, false, false), Outcome::NoAnswer),
-            (end(EndCause::Rejected, Some(404), false, false), Outcome::Failed),
+            (
+                end(EndCause::Rejected, Some(486), false, false),
+                Outcome::Busy,
+            ),
+            (
+                end(EndCause::Rejected, Some(480), false, false),
+                Outcome::NoAnswer,
+            ),
+            (
+                end(EndCause::RingTimeout, None, false, false),
+                Outcome::NoAnswer,
+            ),
+            (
+                end(EndCause::Rejected, Some(404), false, false),
+                Outcome::Failed,
+            ),
             (end(EndCause::Silent, None, false, false), Outcome::Failed),
-            (end(EndCause::HungUp, None, false, false), Outcome::Cancelled),
-            (end(EndCause::NoBackend, None, true, false), Outcome::NoBackend),
+            (
+                end(EndCause::HungUp, None, false, false),
+                Outcome::Cancelled,
+            ),
+            (
+                end(EndCause::NoBackend, None, true, false),
+                Outcome::NoBackend,
+            ),
             (end(EndCause::HungUp, None, true, true), Outcome::Completed),
-            (end(EndCause::Shutdown, None, true, false), Outcome::Shutdown),
+            (
+                end(EndCause::Shutdown, None, true, false),
+                Outcome::Shutdown,
+            ),
         ];
         for (end, expected) in cases {
             assert_eq!(outcome(end).0, expected, "{end:?}");
         }
-        assert_eq!(outcome(end(EndCause::Rejected, Some(486), false, false)).1, Some(486));
+        assert_eq!(
+            outcome(end(EndCause::Rejected, Some(486), false, false)).1,
+            Some(486)
+        );
     }
 }

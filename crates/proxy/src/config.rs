@@ -263,6 +263,12 @@ impl Config {
             );
         }
         self.validate_media()?;
+        if self.sip.min_se < Duration::from_secs(1) {
+            return fail("sip.min_se", "must be at least 1s");
+        }
+        if self.sip.session_expires < self.sip.min_se {
+            return fail("sip.session_expires", "must be at least sip.min_se");
+        }
         if self.routing.max_attempts < 1 {
             return fail("routing.max_attempts", "must be at least 1");
         }
@@ -760,6 +766,14 @@ pub struct SipConfig {
     /// TCP listener; `None` (an empty string in TOML) turns TCP off.
     #[serde(deserialize_with = "parsed::empty_is_none")]
     pub listen_tcp: Option<SocketAddr>,
+    /// Session interval (RFC 4028) asked for on Backend legs and granted to callers that ask
+    /// for none; each leg is refreshed by this node unless its caller refreshes.
+    #[serde(with = "humantime_serde")]
+    pub session_expires: Duration,
+    /// Smallest session interval accepted: a caller asking for less gets 422. RFC 4028 wants at
+    /// least 90 s; lower values are for tests.
+    #[serde(with = "humantime_serde")]
+    pub min_se: Duration,
 }
 
 impl SipConfig {
@@ -773,6 +787,8 @@ impl Default for SipConfig {
         Self {
             listen_udp: any,
             listen_tcp: Some(any),
+            session_expires: Duration::from_secs(1800),
+            min_se: Duration::from_secs(90),
         }
     }
 }

@@ -1,5 +1,6 @@
 //! Requests that belong to no live call: new INVITEs (admission, then a call task), OPTIONS,
-//! and the RFC 3261 answers for everything else (481, 405, 501, 483).
+//! and the RFC 3261 answers for everything else (481, 405, 501, and the refusals of
+//! `voxgate_sip::validate`).
 //!
 //! A new INVITE's Call-ID is routed to its session before the session's task runs, and events of
 //! that Call-ID already queued here behind the INVITE (a CANCEL sent right after it) are
@@ -19,8 +20,8 @@ use crate::driver::Destination;
 use crate::gateway::Gateway;
 use crate::metrics;
 
-/// Methods the gateway implements, for `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO";
+/// Methods the gateway implements, for `Allow`: those of a session.
+pub const ALLOW: &str = voxgate_session::ALLOW;
 
 /// Methods RFC 3261 and its extensions define that the gateway does not implement: 405.
 const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
@@ -90,14 +91,12 @@ fn on_request(
     };
     let retry_after = || vec![gateway.retry_after_header()];
     let allow = || vec![Header::Allow(ALLOW.into())];
-    let method = request.method;
-    if method != rsip::Method::Ack
-        && method != rsip::Method::Options
-        && voxgate_sip::message::max_forwards(&request) == Some(0)
-    {
-        reply(483, Vec::new());
+    // RFC 3261 8.2 checks first (483, 416, 420, 415, 406); ACK is never refused.
+    if let Err(refusal) = voxgate_sip::validate::request(&request) {
+        reply(refusal.code(), refusal.headers());
         return;
     }
+    let method = request.method;
     match method {
         rsip::Method::Invite if to_tag(&request).is_some() => reply(481, Vec::new()),
         rsip::Method::Invite => {

@@ -69,6 +69,8 @@ impl SessionDriver {
             default_cooldown: Duration::from_secs(5),
             silent_cooldown: gateway.config.health.interval,
             retry_after: gateway.retry_after(),
+            session_expires: gateway.config.sip.session_expires,
+            min_se: gateway.config.sip.min_se,
             far_headers: Vec::new(),
             seed: rng.random(),
         }

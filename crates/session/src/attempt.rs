@@ -29,6 +29,8 @@ pub(crate) struct Attempt<L> {
     pub(crate) cancelled: bool,
     /// Since when it is being wound down.
     pub(crate) winding: Option<Instant>,
+    /// The RSeq of the last reliable provisional PRACKed.
+    pub(crate) last_rseq: Option<u32>,
 }
 
 impl<L> Attempt<L> {
@@ -50,6 +52,7 @@ impl<L> Attempt<L> {
             sent: now,
             cancelled: false,
             winding: None,
+            last_rseq: None,
         }
     }
 

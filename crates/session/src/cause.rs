@@ -26,6 +26,8 @@ pub enum EndCause {
     RingTimeout,
     /// The dialled number (originated call) stayed silent: not even a provisional answer.
     Silent,
+    /// A leg's session timer (RFC 4028) ran out: its refresh did not come, or failed.
+    SessionExpired,
     /// The node is going away (drain deadline, second signal).
     Shutdown,
     /// An operator hung the session up through the API.
@@ -51,6 +53,7 @@ impl EndCause {
             EndCause::NoBackend => "no_backend",
             EndCause::RingTimeout => "ring_timeout",
             EndCause::Silent => "silent",
+            EndCause::SessionExpired => "session_expired",
             EndCause::Shutdown => "shutdown",
             EndCause::HungUp => "hung_up",
             EndCause::WhipDelete => "whip_delete",

@@ -26,11 +26,13 @@ mod cause;
 mod io;
 mod leg;
 mod media;
+mod reliable;
 mod session;
+mod timer;
 
 pub use cause::{End, EndCause};
 pub use io::{
     CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, WebRtcCaller,
 };
 pub use media::{PeerMedia, Side, first_codec_only, parse_sdp, peer_media};
-pub use session::{Session, SessionConfig};
+pub use session::{ALLOW, SUPPORTED, Session, SessionConfig};

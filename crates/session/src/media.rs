@@ -90,6 +90,8 @@ pub(crate) struct SdpWriter {
     /// Relay port per side.
     pub(crate) ports: [u16; 2],
     versions: [u64; 2],
+    /// The last SDP sent to each side, for a session refresh that changes nothing.
+    pub(crate) last: [Option<String>; 2],
 }
 
 impl SdpWriter {
@@ -99,14 +101,34 @@ impl SdpWriter {
             session_id,
             ports,
             versions: [1, 1],
+            last: [None, None],
         }
     }
 
-    /// `sdp` as this node presents it to `side`.
+    /// `sdp` as this node presents it to `side`: its audio section only, without the lines this
+    /// node does not model (they would tell `side` about the other one: ICE, SSRCs, mids).
     pub(crate) fn write(&mut self, side: Side, sdp: &AudioSdp) -> String {
+        let text = self.rewrite(side, sdp).to_string();
+        self.last[side.index()] = Some(text.clone());
+        text
+    }
+
+    /// An answer to `offer` as this node presents it to `side`: every section `offer` has is
+    /// answered in its place, the ones other than audio refused with port 0 (RFC 3264 6).
+    pub(crate) fn write_answer(&mut self, side: Side, sdp: &AudioSdp, offer: &AudioSdp) -> String {
+        let mut out = self.rewrite(side, sdp);
+        out.answer_sections_of(offer);
+        let text = out.to_string();
+        self.last[side.index()] = Some(text.clone());
+        text
+    }
+
+    fn rewrite(&mut self, side: Side, sdp: &AudioSdp) -> AudioSdp {
         let index = side.index();
         self.versions[index] += 1;
-        let mut out = sdp.clone();
+        let mut out = sdp.without_other_sections();
+        out.session_lines.clear();
+        out.audio_lines.clear();
         out.origin = Origin {
             username: "voxgate".into(),
             session_id: self.session_id,
@@ -119,6 +141,6 @@ impl SdpWriter {
             out.port = self.ports[index];
         }
         out.rtcp = None;
-        out.to_string()
+        out
     }
 }

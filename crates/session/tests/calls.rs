@@ -175,16 +175,6 @@ fn a_refusal_is_mapped_and_a_redirect_hidden() {
 }
 
 #[test]
-fn an_invite_without_sdp_is_refused_488() {
-    let (_caller, mut invite) = Ua::caller(40_000);
-    voxgate_sip::message::set_body(&mut invite, Vec::new(), None);
-    let mut h = Harness::new(config(), Harness::inbound(&invite));
-    assert_eq!(codes(&h.take(CALLER)).last(), Some(&488));
-    assert_eq!(h.picks, 0, "no Backend is asked for");
-    assert_eq!(h.ended.unwrap().cause, EndCause::BadSdp);
-}
-
-#[test]
 fn a_backend_answer_without_media_is_hung_up_and_the_caller_told_502() {
     let (_caller, invite) = Ua::caller(40_000);
     let mut h = Harness::new(config(), Harness::inbound(&invite));
@@ -237,5 +227,46 @@ fn the_caller_missing_ack_ends_the_call() {
     h.advance(Duration::from_secs(33));
     assert_eq!(h.ended.unwrap().cause, EndCause::AckTimeout);
     assert_eq!(requests(&h.take(B1), Method::Bye).len(), 1);
+    h.assert_released();
+}
+
+#[test]
+fn every_offered_stream_is_answered_and_only_audio_crosses() {
+    let (_caller, mut invite) = Ua::caller(40_000);
+    let mut body = String::from_utf8(invite.body.clone()).unwrap();
+    body.push_str("m=video 40002 RTP/AVP 96\r\na=rtpmap:96 H264/90000\r\na=mid:v\r\n");
+    voxgate_sip::message::set_body(&mut invite, body.into_bytes(), Some("application/sdp"));
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let to_b1 = requests(&h.take(B1), Method::Invite)[0].clone();
+    let offered = String::from_utf8_lossy(&to_b1.body).into_owned();
+    assert!(
+        !offered.contains("m=video") && !offered.contains("a=mid"),
+        "{offered}"
+    );
+    let b1 = Ua::callee(B1, &to_b1);
+    h.deliver(B1, b1.answer(200, Some(sdp("127.0.0.21", 50_000))));
+    let ok = h
+        .take(CALLER)
+        .into_iter()
+        .filter_map(|s| s.response().cloned())
+        .find(|r| r.status_code.code() == 200)
+        .unwrap();
+    let answer = String::from_utf8_lossy(&ok.body).into_owned();
+    let m_lines: Vec<&str> = answer.lines().filter(|l| l.starts_with("m=")).collect();
+    assert_eq!(m_lines.len(), 2, "{answer}");
+    assert!(m_lines[0].starts_with("m=audio 30000 "), "{answer}");
+    assert!(m_lines[1].starts_with("m=video 0 RTP/AVP 96"), "{answer}");
+}
+
+#[test]
+fn an_srtp_offer_is_refused_488_until_srtp_exists() {
+    let (_caller, mut invite) = Ua::caller(40_000);
+    let body = String::from_utf8(invite.body.clone())
+        .unwrap()
+        .replace("RTP/AVP", "RTP/SAVP");
+    voxgate_sip::message::set_body(&mut invite, body.into_bytes(), Some("application/sdp"));
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    assert_eq!(codes(&h.take(CALLER)).last(), Some(&488));
+    assert_eq!(h.picks, 0);
     h.assert_released();
 }

@@ -66,12 +66,18 @@ fn a_backend_reinvite_is_answered_by_the_bridge() {
     h.deliver(B1, reinvite);
     assert_eq!(h.reoffers.len(), 1);
     assert_eq!(codes(&h.take(B1)).last(), Some(&200));
-    assert_eq!(h.peer_of(voxgate_session::Side::Backend).unwrap().rtp, addr("127.0.0.21:51000"));
+    assert_eq!(
+        h.peer_of(voxgate_session::Side::Backend).unwrap().rtp,
+        addr("127.0.0.21:51000")
+    );
     // A codec the bridge cannot follow: 488, the media stays.
     h.bridge_follows = false;
     let reinvite = b1.request(Method::Invite, Some(sdp("127.0.0.21", 52_000)));
     h.deliver(B1, reinvite);
     assert_eq!(codes(&h.take(B1)).last(), Some(&488));
-    assert_eq!(h.peer_of(voxgate_session::Side::Backend).unwrap().rtp, addr("127.0.0.21:51000"));
+    assert_eq!(
+        h.peer_of(voxgate_session::Side::Backend).unwrap().rtp,
+        addr("127.0.0.21:51000")
+    );
     assert!(h.ended.is_none());
 }

@@ -11,6 +11,7 @@ pub mod message;
 pub mod sdp;
 pub mod timer;
 pub mod transaction;
+pub mod validate;
 
 pub use message::{MAX_MESSAGE_SIZE, ParseError, parse};
 pub use timer::TimerConfig;

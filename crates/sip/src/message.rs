@@ -64,6 +64,14 @@ pub enum ParseError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A header that must appear once (Call-ID, CSeq, From, To, Max-Forwards) appears twice
+    /// (RFC 4475 "multi01").
+    #[error("more than one {0} header")]
+    DuplicateHeader(&'static str),
+    /// The Request-URI scheme is not one this stack handles (`sip`, `sips`, `tel`): RFC 3261
+    /// 8.2.2.1 answers 416 (RFC 4475 "unkscm", "novelsc").
+    #[error("unsupported Request-URI scheme {0}")]
+    UnsupportedUriScheme(String),
     /// Content-Length declares more bytes than the message carries (a truncated message).
     #[error("Content-Length {declared} but only {actual} body bytes")]
     BodyLength {
@@ -77,13 +85,14 @@ pub enum ParseError {
 impl ParseError {
     /// The status code a server answers this error with, when the message was an answerable
     /// request: 513 for [`ParseError::TooLarge`], 505 for [`ParseError::UnsupportedVersion`],
-    /// 501 for [`ParseError::UnknownMethod`],
+    /// 501 for [`ParseError::UnknownMethod`], 416 for [`ParseError::UnsupportedUriScheme`],
     /// 400 for everything else.
     pub fn status_code(&self) -> u16 {
         match self {
             Self::TooLarge { .. } => 513,
             Self::UnsupportedVersion => 505,
             Self::UnknownMethod(_) => 501,
+            Self::UnsupportedUriScheme(_) => 416,
             _ => 400,
         }
     }
@@ -99,6 +108,8 @@ impl ParseError {
             Self::MissingHeader(header) => format!("Missing {header}"),
             Self::InvalidHeader { header, .. } => format!("Invalid {header}"),
             Self::BodyLength { .. } => "Bad Content-Length".into(),
+            Self::DuplicateHeader(header) => format!("Duplicate {header}"),
+            Self::UnsupportedUriScheme(_) => "Unsupported URI Scheme".into(),
         }
     }
 }
@@ -146,18 +157,29 @@ pub struct ViaParts<'a> {
 
 impl<'a> ViaParts<'a> {
     /// Splits one via-parm (`SIP/2.0/UDP host:port;branch=...`) without rsip's typed parser,
-    /// which costs microseconds per call. `None` when it is not shaped like a via-parm.
+    /// which costs microseconds per call. `None` when it is not shaped like a SIP/2.0 via-parm.
+    /// RFC 3261 25.1 allows linear whitespace around the `/` of the sent-protocol
+    /// (`SIP / 2.0 / UDP`, RFC 4475 "wsinv").
     pub fn parse(value: &'a str) -> Option<Self> {
-        let value = value.trim();
-        let (protocol, rest) = value.split_once([' ', '\t'])?;
-        let mut protocol = protocol.split('/');
-        let (name, version, transport) = (protocol.next()?, protocol.next()?, protocol.next()?);
-        if !name.eq_ignore_ascii_case("SIP")
-            || version != "2.0"
-            || transport.is_empty()
-            || !transport.bytes().all(is_token_char)
-            || protocol.next().is_some()
-        {
+        let (version, parts) = Self::parse_any_version(value)?;
+        (version == "2.0").then_some(parts)
+    }
+
+    /// [`ViaParts::parse`] for any `SIP/<version>`: the version and the parts. For answering a
+    /// request that names another SIP version with 505.
+    pub(crate) fn parse_any_version(value: &'a str) -> Option<(&'a str, Self)> {
+        fn token(s: &str) -> Option<(&str, &str)> {
+            let s = s.trim_start();
+            let end = s.bytes().position(|b| !is_token_char(b)).unwrap_or(s.len());
+            (end > 0).then(|| s.split_at(end))
+        }
+        fn slash(s: &str) -> Option<&str> {
+            s.trim_start().strip_prefix('/')
+        }
+        let (name, rest) = token(value)?;
+        let (version, rest) = token(slash(rest)?)?;
+        let (transport, rest) = token(slash(rest)?)?;
+        if !name.eq_ignore_ascii_case("SIP") || !rest.starts_with([' ', '\t']) {
             return None;
         }
         let rest = rest.trim_start();
@@ -172,11 +194,14 @@ impl<'a> ViaParts<'a> {
                 .eq_ignore_ascii_case("branch")
                 .then(|| value.trim())
         });
-        Some(Self {
-            transport,
-            sent_by,
-            branch,
-        })
+        Some((
+            version,
+            Self {
+                transport,
+                sent_by,
+                branch,
+            },
+        ))
     }
 }
 
@@ -250,6 +275,28 @@ fn split_cseq(value: &str) -> Option<(u32, &str)> {
         return None;
     }
     Some((seq.parse().ok()?, method))
+}
+
+/// A stand-in branch for a request whose top Via has none (an RFC 2543 client): RFC 3261
+/// 17.2.3 matches such requests by Request-URI, From tag, Call-ID, CSeq number and top Via
+/// (the Via is the sent-by the key adds). The method is left out so CANCEL and ACK find
+/// their INVITE; the To tag too, since the ACK of a non-2xx carries the one we added.
+pub fn rfc2543_branch(request: &rsip::Request) -> String {
+    let (number, _) = cseq(request).unwrap_or((0, rsip::Method::Invite));
+    let uri = request.uri.to_string();
+    let from = from_tag(request).unwrap_or_default();
+    let parts = [
+        uri.as_bytes(),
+        from.as_bytes(),
+        call_id(request).unwrap_or_default().as_bytes(),
+        &number.to_be_bytes(),
+    ];
+    let hash = parts.iter().fold(0xcbf2_9ce4_8422_2325_u64, |hash, part| {
+        part.iter().chain(&[0xff]).fold(hash, |hash, &b| {
+            (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        })
+    });
+    format!("rfc2543-{hash:016x}")
 }
 
 /// A fresh RFC 3261 branch: the magic cookie followed by 16 random hex digits.
@@ -391,7 +438,7 @@ mod tests {
             cseq: 1 INVITE\r\n\
             Allow: INVITE, ACK\r\n\
             X-Custom: 1\r\n\
-            call-id: second\r\n\
+            x-call-id: second\r\n\
             l: 0\r\n\r\n";
         let tagged = INVITE.replace("To: Bob <sip:bob@example.com>", "To: <sip:b@x>;tag=9");
         for text in [INVITE, folded, tagged.as_str()] {

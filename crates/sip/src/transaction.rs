@@ -608,7 +608,15 @@ impl Transactions {
     /// is live and has not sent a final response, so the TU can answer 487 to the INVITE.
     pub fn cancelled_invite(&self, cancel: &rsip::Request) -> Option<TransactionKey> {
         let via = message::top_via_parts(cancel)?;
-        let key = TransactionKey::server(via.branch?, via.sent_by, &Method::Invite);
+        let fallback;
+        let branch = match via.branch.filter(|b| !b.is_empty()) {
+            Some(branch) => branch,
+            None => {
+                fallback = message::rfc2543_branch(cancel);
+                fallback.as_str()
+            }
+        };
+        let key = TransactionKey::server(branch, via.sent_by, &Method::Invite);
         let id = self.by_key.get(&key)?;
         let t = self.transactions.get(*id)?;
         (t.kind == Kind::InviteServer && t.state == State::Proceeding).then_some(key)
@@ -663,10 +671,15 @@ impl Transactions {
         let via = message::top_via_parts(&request).ok_or(TransactionError::InvalidRequest(
             "missing or invalid top Via",
         ))?;
-        let branch = via
-            .branch
-            .filter(|b| !b.is_empty())
-            .ok_or(TransactionError::NoBranch)?;
+        // No branch: an RFC 2543 client, matched by the RFC 3261 17.2.3 fallback.
+        let fallback;
+        let branch = match via.branch.filter(|b| !b.is_empty()) {
+            Some(branch) => branch,
+            None => {
+                fallback = message::rfc2543_branch(&request);
+                fallback.as_str()
+            }
+        };
         let key = TransactionKey::server(branch, via.sent_by, &request.method);
         if request.method == Method::Ack {
             return self.handle_ack(now, source, key, request);
@@ -1028,5 +1041,33 @@ mod tests {
         assert_eq!(ack, invite);
         assert_ne!(invite, TransactionKey::client("z9hG4bKx", &Method::Invite));
         assert!(invite.is_invite());
+    }
+
+    #[test]
+    fn rfc2543_requests_without_branch_match_by_17_2_3() {
+        let invite = "INVITE sip:b@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1\r\n\
+            From: <sip:a@example.com>;tag=1\r\nTo: <sip:b@example.com>\r\nCall-ID: c2543\r\n\
+            CSeq: 5 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let source: SocketAddr = "192.0.2.1:5060".parse().unwrap();
+        // A fixed origin: only the ordering of events matters here, no timer fires.
+        #[allow(clippy::disallowed_methods)]
+        let now = Instant::now();
+        let mut t = Transactions::new(TimerConfig::default());
+        for _ in 0..2 {
+            t.handle_datagram(now, source, Transport::Udp, invite.as_bytes())
+                .unwrap();
+        }
+        // One request for the TU, the retransmission absorbed (its 100 Trying resent).
+        let mut requests = 0;
+        while let Some(event) = t.poll_event() {
+            requests += usize::from(matches!(event, Event::Request { .. }));
+        }
+        assert_eq!(requests, 1);
+        assert_eq!(t.len(), 1);
+        let cancel = invite.replace("INVITE", "CANCEL");
+        let Ok(SipMessage::Request(cancel)) = message::parse(cancel.as_bytes()) else {
+            panic!("CANCEL does not parse");
+        };
+        assert!(t.cancelled_invite(&cancel).is_some());
     }
 }

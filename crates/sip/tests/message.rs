@@ -191,11 +191,17 @@ fn responses_and_acks_with_errors_are_not_answered() {
 
 #[test]
 fn via_without_branch_and_bad_version() {
+    // No branch: an RFC 2543 client, accepted (RFC 3261 17.2.3 matches it otherwise).
     let text = INVITE.replace(";branch=z9hG4bKnashds8", "");
-    assert!(matches!(
-        parse(text.as_bytes()),
-        Err(ParseError::InvalidHeader { header: "Via", .. })
-    ));
+    assert!(parse(text.as_bytes()).is_ok());
+    // The magic cookie and nothing else, or an empty branch: refused (RFC 4475 "badbranch").
+    for branch in [";branch=z9hG4bK", ";branch="] {
+        let text = INVITE.replace(";branch=z9hG4bKnashds8", branch);
+        assert!(matches!(
+            parse(text.as_bytes()),
+            Err(ParseError::InvalidHeader { header: "Via", .. })
+        ));
+    }
     let text = INVITE.replace("SIP/2.0\r\n", "SIP/7.0\r\n");
     let err = parse(text.as_bytes()).unwrap_err();
     assert_eq!(err, ParseError::UnsupportedVersion);

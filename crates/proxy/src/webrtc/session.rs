@@ -263,11 +263,10 @@ impl WebRtcSession {
                 }
             }
             Output::Reoffer(offer) => {
-                let codecs = self.bridge.as_mut().and_then(|bridge| {
-                    bridge
-                        .accept_reoffer(&offer)
-                        .then(|| bridge.codecs())
-                });
+                let codecs = self
+                    .bridge
+                    .as_mut()
+                    .and_then(|bridge| bridge.accept_reoffer(&offer).then(|| bridge.codecs()));
                 self.driver.handle(Input::ReofferAnswer(codecs));
             }
             Output::Progress(Progress::Calling {

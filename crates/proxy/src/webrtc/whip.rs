@@ -250,7 +250,11 @@ async fn create(
     // A Backend is leased only once the client has connected (the session engine asks for
     // one then); here its room is only checked, so that a POST no Backend could take is refused
     // at once. The probe's lease is dropped at the end of the statement.
-    if gateway.picker.pick(started.into_std(), &region, &[]).is_err() {
+    if gateway
+        .picker
+        .pick(started.into_std(), &region, &[])
+        .is_err()
+    {
         metrics::session_rejected("no_backend");
         return unavailable(gateway, "no_backend", "no Backend has room in this region");
     }

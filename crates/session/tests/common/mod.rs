@@ -61,6 +61,8 @@ pub fn config() -> SessionConfig {
         default_cooldown: Duration::from_secs(5),
         silent_cooldown: Duration::from_secs(10),
         retry_after: Duration::from_secs(4),
+        session_expires: Duration::from_secs(1800),
+        min_se: Duration::from_secs(90),
         far_headers: Vec::new(),
         seed: 42,
     }

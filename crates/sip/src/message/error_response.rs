@@ -17,7 +17,9 @@ pub fn error_response(bytes: &[u8], err: &ParseError) -> Option<Bytes> {
     let scan = LenientScan::new(&bytes[..bytes.len().min(MAX_MESSAGE_SIZE)])?;
     let top_via = scan.vias.first()?;
     let top_via_value = split_via_list(top_via).next()?;
-    let branch = ViaParts::parse(top_via_value)?.branch.unwrap_or_default();
+    // Any SIP version: a request naming SIP/7.0 in its start line and Via gets its 505.
+    let (_, top_via) = ViaParts::parse_any_version(top_via_value)?;
+    let branch = top_via.branch.unwrap_or_default();
 
     let mut out = String::with_capacity(512);
     // Writing to a String cannot fail.
@@ -75,10 +77,12 @@ impl<'a> LenientScan<'a> {
             .split(|&b| b == b'\n')
             .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
         let start_line = std::str::from_utf8(lines.next()?).ok()?;
-        let mut parts = start_line.split(' ');
-        let method = parts.next()?;
-        let (_, version) = (parts.next()?, parts.next()?);
+        // Lenient about the spaces (RFC 4475 "lwsstart", "lwsruri"): a method, something, and
+        // a SIP version last.
+        let (method, rest) = start_line.split_once(' ')?;
+        let (uri, version) = rest.trim_end().rsplit_once(' ')?;
         if method.is_empty()
+            || uri.trim().is_empty()
             || !method.bytes().all(is_token_char)
             || method.eq_ignore_ascii_case("ACK")
             || !version.starts_with("SIP/")

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use rsip::headers::UntypedHeader;
 use rsip::{Header, SipMessage};
 
-use super::{MAX_MESSAGE_SIZE, ParseError, ViaParts, parse_method, split_cseq};
+use super::{BRANCH_MAGIC, MAX_MESSAGE_SIZE, ParseError, ViaParts, parse_method, split_cseq};
 
 /// Longest reason text kept in [`ParseError::Malformed`] and [`ParseError::InvalidHeader`], so an
 /// attacker cannot make error values (and logs) as large as the message.
@@ -95,24 +95,66 @@ pub(super) fn is_token_char(c: u8) -> bool {
         )
 }
 
+/// Where a scan of header bytes is with respect to RFC 3261 quoted strings (`"..."` with
+/// `\`-escaped quoted-pairs).
+#[derive(Default, Clone, Copy)]
+pub(super) struct Quoting {
+    open: bool,
+    escaped: bool,
+}
+
+impl Quoting {
+    /// Advances over `b`; true when `b` is outside any quoted string (and not a quote mark).
+    pub(super) fn outside(&mut self, b: u8) -> bool {
+        if self.open {
+            if self.escaped {
+                self.escaped = false;
+            } else if b == b'\\' {
+                self.escaped = true;
+            } else if b == b'"' {
+                self.open = false;
+            }
+            false
+        } else if b == b'"' {
+            self.open = true;
+            false
+        } else {
+            true
+        }
+    }
+
+    /// Inside an unterminated quoted string.
+    fn is_open(self) -> bool {
+        self.open
+    }
+
+    /// The last byte seen was the `\` of a quoted-pair.
+    fn is_escaped(self) -> bool {
+        self.open && self.escaped
+    }
+}
+
 /// Splits a Via value on the commas that separate via-parms (none appear inside one, outside
-/// quoted strings).
-pub(super) fn split_via_list(value: &str) -> impl Iterator<Item = &str> {
-    let mut in_quotes = false;
+/// quoted strings); empty parts are kept, so `a,,b` can be refused.
+fn split_via_list_raw(value: &str) -> Vec<&str> {
+    let mut quoting = Quoting::default();
     let mut start = 0;
     let mut parts = Vec::new();
-    for (i, c) in value.char_indices() {
-        match c {
-            '"' => in_quotes = !in_quotes,
-            ',' if !in_quotes => {
-                parts.push(value[start..i].trim());
-                start = i + 1;
-            }
-            _ => {}
+    for (i, b) in value.bytes().enumerate() {
+        if quoting.outside(b) && b == b',' {
+            parts.push(value[start..i].trim());
+            start = i + 1;
         }
     }
     parts.push(value[start..].trim());
-    parts.into_iter().filter(|p| !p.is_empty())
+    parts
+}
+
+/// [`split_via_list_raw`] without the empty parts.
+pub(super) fn split_via_list(value: &str) -> impl Iterator<Item = &str> {
+    split_via_list_raw(value)
+        .into_iter()
+        .filter(|p| !p.is_empty())
 }
 
 /// Drops whitespace around `;` outside quoted strings: RFC 3261 allows `<sip:a> ; tag=1`, rsip's
@@ -131,15 +173,13 @@ fn tighten_semicolons(value: &mut Cow<'_, str>) {
         return;
     }
     let mut out = String::with_capacity(value.len());
-    let mut in_quotes = false;
+    let mut quoting = Quoting::default();
     let mut chars = value.chars().peekable();
     while let Some(c) = chars.next() {
+        // Every byte of a multi-byte character is >= 0x80: only ASCII moves the quoting.
+        let outside = !c.is_ascii() || quoting.outside(c as u8);
         match c {
-            '"' => {
-                in_quotes = !in_quotes;
-                out.push(c);
-            }
-            ';' if !in_quotes => {
+            ';' if outside => {
                 while out.ends_with([' ', '\t']) {
                     out.pop();
                 }
@@ -240,7 +280,7 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
     let head = std::str::from_utf8(&bytes[..head_end]).map_err(|_| ParseError::NotUtf8)?;
     let body = &bytes[head_end + 4..];
 
-    if head.as_bytes().contains(&0) {
+    if head.as_bytes().contains(&0) && !nuls_are_quoted_pairs(head) {
         return Err(malformed("NUL in the headers"));
     }
     // Split on the (memchr-fast) LF; every line but the last must then end in CR, and no line
@@ -272,7 +312,9 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
             let more = line.trim();
             if !more.is_empty() {
                 let value = value.to_mut();
-                value.push(' ');
+                if !value.is_empty() {
+                    value.push(' ');
+                }
                 value.push_str(more);
             }
             continue;
@@ -307,6 +349,9 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
         let mut split = Vec::with_capacity(headers.len() + 2);
         for (name, value) in headers {
             if name.eq_ignore_ascii_case("Via") && value.contains(',') {
+                if split_via_list_raw(&value).iter().any(|p| p.is_empty()) {
+                    return Err(invalid("Via", "empty via-parm"));
+                }
                 match value {
                     Cow::Borrowed(value) => {
                         split.extend(split_via_list(value).map(|via| ("Via", Cow::Borrowed(via))));
@@ -342,6 +387,49 @@ pub(crate) fn frame(bytes: &[u8]) -> Result<Framed<'_>, ParseError> {
     Ok(framed)
 }
 
+/// True when every NUL in `head` is the second byte of a quoted-pair inside a quoted string
+/// (`"NUL:\<NUL>"`, RFC 3261 25.1 allows it; RFC 4475 "intmeth").
+fn nuls_are_quoted_pairs(head: &str) -> bool {
+    let mut quoting = Quoting::default();
+    head.bytes().all(|b| {
+        let escaped = quoting.is_escaped();
+        quoting.outside(b);
+        b != 0 || escaped
+    })
+}
+
+/// Request-URI checks the rsip parser does not make: no `<>` or quotes around or in it
+/// (RFC 4475 "ltgtruri"), a scheme this stack handles (else 416, "unkscm"), and no escaped
+/// headers in a SIP URI (RFC 3261 19.1.5, "escruri").
+fn check_request_uri(uri: &str) -> Result<(), ParseError> {
+    if uri.bytes().any(|b| matches!(b, b'<' | b'>' | b'"')) {
+        return Err(malformed("bad Request-URI"));
+    }
+    let Some((scheme, _)) = uri.split_once(':') else {
+        return Err(malformed("bad Request-URI"));
+    };
+    let well_formed = scheme
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic())
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !well_formed {
+        return Err(malformed("bad Request-URI"));
+    }
+    let sip = scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips");
+    if !sip && !scheme.eq_ignore_ascii_case("tel") {
+        return Err(ParseError::UnsupportedUriScheme(truncate(scheme)));
+    }
+    // Headers start at a `?` after the host (the user part may hold one: RFC 4475 "intmeth").
+    let after_user = uri.split_once('@').map_or(uri, |(_, host)| host);
+    if sip && after_user.contains('?') {
+        return Err(malformed("headers in the Request-URI"));
+    }
+    Ok(())
+}
+
 fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
     let mut parts = line.splitn(3, ' ');
     let first = parts.next().unwrap_or_default();
@@ -371,6 +459,7 @@ fn parse_start_line(line: &str) -> Result<StartLine<'_>, ParseError> {
     if version != "SIP/2.0" {
         return Err(ParseError::UnsupportedVersion);
     }
+    check_request_uri(uri)?;
     Ok(StartLine::Request { method: first, uri })
 }
 
@@ -447,23 +536,36 @@ fn to_header(name: &str, value: Cow<'_, str>) -> Header {
 }
 
 /// Checks the mandatory headers. Deliberately lighter than rsip's typed parsers (which cost
-/// microseconds each): Via must be `SIP/2.0/<transport> <sent-by>` (with a branch for
-/// requests), From/To non-empty with balanced `<>`, Call-ID one token, CSeq `<u32> <method>`.
+/// microseconds each): Via must be `SIP/2.0/<transport> <sent-by>` with no empty parameter and,
+/// for requests, a branch that is either absent (RFC 2543, matched as RFC 3261 17.2.3 says) or
+/// more than the bare magic cookie; From/To/Contact are well-formed name-addr or addr-spec
+/// values; Call-ID is one token; CSeq is `<u32> <method>`; and none of Call-ID, CSeq, From,
+/// To and Max-Forwards appears twice.
 fn validate(framed: &Framed<'_>) -> Result<(), ParseError> {
     let (mut via, mut from, mut to, mut call_id, mut cseq, mut max_forwards) =
         (None, None, None, None, None, None);
     for (name, value) in &framed.headers {
         let value = value.as_ref();
-        let slot = match name.len() {
-            2 if name.eq_ignore_ascii_case("To") => &mut to,
-            3 if name.eq_ignore_ascii_case("Via") => &mut via,
-            4 if name.eq_ignore_ascii_case("From") => &mut from,
-            4 if name.eq_ignore_ascii_case("CSeq") => &mut cseq,
-            7 if name.eq_ignore_ascii_case("Call-ID") => &mut call_id,
-            12 if name.eq_ignore_ascii_case("Max-Forwards") => &mut max_forwards,
+        let (slot, canonical) = match name.len() {
+            2 if name.eq_ignore_ascii_case("To") => (&mut to, "To"),
+            3 if name.eq_ignore_ascii_case("Via") => {
+                check_via_params(value)?;
+                via.get_or_insert(value);
+                continue;
+            }
+            4 if name.eq_ignore_ascii_case("From") => (&mut from, "From"),
+            4 if name.eq_ignore_ascii_case("CSeq") => (&mut cseq, "CSeq"),
+            7 if name.eq_ignore_ascii_case("Call-ID") => (&mut call_id, "Call-ID"),
+            7 if name.eq_ignore_ascii_case("Contact") => {
+                check_contact(value)?;
+                continue;
+            }
+            12 if name.eq_ignore_ascii_case("Max-Forwards") => (&mut max_forwards, "Max-Forwards"),
             _ => continue,
         };
-        slot.get_or_insert(value);
+        if slot.replace(value).is_some() {
+            return Err(ParseError::DuplicateHeader(canonical));
+        }
     }
     let via = via.ok_or(ParseError::MissingHeader("Via"))?;
     let via =
@@ -484,10 +586,14 @@ fn validate(framed: &Framed<'_>) -> Result<(), ParseError> {
     }
     match framed.start {
         StartLine::Request { method, .. } => {
-            if via.branch.is_none_or(str::is_empty) {
-                return Err(invalid("Via", "no branch parameter"));
+            if via
+                .branch
+                .is_some_and(|b| b.is_empty() || b == BRANCH_MAGIC)
+            {
+                return Err(invalid("Via", "branch without a transaction id"));
             }
-            if cseq_method != method {
+            // An unknown method is answered 501 (RFC 4475 "mismatch02" prefers it to 400).
+            if cseq_method != method && parse_method(method).is_some() {
                 return Err(invalid("CSeq", "method does not match the request method"));
             }
         }
@@ -500,20 +606,194 @@ fn validate(framed: &Framed<'_>) -> Result<(), ParseError> {
     Ok(())
 }
 
+/// Every via-parm of a Via value has the sent-protocol shape and no empty parameter
+/// (`;;`, a trailing `;`, `branch=`): RFC 4475 "badinv01".
+fn check_via_params(value: &str) -> Result<(), ParseError> {
+    if ViaParts::parse_any_version(value).is_none() {
+        return Err(invalid("Via", "not SIP/<version>/<transport> <sent-by>"));
+    }
+    for param in value.split(';').skip(1) {
+        let (key, val) = match param.split_once('=') {
+            Some((key, val)) => (key.trim(), Some(val.trim())),
+            None => (param.trim(), None),
+        };
+        if key.is_empty() || !key.bytes().all(is_token_char) || val == Some("") {
+            return Err(invalid("Via", "empty or malformed parameter"));
+        }
+    }
+    Ok(())
+}
+
+/// Each entry of a Contact list (or `*`) is a well-formed name-addr or addr-spec.
+fn check_contact(value: &str) -> Result<(), ParseError> {
+    if value == "*" {
+        return Ok(());
+    }
+    let mut quoting = Quoting::default();
+    let (mut start, mut in_angle) = (0, false);
+    for (i, b) in value.bytes().enumerate() {
+        if !quoting.outside(b) {
+            continue;
+        }
+        match b {
+            b'<' => in_angle = true,
+            b'>' => in_angle = false,
+            b',' if !in_angle => {
+                check_name_addr("Contact", value[start..i].trim())?;
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    check_name_addr("Contact", value[start..].trim())
+}
+
+/// One From, To or Contact value: `display-name <uri>;params` where the display name is a
+/// quoted string or tokens (RFC 4475 "baddn", "quotbal") and the URI has no surrounding spaces
+/// ("badaspec"), or `uri;params` where the URI has no `?` or `,` (RFC 3261 20; "regbadct").
 fn check_name_addr(header: &'static str, value: &str) -> Result<(), ParseError> {
     if value.is_empty() {
         return Err(invalid(header, "empty"));
     }
-    match (value.find('<'), value.rfind('>')) {
-        (None, None) => Ok(()),
-        (Some(open), Some(close)) if open < close => Ok(()),
-        _ => Err(invalid(header, "unbalanced <>")),
+    let mut quoting = Quoting::default();
+    let mut open = None;
+    for (i, b) in value.bytes().enumerate() {
+        if quoting.outside(b) && b == b'<' {
+            open = Some(i);
+            break;
+        }
     }
+    if open.is_none() && quoting.is_open() {
+        return Err(invalid(header, "unterminated quoted string"));
+    }
+    let Some(open) = open else {
+        if value.contains('>') {
+            return Err(invalid(header, "unbalanced <>"));
+        }
+        let uri = value.split(';').next().unwrap_or_default().trim_end();
+        if uri.is_empty() || uri.contains(['?', ',', ' ', '\t', '"']) {
+            return Err(invalid(
+                header,
+                "addr-spec with reserved characters outside <>",
+            ));
+        }
+        return Ok(());
+    };
+    let display = value[..open].trim();
+    let quoted = display.len() >= 2 && display.starts_with('"') && display.ends_with('"');
+    let tokens = display
+        .bytes()
+        .all(|b| is_token_char(b) || b == b' ' || b == b'\t');
+    if !quoted && !tokens {
+        return Err(invalid(header, "display name neither quoted nor tokens"));
+    }
+    let rest = &value[open + 1..];
+    let Some(close) = rest.find('>') else {
+        return Err(invalid(header, "unbalanced <>"));
+    };
+    let uri = &rest[..close];
+    if uri.is_empty() || uri.trim() != uri || uri.contains('<') {
+        return Err(invalid(header, "malformed URI in <>"));
+    }
+    let params = rest[close + 1..].trim_start();
+    if !(params.is_empty() || params.starts_with(';')) || params.contains(['<', '>']) {
+        return Err(invalid(header, "text after the URI is not parameters"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn name_addr_rules() {
+        for ok in [
+            "<sip:a@x>;tag=1",
+            "Bob <sip:a@x>",
+            "caller<sip:a@x>;tag=3",
+            r#""J Rosenberg \\\"" <sip:a@x>;tag=9"#,
+            r#""Bell, Alexander" <sip:a@x>"#,
+            "sip:a@x;tag=1",
+            "isbn:2983792873",
+        ] {
+            assert_eq!(check_name_addr("To", ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            r#""Mr. J. User <sip:a@x>"#,
+            "Bell, Alexander <sip:a@x>",
+            r#""W" < sip:a@x >"#,
+            "<sip:a@x",
+            "sip:a@x?Route=%3Csip:b%3E",
+            "<sip:a@x> <sip:b@y>",
+        ] {
+            assert!(check_name_addr("To", bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_contact("*"), Ok(()));
+        assert_eq!(
+            check_contact(r#"<sip:a@x>, "b, c" <sip:b@y>;q=0.5"#),
+            Ok(())
+        );
+        assert!(check_contact("<sip:a@x>, sip:b@y?h=v").is_err());
+    }
+
+    #[test]
+    fn via_rules() {
+        let via = ViaParts::parse("SIP  /   2.0 /UDP 192.0.2.2;branch=390skdjuw").unwrap();
+        assert_eq!((via.transport, via.sent_by), ("UDP", "192.0.2.2"));
+        assert_eq!(via.branch, Some("390skdjuw"));
+        assert!(ViaParts::parse("SIP/7.0/UDP h;branch=z9hG4bKx").is_none());
+        assert!(ViaParts::parse_any_version("SIP/7.0/UDP h;branch=z9hG4bKx").is_some());
+        assert_eq!(
+            check_via_params("SIP/2.0/UDP h;rport;branch=z9hG4bKx"),
+            Ok(())
+        );
+        for bad in [
+            "SIP/2.0/UDP h;;",
+            "SIP/2.0/UDP h;branch=",
+            "SIP/2.0/UDP h;",
+            ";",
+        ] {
+            assert!(check_via_params(bad).is_err(), "{bad}");
+        }
+        assert!(split_via_list_raw("a;x, ,b").iter().any(|p| p.is_empty()));
+    }
+
+    #[test]
+    fn request_uri_rules() {
+        assert_eq!(check_request_uri("sip:a@x;lr"), Ok(()));
+        assert_eq!(check_request_uri("tel:+1234"), Ok(()));
+        assert_eq!(check_request_uri("sip:we?ird@x"), Ok(()));
+        assert!(matches!(
+            check_request_uri("soap.beep://192.0.2.103:3002"),
+            Err(ParseError::UnsupportedUriScheme(s)) if s == "soap.beep"
+        ));
+        for bad in ["<sip:a@x>", "sip:a@x?Route=%3Csip:b%3E", "1x:y", "nocolon"] {
+            assert!(
+                matches!(check_request_uri(bad), Err(ParseError::Malformed(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn nul_only_as_a_quoted_pair() {
+        assert!(nuls_are_quoted_pairs("To: \"NUL:\\\0\" <sip:a@x>"));
+        assert!(!nuls_are_quoted_pairs("To: \0<sip:a@x>"));
+        assert!(!nuls_are_quoted_pairs("To: \"\0\" <sip:a@x>"));
+    }
+
+    #[test]
+    fn single_value_headers_appear_once() {
+        let text = "OPTIONS sip:b@x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\
+            From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nt: <sip:c@x>\r\nCall-ID: c\r\n\
+            CSeq: 1 OPTIONS\r\n\r\n";
+        assert_eq!(
+            frame(text.as_bytes()).err(),
+            Some(ParseError::DuplicateHeader("To"))
+        );
+    }
 
     #[test]
     fn find_blank_line_matches_find() {
