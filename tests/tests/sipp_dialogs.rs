@@ -255,7 +255,6 @@ fn session_refreshed_by_update_outlives_its_first_interval() {
 }
 
 #[test]
-#[ignore = "voxgate bug: the 200 to its CANCEL is taken for a 2xx to the INVITE (ACK + BYE follow)"]
 fn ring_deadline_cancels_the_backend_and_gives_the_caller_408() {
     let test = "ring_deadline_cancels_the_backend_and_gives_the_caller_408";
     let Some(mut bench) = Bench::start(test, "ring_uas.xml", RING_DEADLINE) else {

@@ -29,11 +29,11 @@ const BATCH: usize = 64;
 pub(crate) struct Driver {
     pub(crate) socket: UdpSocket,
     pub(crate) transactions: Transactions,
-    pub(crate) routes: HashMap<String, mpsc::UnboundedSender<Event>>,
+    pub(crate) routes: HashMap<String, mpsc::Sender<Event>>,
     /// Client and server transaction keys to the Call-ID they belong to, with the time they were
     /// mapped; `Timeout` and `AckTimeout` carry only a key.
     pub(crate) key_routes: HashMap<TransactionKey, (String, Instant)>,
-    pub(crate) incoming: mpsc::UnboundedSender<Event>,
+    pub(crate) incoming: mpsc::Sender<Event>,
     pub(crate) counters: Arc<EndpointCounters>,
     pub(crate) observer: Option<Arc<dyn MessageObserver>>,
     pub(crate) tcp: TcpTasks,
@@ -43,7 +43,7 @@ pub(crate) struct Driver {
 }
 
 impl Driver {
-    pub(crate) async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; 65_536];
         let mut sweep = tokio::time::interval(Duration::from_secs(5));
         loop {
@@ -250,15 +250,26 @@ impl Driver {
         };
         let route = call_id.and_then(|id| self.routes.get(id));
         let undelivered = match route {
-            Some(route) => route.send(event).err().map(|e| e.0),
+            Some(route) => match route.try_send(event) {
+                Ok(()) => None,
+                Err(TrySendError::Full(_)) => {
+                    self.counters.shed.fetch_add(1, Ordering::Relaxed);
+                    None
+                }
+                Err(TrySendError::Closed(event)) => Some(event),
+            },
             None => Some(event),
         };
-        if let Some(event) = undelivered {
-            let _ = self.incoming.send(event);
+        if let Some(event) = undelivered
+            && let Err(TrySendError::Full(_)) = self.incoming.try_send(event)
+        {
+            self.counters.shed.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     fn sweep_key_routes(&mut self) {
+        // Routes whose task is gone (an unregister shed from a full queue).
+        self.routes.retain(|_, route| !route.is_closed());
         let now = Instant::now();
         self.key_routes
             .retain(|_, (_, since)| now.duration_since(*since) < KEY_ROUTE_TTL);

@@ -50,7 +50,17 @@ pub struct EndpointCounters {
     /// TCP failures: refused accepts over the limit, failed connects, unframeable streams, read
     /// and write errors, peers disconnected for not reading.
     pub tcp_errors: AtomicU64,
+    /// Commands and events dropped because the queue they were bound for was full (the endpoint
+    /// task's commands, a dialog's events, the unrouted events): load shed, never a wait.
+    pub shed: AtomicU64,
 }
+
+/// Commands (requests, responses, routes) queued for the endpoint task.
+pub const COMMAND_QUEUE: usize = 65_536;
+/// Unrouted events (new requests, strays) queued for the dispatcher.
+pub const INCOMING_QUEUE: usize = 8_192;
+/// Events queued for one dialog's (or session's) task.
+pub const DIALOG_QUEUE: usize = 256;
 
 /// How to set up an [`Endpoint`]; `Default` is UDP only with RFC 3261 timers.
 #[derive(Default)]
@@ -101,7 +111,7 @@ pub fn datagram_method(bytes: &[u8]) -> Option<&str> {
 pub struct Endpoint {
     local_addr: SocketAddr,
     tcp_addr: Option<SocketAddr>,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     counters: Arc<EndpointCounters>,
 }
 
@@ -109,15 +119,15 @@ pub struct Endpoint {
 #[derive(Debug)]
 pub struct DialogEvents {
     call_id: String,
-    events: mpsc::UnboundedReceiver<Event>,
-    commands: mpsc::UnboundedSender<Command>,
+    events: mpsc::Receiver<Event>,
+    commands: mpsc::Sender<Command>,
 }
 
 #[derive(Debug)]
 enum Command {
     Register {
         call_id: String,
-        events: mpsc::UnboundedSender<Event>,
+        events: mpsc::Sender<Event>,
     },
     Unregister {
         call_id: String,
@@ -146,7 +156,7 @@ impl Endpoint {
     pub async fn bind(
         addr: SocketAddr,
         timers: TimerConfig,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
+    ) -> anyhow::Result<(Self, mpsc::Receiver<Event>)> {
         Self::bind_observed(addr, timers, None).await
     }
 
@@ -155,7 +165,7 @@ impl Endpoint {
         addr: SocketAddr,
         timers: TimerConfig,
         observer: Option<Arc<dyn MessageObserver>>,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
+    ) -> anyhow::Result<(Self, mpsc::Receiver<Event>)> {
         let options = EndpointOptions {
             timers,
             observer,
@@ -169,7 +179,7 @@ impl Endpoint {
     pub async fn bind_with(
         udp: SocketAddr,
         options: EndpointOptions,
-    ) -> anyhow::Result<(Self, mpsc::UnboundedReceiver<Event>)> {
+    ) -> anyhow::Result<(Self, mpsc::Receiver<Event>)> {
         let socket = UdpSocket::bind(udp)
             .await
             .with_context(|| format!("cannot bind SIP socket {udp}"))?;
@@ -183,8 +193,8 @@ impl Endpoint {
             None => None,
         };
         let tcp_addr = listener.as_ref().map(TcpListener::local_addr).transpose()?;
-        let (commands, command_rx) = mpsc::unbounded_channel();
-        let (incoming_tx, incoming) = mpsc::unbounded_channel();
+        let (commands, command_rx) = mpsc::channel(COMMAND_QUEUE);
+        let (incoming_tx, incoming) = mpsc::channel(INCOMING_QUEUE);
         let counters = Arc::new(EndpointCounters::default());
         let (tcp, tcp_events) = tcp::TcpTasks::new(options.tcp_limits, counters.clone());
         if let Some(listener) = listener {
@@ -229,7 +239,7 @@ impl Endpoint {
 
     /// Routes every later event of `call_id` to the returned receiver.
     pub fn register(&self, call_id: &str) -> DialogEvents {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(DIALOG_QUEUE);
         self.send(Command::Register {
             call_id: call_id.to_owned(),
             events: tx,
@@ -243,7 +253,7 @@ impl Endpoint {
 
     /// Routes every later event of `call_id` into `events` (shared by the dialogs of one
     /// session) until the returned [`Route`] is dropped.
-    pub fn route(&self, call_id: &str, events: mpsc::UnboundedSender<Event>) -> Route {
+    pub fn route(&self, call_id: &str, events: mpsc::Sender<Event>) -> Route {
         self.send(Command::Register {
             call_id: call_id.to_owned(),
             events,
@@ -308,9 +318,14 @@ impl Endpoint {
     }
 
     fn send(&self, command: Command) {
-        // The driver only stops when every handle is gone, so a failed send cannot happen while
-        // `self` exists; ignoring it keeps shutdown paths simple.
-        let _ = self.commands.send(command);
+        // The driver only stops when every handle is gone, so the queue is never closed while
+        // `self` exists; a full one sheds (the transaction layer's retransmissions, or the
+        // peer's, recover a lost message).
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send(command) {
+            self.counters
+                .shed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
 
@@ -318,12 +333,14 @@ impl Endpoint {
 #[derive(Debug)]
 pub struct Route {
     call_id: String,
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
 }
 
 impl Drop for Route {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unregister {
+        // A full queue leaves the route behind: its sender is closed, and the endpoint's sweep
+        // removes closed routes.
+        let _ = self.commands.try_send(Command::Unregister {
             call_id: std::mem::take(&mut self.call_id),
         });
     }
@@ -338,7 +355,7 @@ impl DialogEvents {
 
 impl Drop for DialogEvents {
     fn drop(&mut self) {
-        let _ = self.commands.send(Command::Unregister {
+        let _ = self.commands.try_send(Command::Unregister {
             call_id: std::mem::take(&mut self.call_id),
         });
     }

@@ -39,7 +39,7 @@ pub struct Caller {
     /// The INVITE.
     pub invite: rsip::Request,
     /// The session's event channel, its dialog's route already pointing at it.
-    pub events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    pub events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     /// The route of the INVITE's Call-ID.
     pub route: Route,
 }
@@ -169,7 +169,7 @@ pub async fn originate(
         id,
         session,
         destination,
-        mpsc::unbounded_channel(),
+        mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
     SipSession::new(driver, relay, slot, Some(progress))

@@ -38,8 +38,8 @@ const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
 const CLAIMED_PRUNE: usize = 1024;
 
 /// Handles events the endpoint could not route to a call, until the endpoint stops.
-pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Event>) {
-    let mut claimed: HashMap<String, mpsc::UnboundedSender<Event>> = HashMap::new();
+pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
+    let mut claimed: HashMap<String, mpsc::Sender<Event>> = HashMap::new();
     while let Some(event) = incoming.recv().await {
         let call_id = match &event {
             Event::Request { request, .. } | Event::Ack { request, .. } => {
@@ -52,9 +52,14 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Ev
         };
         let session = call_id.and_then(|id| claimed.get(id));
         let event = match session {
-            Some(session) => match session.send(event) {
+            Some(session) => match session.try_send(event) {
                 Ok(()) => continue,
-                Err(returned) => returned.0,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    let shed = &gateway.endpoint.counters().shed;
+                    shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    continue;
+                }
+                Err(mpsc::error::TrySendError::Closed(event)) => event,
             },
             None => event,
         };
@@ -73,7 +78,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::UnboundedReceiver<Ev
 
 fn on_request(
     gateway: &Arc<Gateway>,
-    claimed: &mut HashMap<String, mpsc::UnboundedSender<Event>>,
+    claimed: &mut HashMap<String, mpsc::Sender<Event>>,
     key: TransactionKey,
     source: SocketAddr,
     transport: Transport,
@@ -142,7 +147,7 @@ fn on_request(
             let call_id = voxgate_sip::message::call_id(&request)
                 .unwrap_or_default()
                 .to_owned();
-            let (events, events_rx) = mpsc::unbounded_channel();
+            let (events, events_rx) = mpsc::channel(voxgate_endpoint::DIALOG_QUEUE);
             let route = gateway.endpoint.route(&call_id, events.clone());
             if claimed.len() >= CLAIMED_PRUNE {
                 claimed.retain(|_, session| !session.is_closed());

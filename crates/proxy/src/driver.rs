@@ -46,8 +46,8 @@ pub struct SessionDriver {
     pub(crate) id: SessionId,
     pub(crate) session: Session<BackendLease>,
     destination: Destination,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
+    events_tx: mpsc::Sender<Event>,
+    events: mpsc::Receiver<Event>,
     routes: Vec<Route>,
     trunk_used: bool,
 }
@@ -82,7 +82,7 @@ impl SessionDriver {
         id: SessionId,
         session: Session<BackendLease>,
         destination: Destination,
-        channel: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+        channel: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
         routes: Vec<Route>,
     ) -> Self {
         let (events_tx, events) = channel;

@@ -3,8 +3,8 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dashmap::DashMap;
@@ -74,7 +74,7 @@ pub struct Gateway {
     /// The cluster registry link: lifecycle, fleet-wide load, capacity signals.
     pub cluster: ClusterLink,
     /// Originate requests (`POST /v1/calls`) and what became of them.
-    pub outbound: OutboundQueue,
+    pub outbound: Arc<OutboundQueue>,
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
     backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
     next_session: AtomicU64,
@@ -101,7 +101,10 @@ impl Gateway {
                 config.backends.iter().map(|b| b.address).collect(),
             ),
             cluster,
-            outbound: OutboundQueue::new(config.outbound.queue_size, config.outbound.max_wait),
+            outbound: Arc::new(OutboundQueue::new(
+                config.outbound.queue_size,
+                config.outbound.max_wait,
+            )),
             picker,
             ports,
             sip_addr,
@@ -321,6 +324,12 @@ impl Health for Gateway {
             );
         }
         metrics::media_ports(self.ports.in_use(), self.ports.capacity());
+        metrics::sip_shed(
+            self.endpoint
+                .counters()
+                .shed
+                .load(std::sync::atomic::Ordering::Relaxed),
+        );
     }
 }
 

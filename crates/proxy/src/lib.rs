@@ -12,8 +12,10 @@ pub mod call;
 pub mod cluster;
 pub mod config;
 pub mod ctl;
+pub mod dialer;
 pub mod dispatch;
 pub mod driver;
+pub mod fleet;
 pub mod gateway;
 pub mod http;
 pub mod metrics;
@@ -114,7 +116,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
 
     let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster));
     // The registry's view (this node's lifecycle, the Backends) applies before the first call.
-    if let Err(err) = cluster::sync(&gateway).await {
+    if let Err(err) = fleet::sync(&gateway).await {
         tracing::warn!(%err, "first cluster registry sync failed");
     }
     let router = http::router(gateway.clone(), handle)
@@ -134,8 +136,8 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     });
     tokio::spawn(dispatch::run(gateway.clone(), incoming));
     tokio::spawn(probe::run(gateway.clone()));
-    tokio::spawn(cluster::run(gateway.clone()));
-    tokio::spawn(outbound::run(gateway.clone()));
+    tokio::spawn(fleet::run(gateway.clone()));
+    tokio::spawn(dialer::run(gateway.clone()));
 
     tokio::select! {
         result = &mut server => return Ok(result.context("http server task")??),

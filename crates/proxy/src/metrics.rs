@@ -124,6 +124,11 @@ fn describe() {
         "Sessions refused, by reason."
     );
     describe_counter!(
+        "voxgate_sip_shed_total",
+        Unit::Count,
+        "SIP commands and events dropped because their queue was full (load shed)."
+    );
+    describe_counter!(
         "voxgate_sessions_ended_total",
         Unit::Count,
         "Admitted sessions that ended, by cause."
@@ -297,6 +302,11 @@ impl RtpDirection {
             Self::BackendToCaller => "backend_to_caller",
         }
     }
+}
+
+/// SIP-plane commands and events shed because their queue was full (the endpoint's count).
+pub fn sip_shed(total: u64) {
+    counter!("voxgate_sip_shed_total").absolute(total);
 }
 
 /// Sets `voxgate_sessions_active`, `_limit` and `_available`.

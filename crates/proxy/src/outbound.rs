@@ -20,11 +20,9 @@ use rand::Rng;
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tokio::time::Instant;
-use voxgate_cluster::{BackendLease, Trunk};
+use voxgate_cluster::Trunk;
 use voxgate_core::{NodeId, RegionId, SessionId};
 
-use crate::call;
-use crate::gateway::Gateway;
 use crate::metrics;
 
 /// How often a waiting queue looks for a free slot.
@@ -160,7 +158,7 @@ pub struct OutboundQueue {
     capacity: usize,
     max_wait: Duration,
     inner: Mutex<Inner>,
-    wake: Notify,
+    pub(crate) wake: Notify,
 }
 
 #[derive(Debug, Default)]
@@ -312,7 +310,7 @@ impl OutboundQueue {
     }
 
     /// Ends every pending request whose wait passed `max_wait`.
-    fn expire(&self, now: Instant) {
+    pub(crate) fn expire(&self, now: Instant) {
         let mut inner = self.lock();
         while let Some(id) = inner.pending.front().cloned() {
             let waited = inner.records.get(&id).map_or(Duration::MAX, |r| {
@@ -326,7 +324,7 @@ impl OutboundQueue {
     }
 
     /// Ends every pending request with `outcome` (the node is going away).
-    fn abandon_all(&self, outcome: Outcome, now: Instant) {
+    pub(crate) fn abandon_all(&self, outcome: Outcome, now: Instant) {
         let mut inner = self.lock();
         while let Some(id) = inner.pending.front().cloned() {
             inner.end_pending(&id, outcome, now);
@@ -334,7 +332,7 @@ impl OutboundQueue {
     }
 
     /// Pending requests, oldest first.
-    fn waiting(&self) -> Vec<(String, CallRequest)> {
+    pub(crate) fn waiting(&self) -> Vec<(String, CallRequest)> {
         let inner = self.lock();
         inner
             .pending
@@ -345,7 +343,7 @@ impl OutboundQueue {
 
     /// Moves a pending request to `dialing` and returns its hang-up signal; `None` if it is no
     /// longer pending (cancelled).
-    fn start(&self, id: &str, backend: &NodeId, now: Instant) -> Option<Arc<Notify>> {
+    pub(crate) fn start(&self, id: &str, backend: &NodeId, now: Instant) -> Option<Arc<Notify>> {
         let mut inner = self.lock();
         let index = inner.pending.iter().position(|p| p == id)?;
         inner.pending.remove(index);
@@ -444,7 +442,7 @@ impl Record {
 /// returns to 0.
 #[derive(Debug)]
 pub struct Progress {
-    gateway: Arc<Gateway>,
+    queue: Arc<OutboundQueue>,
     id: String,
     hang_up: Arc<Notify>,
     pinned: bool,
@@ -452,6 +450,17 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// The link of request `id`, just started (see [`OutboundQueue::start`]) with `hang_up`.
+    pub fn new(queue: Arc<OutboundQueue>, id: String, hang_up: Arc<Notify>, pinned: bool) -> Self {
+        Self {
+            queue,
+            id,
+            hang_up,
+            pinned,
+            finished: false,
+        }
+    }
+
     /// The request's id.
     pub fn id(&self) -> &str {
         &self.id
@@ -469,20 +478,17 @@ impl Progress {
 
     /// The session that carries the call.
     pub fn session(&self, session: SessionId) {
-        self.gateway
-            .outbound
-            .update(&self.id, |r| r.session = Some(session));
+        self.queue.update(&self.id, |r| r.session = Some(session));
     }
 
     /// The call reached `stage` (bridging, connected).
     pub fn stage(&self, stage: Stage) {
-        self.gateway.outbound.update(&self.id, |r| r.stage = stage);
+        self.queue.update(&self.id, |r| r.stage = stage);
     }
 
     /// The Backend that took the call, if failover moved it from the one first leased.
     pub fn backend(&self, backend: &NodeId) {
-        self.gateway
-            .outbound
+        self.queue
             .update(&self.id, |r| r.backend = Some(backend.clone()));
     }
 
@@ -493,13 +499,11 @@ impl Progress {
         sip_code: Option<u16>,
         end_cause: Option<&'static str>,
     ) {
-        self.gateway.outbound.update(&self.id, |r| {
+        self.queue.update(&self.id, |r| {
             r.sip_code = sip_code;
             r.end_cause = end_cause;
         });
-        self.gateway
-            .outbound
-            .finish(&self.id, outcome, Instant::now());
+        self.queue.finish(&self.id, outcome, Instant::now());
         self.finished = true;
     }
 }
@@ -507,78 +511,8 @@ impl Progress {
 impl Drop for Progress {
     fn drop(&mut self) {
         if !self.finished {
-            self.gateway
-                .outbound
-                .finish(&self.id, Outcome::Failed, Instant::now());
+            self.queue.finish(&self.id, Outcome::Failed, Instant::now());
         }
-    }
-}
-
-/// Dials pending requests as slots free up, until the process ends. Requests are taken oldest
-/// first; one whose Backend has no room now is passed over for the next, so a pinned Backend
-/// that is full does not hold up the rest. While the node drains, pending requests end with
-/// `shutdown`; in maintenance they wait (and may expire).
-pub async fn run(gateway: Arc<Gateway>) {
-    let queue = &gateway.outbound;
-    loop {
-        let now = Instant::now();
-        queue.expire(now);
-        if gateway.draining() {
-            queue.abandon_all(Outcome::Shutdown, now);
-        }
-        if queue.pending() == 0 {
-            queue.wake.notified().await;
-            continue;
-        }
-        if gateway.refusal().is_none() {
-            dial_next(&gateway);
-        }
-        tokio::select! {
-            () = queue.wake.notified() => {}
-            () = tokio::time::sleep(POLL) => {}
-        }
-    }
-}
-
-/// Dials as many pending requests as there are free slots and Backends with room.
-fn dial_next(gateway: &Arc<Gateway>) {
-    for (id, request) in gateway.outbound.waiting() {
-        // Looked at before reserving: a reserve that is given back at once would still make a
-        // concurrent INVITE see a full node for an instant.
-        if gateway.slots.capacity().is_full() {
-            return;
-        }
-        let Some(slot) = gateway.slots.try_reserve() else {
-            return;
-        };
-        let Some(lease) = lease_for(gateway, &request) else {
-            continue;
-        };
-        let Some(hang_up) = gateway.outbound.start(&id, lease.id(), Instant::now()) else {
-            continue;
-        };
-        let progress = Progress {
-            gateway: gateway.clone(),
-            id,
-            hang_up,
-            pinned: request.backend.is_some(),
-            finished: false,
-        };
-        tokio::spawn(call::originate(
-            gateway.clone(),
-            slot,
-            lease,
-            request,
-            progress,
-        ));
-    }
-}
-
-fn lease_for(gateway: &Gateway, request: &CallRequest) -> Option<BackendLease> {
-    let now = Instant::now().into_std();
-    match &request.backend {
-        Some(id) => gateway.picker.pick_node(now, id).ok(),
-        None => gateway.picker.pick(now, &request.region, &[]).ok(),
     }
 }
 

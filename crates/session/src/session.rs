@@ -1058,6 +1058,11 @@ impl<L> Session<L> {
     }
 
     fn on_response(&mut self, now: Instant, key: &TransactionKey, response: rsip::Response) {
+        // A CANCEL shares its INVITE's branch (RFC 3261 9.1): its answer says nothing about the
+        // INVITE, whose own final answer follows.
+        if key.method() == "CANCEL" {
+            return;
+        }
         let branch = key.branch();
         if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
             self.on_attempt_response(now, response);

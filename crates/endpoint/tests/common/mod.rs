@@ -17,7 +17,7 @@ use voxgate_sip::{Event, TransactionKey, Transport};
 pub const WAIT: Duration = Duration::from_secs(5);
 
 /// An endpoint on loopback with UDP and TCP on ephemeral ports.
-pub async fn endpoint(limits: TcpLimits) -> (Endpoint, mpsc::UnboundedReceiver<Event>) {
+pub async fn endpoint(limits: TcpLimits) -> (Endpoint, mpsc::Receiver<Event>) {
     let options = EndpointOptions {
         tcp: Some(loopback()),
         tcp_limits: limits,
@@ -64,7 +64,7 @@ pub struct Incoming {
 }
 
 /// The next `Event::Request` (other events are skipped).
-pub async fn next_request(incoming: &mut mpsc::UnboundedReceiver<Event>) -> Incoming {
+pub async fn next_request(incoming: &mut mpsc::Receiver<Event>) -> Incoming {
     loop {
         let event = tokio::time::timeout(WAIT, incoming.recv())
             .await

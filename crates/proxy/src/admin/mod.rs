@@ -210,7 +210,7 @@ impl Admin {
     async fn apply(&self, change: Change, actor: &str) -> Result<(), ApiError> {
         self.gateway.cluster.registry.apply(change, actor).await?;
         // Take effect on this node at once rather than at the next sync.
-        if let Err(err) = crate::cluster::sync(&self.gateway).await {
+        if let Err(err) = crate::fleet::sync(&self.gateway).await {
             tracing::warn!(%err, "cluster sync after an admin change failed");
         }
         Ok(())

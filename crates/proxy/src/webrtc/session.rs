@@ -130,7 +130,7 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
             region,
             first: None,
         },
-        mpsc::unbounded_channel(),
+        mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
     let rng = gateway.call_rng();
