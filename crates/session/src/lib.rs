@@ -23,9 +23,12 @@
 
 mod attempt;
 mod cause;
+mod exchange;
+mod far;
 mod io;
 mod leg;
 mod media;
+mod refresh;
 mod reliable;
 mod session;
 mod timer;

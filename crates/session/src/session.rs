@@ -15,10 +15,10 @@ use voxgate_sip::{Event, TransactionKey, Transport};
 
 use crate::attempt::{Attempt, WIND_DOWN};
 use crate::cause::{End, EndCause};
-use crate::io::{CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target};
+use crate::io::{CallerSpec, Dialled, Inbound, Input, MediaCommand, Output};
 use crate::leg::SipLeg;
-use crate::media::{PeerMedia, SdpWriter, Side, first_codec_only, parse_sdp, peer_media};
-use crate::reliable::{self, ReliableProvisionals};
+use crate::media::{PeerMedia, SdpWriter, Side, parse_sdp, peer_media};
+use crate::reliable::ReliableProvisionals;
 use crate::timer::{self, LegTimer, Refresher};
 
 /// Methods a session answers in a dialog, for `Allow`.
@@ -66,7 +66,7 @@ pub struct SessionConfig {
 
 /// Where a session is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
+pub(crate) enum Phase {
     /// Waiting for the caller leg to come up (a dialled number, a WebRTC client).
     Setup,
     /// Waiting for [`Input::Target`].
@@ -81,94 +81,94 @@ enum Phase {
 
 /// The caller's side of the session.
 #[derive(Debug)]
-struct Caller<L> {
+pub(crate) struct Caller<L> {
     /// Its SIP leg (`None` for a WebRTC client, and for a number not yet answered).
-    leg: Option<SipLeg>,
+    pub(crate) leg: Option<SipLeg>,
     /// An inbound caller's INVITE while it awaits our final answer.
-    invite: Option<(TransactionKey, rsip::Request)>,
+    pub(crate) invite: Option<(TransactionKey, rsip::Request)>,
     /// A dialled number's INVITE while it rings.
-    dialling: Option<Attempt<L>>,
+    pub(crate) dialling: Option<Attempt<L>>,
     /// How long a dialled number may ring.
-    dial_ring: Duration,
+    pub(crate) dial_ring: Duration,
     /// A WebRTC client.
-    webrtc: bool,
-    up: bool,
+    pub(crate) webrtc: bool,
+    pub(crate) up: bool,
     /// The From and To users the far side sees.
-    from_user: String,
-    to_user: String,
+    pub(crate) from_user: String,
+    pub(crate) to_user: String,
     /// The host the caller dialled (kept for a trunk).
-    request_host: String,
-    max_forwards: Option<u32>,
+    pub(crate) request_host: String,
+    pub(crate) max_forwards: Option<u32>,
 }
 
 /// An in-dialog request relayed from one side to the other, awaiting the far answer.
 #[derive(Debug)]
-struct Relayed {
-    from: Side,
-    key: TransactionKey,
-    request: rsip::Request,
+pub(crate) struct Relayed {
+    pub(crate) from: Side,
+    pub(crate) key: TransactionKey,
+    pub(crate) request: rsip::Request,
     /// The branch of our request on the other side.
-    branch: String,
-    since: Instant,
+    pub(crate) branch: String,
+    pub(crate) since: Instant,
     /// The media of `from` before a re-INVITE re-pointed it, restored if it fails.
-    restore: Option<PeerMedia>,
+    pub(crate) restore: Option<PeerMedia>,
     /// A re-INVITE's offer, whose every section the answer answers.
-    offer: Option<AudioSdp>,
+    pub(crate) offer: Option<AudioSdp>,
 }
 
 /// A 2xx to an offerless INVITE, answered with an offer whose answer comes in the other side's
 /// ACK: our ACK to `to` waits for it (RFC 3264 late offer, passed through).
 #[derive(Debug)]
-struct HeldAck {
+pub(crate) struct HeldAck {
     /// The side we owe the ACK.
-    to: Side,
+    pub(crate) to: Side,
     /// CSeq of our INVITE on `to`.
-    cseq: u32,
+    pub(crate) cseq: u32,
     /// CSeq of the other side's INVITE, whose ACK carries the answer.
-    from_cseq: u32,
+    pub(crate) from_cseq: u32,
     /// The offer `to` made in its 2xx.
-    offer: AudioSdp,
+    pub(crate) offer: AudioSdp,
 }
 
 /// One B2BUA session; `L` is the Backend lease type (dropped to release).
 #[derive(Debug)]
 pub struct Session<L> {
-    config: SessionConfig,
-    rng: SmallRng,
-    sdp: SdpWriter,
-    phase: Phase,
-    caller: Caller<L>,
+    pub(crate) config: SessionConfig,
+    pub(crate) rng: SmallRng,
+    pub(crate) sdp: SdpWriter,
+    pub(crate) phase: Phase,
+    pub(crate) caller: Caller<L>,
     /// What the far side is offered.
-    offer: Option<AudioSdp>,
+    pub(crate) offer: Option<AudioSdp>,
     /// The caller's rtcp-mux choice, kept in our answer.
-    caller_mux: bool,
+    pub(crate) caller_mux: bool,
     /// An inbound caller's offer, whose every section our answer answers.
-    caller_offer: Option<AudioSdp>,
-    attempt: Option<Attempt<L>>,
+    pub(crate) caller_offer: Option<AudioSdp>,
+    pub(crate) attempt: Option<Attempt<L>>,
     /// The far leg once it answered, with its lease.
-    far: Option<(SipLeg, Option<L>)>,
-    tried: Vec<NodeId>,
-    attempts: u32,
-    winding: Vec<Attempt<L>>,
-    relayed: Vec<Relayed>,
-    media: [Option<PeerMedia>; 2],
+    pub(crate) far: Option<(SipLeg, Option<L>)>,
+    pub(crate) tried: Vec<NodeId>,
+    pub(crate) attempts: u32,
+    pub(crate) winding: Vec<Attempt<L>>,
+    pub(crate) relayed: Vec<Relayed>,
+    pub(crate) media: [Option<PeerMedia>; 2],
     /// The caller required reliable provisionals (RFC 3262).
-    caller_rel: Option<ReliableProvisionals>,
+    pub(crate) caller_rel: Option<ReliableProvisionals>,
     /// The caller's session timer once answered: interval, refresher, `Require: timer`.
-    caller_timer: Option<(Duration, Refresher, bool)>,
+    pub(crate) caller_timer: Option<(Duration, Refresher, bool)>,
     /// Session timers (RFC 4028) per side.
-    timers: [Option<LegTimer>; 2],
+    pub(crate) timers: [Option<LegTimer>; 2],
     /// Each side allows UPDATE (its refreshes use it rather than re-INVITE).
-    updates: [bool; 2],
+    pub(crate) updates: [bool; 2],
     /// The caller sent no offer: the far side's offer comes in its 2xx.
-    late: bool,
-    held_ack: Option<HeldAck>,
+    pub(crate) late: bool,
+    pub(crate) held_ack: Option<HeldAck>,
     /// A far re-INVITE answered here for a caller without SIP, awaiting the bridge's word.
-    reoffer: Option<(TransactionKey, rsip::Request, AudioSdp)>,
+    pub(crate) reoffer: Option<(TransactionKey, rsip::Request, AudioSdp)>,
     /// The inbound caller's INVITE transaction once answered (Timer L names it).
-    caller_invite_key: Option<TransactionKey>,
-    outputs: VecDeque<Output>,
-    end: Option<End>,
+    pub(crate) caller_invite_key: Option<TransactionKey>,
+    pub(crate) outputs: VecDeque<Output>,
+    pub(crate) end: Option<End>,
 }
 
 impl<L> Session<L> {
@@ -507,335 +507,6 @@ impl<L> Session<L> {
         self.caller.dialling = Some(Attempt::new(leg, invite, None, None, now));
     }
 
-    // ---- the far leg ----
-
-    /// Asks for the next far target, or ends the session when the attempts are used up.
-    fn pick(&mut self, now: Instant) {
-        if self.attempts >= self.config.max_attempts.max(1) {
-            let refusal = Some((503, vec![self.retry_after()]));
-            self.end(now, EndCause::NoBackend, None, refusal, None);
-            return;
-        }
-        self.phase = Phase::Picking;
-        self.outputs.push_back(Output::Pick {
-            tried: self.tried.clone(),
-        });
-    }
-
-    fn on_target(&mut self, now: Instant, target: Option<Target<L>>) {
-        if self.phase != Phase::Picking {
-            // A late answer (the session ended meanwhile): its lease is dropped here.
-            return;
-        }
-        let Some(target) = target else {
-            let refusal = Some((503, vec![self.retry_after()]));
-            self.end(now, EndCause::NoBackend, None, refusal, None);
-            return;
-        };
-        self.attempts += 1;
-        if let Some(id) = &target.backend {
-            self.tried.push(id.clone());
-        }
-        let public_ip = self.config.public_ip;
-        let host = target
-            .host
-            .clone()
-            .unwrap_or_else(|| target.address.to_string());
-        let mut dialog = Dialog::outgoing(
-            &mut self.rng,
-            self.config.sip_addr,
-            format!("sip:{}@{public_ip}", self.caller.from_user),
-            format!("sip:{}@{host}", self.caller.to_user),
-            self.config.user_agent,
-        );
-        dialog.local_contact = format!("sip:voxgate@{}", self.config.sip_addr);
-        let session_expires = self.config.session_expires.as_secs().max(1);
-        let invite = self.far_invite(&mut dialog, session_expires);
-        self.outputs
-            .push_back(Output::Listen(dialog.call_id.clone()));
-        self.outputs.push_back(Output::Progress(Progress::Calling {
-            backend: target.backend.clone(),
-            address: target.address,
-            call_id: dialog.call_id.clone(),
-        }));
-        self.outputs.push_back(Output::Request {
-            to: target.address,
-            request: invite.clone(),
-        });
-        let leg = SipLeg::new(dialog, target.address);
-        self.attempt = Some(Attempt::new(leg, invite, target.backend, target.lease, now));
-        self.phase = Phase::Calling;
-    }
-
-    /// The far INVITE on `dialog`: our offer (none for a late-offer caller), the caller's
-    /// Max-Forwards less one, our extensions and session interval, the configured headers.
-    fn far_invite(&mut self, dialog: &mut Dialog, session_expires: u64) -> rsip::Request {
-        let mut invite = match self.offer.clone() {
-            Some(offer) => {
-                let body = self.sdp.write(Side::Backend, &offer);
-                dialog.invite(&mut self.rng, body)
-            }
-            None => dialog.request(&mut self.rng, Method::Invite, None),
-        };
-        if let Some(max_forwards) = self.caller.max_forwards {
-            invite
-                .headers
-                .retain(|h| !matches!(h, Header::MaxForwards(_)));
-            invite.headers.push(Header::MaxForwards(
-                max_forwards.saturating_sub(1).to_string().into(),
-            ));
-        }
-        let min_se = self.config.min_se.as_secs().max(1);
-        invite.headers.push(Header::Allow(ALLOW.into()));
-        invite.headers.push(Header::Supported(SUPPORTED.into()));
-        invite.headers.push(Header::Other(
-            "Session-Expires".into(),
-            format!("{session_expires};refresher=uac"),
-        ));
-        invite
-            .headers
-            .push(Header::Other("Min-SE".into(), min_se.to_string()));
-        for (name, value) in &self.config.far_headers {
-            invite
-                .headers
-                .push(Header::Other(name.clone(), value.clone()));
-        }
-        invite
-    }
-
-    /// A response to the far INVITE now out.
-    fn on_attempt_response(&mut self, now: Instant, response: rsip::Response) {
-        let code = response.status_code.code();
-        let Some(attempt) = self.attempt.as_mut() else {
-            return;
-        };
-        match code {
-            100..=199 => {
-                attempt.provisional = true;
-                if code > 100 && message::to_tag(&response).is_some() {
-                    // An early dialog: PRACK and UPDATE go in it.
-                    attempt.leg.dialog.confirm(&response);
-                }
-                self.prack_if_reliable(&response);
-                if code > 100 {
-                    self.early_response(now, code, &response);
-                }
-            }
-            200..=299 => {
-                let mut attempt = self.attempt.take().expect("checked above");
-                let cseq = attempt.cseq();
-                let offer = self.late.then(|| parse_sdp(&response.body)).flatten();
-                if self.late && offer.is_some() {
-                    // The ACK carries the caller's answer: it waits for the caller's ACK.
-                    attempt.leg.dialog.confirm(&response);
-                } else {
-                    let ack = attempt.leg.confirm(&mut self.rng, &response, cseq);
-                    self.outputs.push_back(Output::Stateless {
-                        to: attempt.leg.hop(),
-                        message: ack,
-                    });
-                }
-                self.updates[Side::Backend.index()] = timer::allows(&response.headers, "UPDATE");
-                if let Some((secs, refresher)) = timer::session_expires(&response.headers) {
-                    // Its 2xx sets the interval; "uac" (or none) is us (RFC 4028 7.2).
-                    let refresher = match refresher.as_deref() {
-                        Some("uas") => Refresher::Peer,
-                        _ => Refresher::Us,
-                    };
-                    let interval = Duration::from_secs(secs.max(1));
-                    self.timers[Side::Backend.index()] =
-                        Some(LegTimer::new(interval, refresher, now));
-                }
-                let lease = attempt.lease.take();
-                self.far = Some((attempt.leg, lease));
-                match offer {
-                    Some(offer) => self.far_offered(now, cseq, offer),
-                    None => self.far_answered(now, &response),
-                }
-            }
-            422 => {
-                // RFC 4028 6: ask again with the far side's Min-SE.
-                let mut attempt = self.attempt.take().expect("checked above");
-                let ours = self.config.session_expires.as_secs().max(1);
-                let asked = timer::min_se(&response.headers).unwrap_or(ours).max(ours);
-                if asked == ours || asked > 86_400 {
-                    self.pick(now);
-                    return;
-                }
-                let invite = self.far_invite(&mut attempt.leg.dialog, asked);
-                self.outputs.push_back(Output::Request {
-                    to: attempt.leg.address,
-                    request: invite.clone(),
-                });
-                let retry = Attempt::new(attempt.leg, invite, attempt.backend, attempt.lease, now);
-                self.attempt = Some(retry);
-            }
-            503 => {
-                let attempt = self.attempt.take().expect("checked above");
-                if let Some(backend) = attempt.backend {
-                    let cooldown = retry_after(&response).unwrap_or(self.config.default_cooldown);
-                    self.outputs.push_back(Output::CoolDown {
-                        backend,
-                        until: now + cooldown,
-                    });
-                }
-                self.pick(now);
-            }
-            408 | 500..=599 => {
-                self.attempt = None;
-                self.pick(now);
-            }
-            _ => {
-                self.attempt = None;
-                // Redirects would reveal the far side's contacts: the caller sees 480.
-                let mapped = map_failure(code);
-                self.end(
-                    now,
-                    EndCause::Rejected,
-                    Some(code),
-                    Some((mapped, Vec::new())),
-                    None,
-                );
-            }
-        }
-    }
-
-    /// PRACKs a reliable provisional of the far INVITE (RFC 3262), once per RSeq.
-    fn prack_if_reliable(&mut self, response: &rsip::Response) {
-        let Some(attempt) = self.attempt.as_mut() else {
-            return;
-        };
-        let reliable = timer::has_option(&response.headers, "Require", "100rel");
-        let Some(rseq) = reliable.then(|| reliable::rseq(response)).flatten() else {
-            return;
-        };
-        if attempt.last_rseq.is_some_and(|last| rseq <= last) {
-            return;
-        }
-        attempt.last_rseq = Some(rseq);
-        let cseq = attempt.cseq();
-        let mut rng = SmallRng::from_rng(&mut self.rng);
-        let mut prack = attempt.leg.dialog.request(&mut rng, Method::PRack, None);
-        prack.headers.push(Header::Other(
-            "RAck".into(),
-            format!("{rseq} {cseq} INVITE"),
-        ));
-        self.outputs.push_back(Output::Request {
-            to: attempt.leg.hop(),
-            request: prack,
-        });
-    }
-
-    /// The far side answered a late-offer INVITE with its offer: the caller gets it in our
-    /// 200, and its answer (in its ACK) goes in our ACK.
-    fn far_offered(&mut self, now: Instant, cseq: u32, offer: AudioSdp) {
-        self.set_media(Side::Backend, peer_media(&offer));
-        self.caller_mux = offer.rtcp_mux;
-        let body = self.sdp.write(Side::Caller, &offer);
-        let from_cseq = self
-            .caller
-            .invite
-            .as_ref()
-            .and_then(|(_, invite)| message::cseq(invite))
-            .map_or(1, |(n, _)| n);
-        self.held_ack = Some(HeldAck {
-            to: Side::Backend,
-            cseq,
-            from_cseq,
-            offer,
-        });
-        self.answer_caller(now, body);
-        self.caller.up = true;
-        self.phase = Phase::Up;
-        self.outputs
-            .push_back(Output::Progress(Progress::Connected));
-    }
-
-    /// Sends our 200 (with `body`) to an inbound caller's INVITE, with its session timer.
-    fn answer_caller(&mut self, now: Instant, body: String) {
-        let Some((key, invite)) = self.caller.invite.take() else {
-            return;
-        };
-        let Some(leg) = &self.caller.leg else { return };
-        let mut ok = leg.dialog.response(&invite, 200, Some(body));
-        ok.headers.push(Header::Allow(ALLOW.into()));
-        ok.headers.push(Header::Supported(SUPPORTED.into()));
-        if let Some((interval, refresher, require)) = self.caller_timer {
-            let timer = LegTimer::new(interval, refresher, now);
-            ok.headers
-                .push(Header::Other("Session-Expires".into(), timer.header(false)));
-            if require {
-                ok.headers.push(Header::Require("timer".into()));
-            }
-            self.timers[Side::Caller.index()] = Some(timer);
-        }
-        // Keep the INVITE's key: a missing ACK (Timer L) names it.
-        self.caller_invite_key = Some(key.clone());
-        if let Some(rel) = self.caller_rel.as_mut() {
-            // Nothing more goes out reliably once the final answer is sent.
-            rel.pending = None;
-            rel.queued = None;
-        }
-        self.outputs
-            .push_back(Output::Respond { key, response: ok });
-    }
-
-    /// Relays a 180/183 to an inbound caller, with early media rewritten to this node.
-    fn early_response(&mut self, now: Instant, code: u16, response: &rsip::Response) {
-        // A late-offer caller has made no offer to answer: ringing only.
-        let sdp = parse_sdp(&response.body)
-            .filter(|_| !self.late)
-            .map(|answer| {
-                self.set_media(Side::Backend, peer_media(&answer));
-                match &self.caller_offer {
-                    Some(offer) => self.sdp.write_answer(Side::Caller, &answer, offer),
-                    None => self.sdp.write(Side::Caller, &answer),
-                }
-            });
-        let (Some((key, invite)), Some(leg)) = (&self.caller.invite, &self.caller.leg) else {
-            return;
-        };
-        let key = key.clone();
-        let mut reply = leg.dialog.response(invite, code, sdp);
-        reply.headers.push(Header::Allow(ALLOW.into()));
-        let reply = match self.caller_rel.as_mut() {
-            // The caller required reliable provisionals: sent one at a time until PRACKed.
-            Some(rel) => rel.send(reply, now),
-            None => Some(reply),
-        };
-        if let Some(response) = reply {
-            self.outputs.push_back(Output::Respond { key, response });
-        }
-    }
-
-    /// The far side answered 2xx (already ACKed): connect the caller, or hang up if its SDP is
-    /// unusable.
-    fn far_answered(&mut self, now: Instant, response: &rsip::Response) {
-        let answer = parse_sdp(&response.body).filter(|sdp| sdp.port != 0);
-        let Some(mut answer) = answer else {
-            let refusal = (502, vec![warning("backend answered without usable SDP")]);
-            self.end(now, EndCause::BadSdp, Some(200), Some(refusal), None);
-            return;
-        };
-        self.set_media(Side::Backend, peer_media(&answer));
-        self.outputs.push_back(Output::Answered(answer.clone()));
-        if self.caller.invite.is_some() {
-            // We terminate rtcp-mux ourselves: accept it toward the caller whenever it offered
-            // it, whatever the far side chose.
-            answer.rtcp_mux = self.caller_mux;
-            let body = match &self.caller_offer {
-                Some(offer) => self.sdp.write_answer(Side::Caller, &answer, offer),
-                None => self.sdp.write(Side::Caller, &answer),
-            };
-            self.answer_caller(now, body);
-        }
-        self.caller.up = true;
-        self.phase = Phase::Up;
-        self.outputs.push_back(Output::Media(MediaCommand::Arm));
-        self.outputs
-            .push_back(Output::Progress(Progress::Connected));
-    }
-
     // ---- SIP events ----
 
     fn on_sip(&mut self, now: Instant, event: Event) {
@@ -854,7 +525,7 @@ impl<L> Session<L> {
     }
 
     /// Which side a message of dialog `call_id` belongs to, if any live one.
-    fn side_of(&self, call_id: &str) -> Option<Side> {
+    pub(crate) fn side_of(&self, call_id: &str) -> Option<Side> {
         let caller = self
             .caller
             .leg
@@ -986,77 +657,6 @@ impl<L> Session<L> {
         }
     }
 
-    /// A PRACK of the caller for one of our reliable provisionals (RFC 3262 3).
-    fn on_prack(&mut self, now: Instant, key: TransactionKey, request: &rsip::Request) {
-        let acked = match (self.caller_rel.as_mut(), reliable::rack(request)) {
-            (Some(rel), Some((rseq, _))) => rel.prack(rseq, now),
-            _ => (false, None),
-        };
-        let code = if acked.0 { 200 } else { 481 };
-        if let Some(leg) = &self.caller.leg {
-            let reply = leg.dialog.response(request, code, None);
-            self.outputs.push_back(Output::Respond {
-                key,
-                response: reply,
-            });
-        }
-        if let (Some(next), Some((invite_key, _))) = (acked.1, &self.caller.invite) {
-            self.outputs.push_back(Output::Respond {
-                key: invite_key.clone(),
-                response: next,
-            });
-        }
-    }
-
-    /// An ACK for a 2xx of ours: a held ACK of the other side goes out with the answer it
-    /// carries (late offer).
-    fn on_ack(&mut self, now: Instant, request: &rsip::Request) {
-        let call_id = message::call_id(request).unwrap_or_default();
-        let Some(side) = self.side_of(call_id) else {
-            return;
-        };
-        let cseq = message::cseq(request).map(|(n, _)| n);
-        let held = self
-            .held_ack
-            .as_ref()
-            .is_some_and(|h| h.to == side.other() && Some(h.from_cseq) == cseq);
-        if !held {
-            return;
-        }
-        let Some(held) = self.held_ack.take() else {
-            return;
-        };
-        let answer = parse_sdp(&request.body).filter(|a| a.port != 0 && !a.is_secure());
-        if let Some(answer) = &answer {
-            self.set_media(side, peer_media(answer));
-        }
-        let body = answer
-            .as_ref()
-            .map(|answer| self.sdp.write_answer(held.to, answer, &held.offer));
-        let mut rng = SmallRng::from_rng(&mut self.rng);
-        if let Some(leg) = self.leg_mut(held.to) {
-            let mut ack = leg.dialog.ack(&mut rng, held.cseq);
-            if let Some(body) = body {
-                message::set_body(&mut ack, body.into_bytes(), Some("application/sdp"));
-            }
-            leg.ack = Some(ack.clone());
-            let hop = leg.hop();
-            self.outputs.push_back(Output::Stateless {
-                to: hop,
-                message: ack,
-            });
-        }
-        if answer.is_none() {
-            // An offer left unanswered fails the session (RFC 3264 5).
-            self.end(now, EndCause::BadSdp, None, None, None);
-            return;
-        }
-        if side == Side::Caller && self.caller_offer.is_none() {
-            // The first exchange of a late-offer call: media flows from now on.
-            self.outputs.push_back(Output::Media(MediaCommand::Arm));
-        }
-    }
-
     fn on_response(&mut self, now: Instant, key: &TransactionKey, response: rsip::Response) {
         // A CANCEL shares its INVITE's branch (RFC 3261 9.1): its answer says nothing about the
         // INVITE, whose own final answer follows.
@@ -1135,464 +735,12 @@ impl<L> Session<L> {
         }
     }
 
-    /// A response to the INVITE of a dialled number.
-    fn on_dialling_response(&mut self, now: Instant, response: rsip::Response) {
-        let code = response.status_code.code();
-        match code {
-            100..=199 => {
-                if let Some(dialling) = self.caller.dialling.as_mut() {
-                    dialling.provisional = true;
-                }
-            }
-            200..=299 => {
-                let Some(mut dialling) = self.caller.dialling.take() else {
-                    return;
-                };
-                let cseq = dialling.cseq();
-                let ack = dialling.leg.confirm(&mut self.rng, &response, cseq);
-                self.outputs.push_back(Output::Stateless {
-                    to: dialling.leg.hop(),
-                    message: ack,
-                });
-                self.caller.leg = Some(dialling.leg);
-                self.caller.up = true;
-                let answer = parse_sdp(&response.body)
-                    .filter(|sdp| sdp.port != 0)
-                    .and_then(first_codec_only);
-                let Some(answer) = answer else {
-                    self.end(now, EndCause::BadSdp, Some(200), None, None);
-                    return;
-                };
-                self.set_media(Side::Caller, peer_media(&answer));
-                self.caller_mux = answer.rtcp_mux;
-                self.offer = Some(answer);
-                self.outputs.push_back(Output::Progress(Progress::Bridging));
-                self.pick(now);
-            }
-            _ => {
-                self.caller.dialling = None;
-                self.end(now, EndCause::Rejected, Some(code), None, None);
-            }
-        }
-    }
-
-    /// A response to an INVITE being wound down: CANCEL it once it may be, hang up a 2xx that
-    /// crossed the CANCEL, forget it on a final answer.
-    fn on_winding_response(&mut self, index: usize, response: rsip::Response) {
-        let code = response.status_code.code();
-        let attempt = &mut self.winding[index];
-        match code {
-            100..=199 => {
-                attempt.provisional = true;
-                if let Some(cancel) = attempt.cancel() {
-                    self.outputs.push_back(Output::Request {
-                        to: attempt.leg.address,
-                        request: cancel,
-                    });
-                }
-            }
-            200..=299 => {
-                let mut attempt = self.winding.remove(index);
-                let cseq = attempt.cseq();
-                let ack = attempt.leg.confirm(&mut self.rng, &response, cseq);
-                let hop = attempt.leg.hop();
-                self.outputs.push_back(Output::Stateless {
-                    to: hop,
-                    message: ack,
-                });
-                let bye = attempt.leg.dialog.bye(&mut self.rng);
-                self.outputs.push_back(Output::Request {
-                    to: hop,
-                    request: bye,
-                });
-            }
-            // The transaction layer ACKs the 487 (or any other final answer).
-            _ => {
-                self.winding.remove(index);
-            }
-        }
-    }
-
-    // ---- in-dialog requests across the session ----
-
-    /// Relays a re-INVITE, UPDATE or INFO from `from` to the other side. An offer in it is
-    /// rewritten and re-points `from`'s media (restored if the other side refuses); an
-    /// offerless re-INVITE is relayed offerless (the offer comes back in the 2xx, the answer in
-    /// the ACK); an UPDATE without an offer is a session refresh, answered here.
-    fn relay_request(
-        &mut self,
-        now: Instant,
-        from: Side,
-        key: TransactionKey,
-        request: rsip::Request,
-    ) {
-        let to = from.other();
-        let refresh = request.method == Method::Update && request.body.is_empty();
-        if self.leg(to).is_none() && !refresh {
-            self.answer_locally(from, key, request);
-            return;
-        }
-        let method = request.method;
-        let carries_offer = matches!(method, Method::Invite | Method::Update);
-        let respond = |session: &mut Self, code: u16, extra: Vec<Header>| {
-            if let Some(leg) = session.leg(from) {
-                let mut reply = leg.dialog.response(&request, code, None);
-                reply.headers.extend(extra);
-                session.outputs.push_back(Output::Respond {
-                    key: key.clone(),
-                    response: reply,
-                });
-            }
-        };
-        if method == Method::Update && request.body.is_empty() {
-            // A session refresh (RFC 4028 9): answered here, for this leg only.
-            let extra = self.refreshed(from, now);
-            respond(self, 200, extra);
-            return;
-        }
-        let offer_in_flight = self.held_ack.is_some()
-            || self
-                .relayed
-                .iter()
-                .any(|r| matches!(r.request.method, Method::Invite | Method::Update));
-        if carries_offer && offer_in_flight {
-            // Glare (RFC 3261 14.1, RFC 3311 5.2): one offer at a time across the session.
-            respond(self, 491, Vec::new());
-            return;
-        }
-        let (body, content_type, restore, offer) = if carries_offer && !request.body.is_empty() {
-            let Some(offer) = parse_sdp(&request.body).filter(|o| !o.is_secure()) else {
-                let refusal = warning("no usable SDP offer");
-                respond(self, 488, vec![refusal]);
-                return;
-            };
-            let restore = self.media[from.index()];
-            self.set_media(from, peer_media(&offer));
-            let body = self.sdp.write(to, &offer);
-            let content_type = Some("application/sdp".to_owned());
-            (Some(body.into_bytes()), content_type, restore, Some(offer))
-        } else if carries_offer {
-            (None, None, None, None)
-        } else {
-            let body = (!request.body.is_empty()).then(|| request.body.clone());
-            let content_type = dialog::header_value(&request.headers, "Content-Type");
-            (body, content_type, None, None)
-        };
-        let mut rng = SmallRng::from_rng(&mut self.rng);
-        let Some(leg) = self.leg_mut(to) else {
-            respond(self, 481, Vec::new());
-            return;
-        };
-        let mut out = leg.dialog.request(&mut rng, method, None);
-        if let Some(body) = body {
-            let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
-            message::set_body(&mut out, body, Some(&content_type));
-        }
-        let hop = leg.hop();
-        let branch = message::top_branch(&out).unwrap_or_default();
-        self.outputs.push_back(Output::Request {
-            to: hop,
-            request: out,
-        });
-        self.relayed.push(Relayed {
-            from,
-            key,
-            request,
-            branch,
-            since: now,
-            restore,
-            offer,
-        });
-    }
-
-    /// A refresh of `side`'s session succeeded at `now`; the `Session-Expires` (and `Require`)
-    /// its answer carries, if that leg has a timer.
-    fn refreshed(&mut self, side: Side, now: Instant) -> Vec<Header> {
-        let Some(timer) = self.timers[side.index()].as_mut() else {
-            return Vec::new();
-        };
-        timer.refreshed(now);
-        let we_are_uac = side == Side::Backend;
-        let mut extra = vec![Header::Other(
-            "Session-Expires".into(),
-            timer.header(we_are_uac),
-        )];
-        if !we_are_uac && self.caller_timer.is_some_and(|(_, _, require)| require) {
-            extra.push(Header::Require("timer".into()));
-        }
-        extra
-    }
-
-    /// An in-dialog request toward a side without SIP (a WebRTC client): INFO is taken, a
-    /// re-INVITE is answered with what this node carries (the media bridge decides whether it
-    /// can follow a new offer).
-    fn answer_locally(&mut self, from: Side, key: TransactionKey, request: rsip::Request) {
-        let Some(leg) = self.leg(from) else { return };
-        if !matches!(request.method, Method::Invite | Method::Update) {
-            let reply = leg.dialog.response(&request, 200, None);
-            self.outputs.push_back(Output::Respond {
-                key,
-                response: reply,
-            });
-            return;
-        }
-        if request.body.is_empty() {
-            // An offerless re-INVITE gets what is negotiated as the offer.
-            let body = self.offer.clone().map(|sdp| self.sdp.write(from, &sdp));
-            let reply = self
-                .leg(from)
-                .map(|leg| leg.dialog.response(&request, 200, body));
-            if let Some(reply) = reply {
-                self.outputs.push_back(Output::Respond {
-                    key,
-                    response: reply,
-                });
-            }
-            return;
-        }
-        let Some(offer) = parse_sdp(&request.body) else {
-            let reply = leg.dialog.response(&request, 488, None);
-            self.outputs.push_back(Output::Respond {
-                key,
-                response: reply,
-            });
-            return;
-        };
-        self.outputs.push_back(Output::Reoffer(offer.clone()));
-        self.reoffer = Some((key, request, offer));
-    }
-
-    fn on_reoffer_answer(&mut self, codecs: Option<Vec<Codec>>) {
-        let Some((key, request, offer)) = self.reoffer.take() else {
-            return;
-        };
-        let (code, body) = match (codecs, self.offer.clone()) {
-            (Some(codecs), Some(mut ours)) => {
-                if offer.port != 0 {
-                    self.set_media(Side::Backend, peer_media(&offer));
-                }
-                ours.codecs = codecs;
-                ours.direction = offer.direction.mirrored();
-                self.offer = Some(ours.clone());
-                (200, Some(self.sdp.write(Side::Backend, &ours)))
-            }
-            _ => (488, None),
-        };
-        if let Some(leg) = self.leg(Side::Backend) {
-            let reply = leg.dialog.response(&request, code, body);
-            self.outputs.push_back(Output::Respond {
-                key,
-                response: reply,
-            });
-        }
-    }
-
-    /// The other side's final answer to a relayed request, mapped back.
-    fn relayed_answered(&mut self, now: Instant, relayed: Relayed, response: rsip::Response) {
-        let code = response.status_code.code();
-        if code / 100 != 2 {
-            self.relayed_failed(relayed, map_failure(code));
-            return;
-        }
-        let to = relayed.from.other();
-        let method = relayed.request.method;
-        if !matches!(method, Method::Invite | Method::Update) {
-            self.respond_relayed(&relayed, 200, None);
-            return;
-        }
-        // A successful re-INVITE or UPDATE refreshes both legs' sessions.
-        self.refreshed(to, now);
-        let extra = self.refreshed(relayed.from, now);
-        let cseq = message::cseq(&response).map_or(1, |(n, _)| n);
-        let sdp = parse_sdp(&response.body).filter(|sdp| !sdp.is_secure());
-        if method == Method::Invite && relayed.offer.is_none() {
-            // An offerless re-INVITE: `to` offered in its 2xx; `from`'s ACK brings the answer.
-            let Some(offer) = sdp else {
-                self.ack_relayed(to, cseq);
-                self.relayed_failed(relayed, 488);
-                return;
-            };
-            self.set_media(to, peer_media(&offer));
-            let body = self.sdp.write(relayed.from, &offer);
-            let from_cseq = message::cseq(&relayed.request).map_or(1, |(n, _)| n);
-            self.held_ack = Some(HeldAck {
-                to,
-                cseq,
-                from_cseq,
-                offer,
-            });
-            self.respond_relayed_with(&relayed, 200, Some(body), extra);
-            return;
-        }
-        if method == Method::Invite {
-            self.ack_relayed(to, cseq);
-        }
-        match (sdp, &relayed.offer) {
-            (Some(answer), Some(offer)) => {
-                self.set_media(to, peer_media(&answer));
-                let body = self.sdp.write_answer(relayed.from, &answer, offer);
-                self.respond_relayed_with(&relayed, 200, Some(body), extra);
-            }
-            // A refresh without an offer needs no answer either.
-            (None, None) => self.respond_relayed_with(&relayed, 200, None, extra),
-            _ => {
-                if let Some(previous) = relayed.restore {
-                    self.set_media(relayed.from, previous);
-                }
-                self.respond_relayed(&relayed, 488, None);
-            }
-        }
-    }
-
-    /// ACKs the 2xx (CSeq `cseq`) of a re-INVITE we sent `to`.
-    fn ack_relayed(&mut self, to: Side, cseq: u32) {
-        let mut rng = SmallRng::from_rng(&mut self.rng);
-        if let Some(leg) = self.leg_mut(to) {
-            let ack = leg.dialog.ack(&mut rng, cseq);
-            leg.ack = Some(ack.clone());
-            let hop = leg.hop();
-            self.outputs.push_back(Output::Stateless {
-                to: hop,
-                message: ack,
-            });
-        }
-    }
-
-    /// A relayed request failed with `code` (as the requester gets it): the media it re-pointed
-    /// is restored.
-    fn relayed_failed(&mut self, relayed: Relayed, code: u16) {
-        if let Some(previous) = relayed.restore {
-            self.set_media(relayed.from, previous);
-        }
-        self.respond_relayed(&relayed, code, None);
-    }
-
-    fn respond_relayed(&mut self, relayed: &Relayed, code: u16, sdp: Option<String>) {
-        self.respond_relayed_with(relayed, code, sdp, Vec::new());
-    }
-
-    fn respond_relayed_with(
-        &mut self,
-        relayed: &Relayed,
-        code: u16,
-        sdp: Option<String>,
-        extra: Vec<Header>,
-    ) {
-        if let Some(leg) = self.leg(relayed.from) {
-            let mut reply = leg.dialog.response(&relayed.request, code, sdp);
-            reply.headers.extend(extra);
-            self.outputs.push_back(Output::Respond {
-                key: relayed.key.clone(),
-                response: reply,
-            });
-        }
-    }
-
-    // ---- timers of the legs ----
-
-    /// Sends a reliable provisional again if it is due (RFC 3262 3).
-    fn retransmit_reliable(&mut self, now: Instant) {
-        let due = self.caller_rel.as_mut().and_then(|rel| rel.due(now));
-        if let (Some(response), Some((key, _))) = (due, &self.caller.invite) {
-            self.outputs.push_back(Output::Respond {
-                key: key.clone(),
-                response,
-            });
-        }
-    }
-
-    /// Acts on `side`'s session timer at `now`: our refresh goes out, or a session whose
-    /// refresh did not come (or failed) ends, both legs hung up (RFC 4028 10).
-    fn session_timer_due(&mut self, side: Side, now: Instant) {
-        if self.phase != Phase::Up {
-            return;
-        }
-        let Some(timer) = &self.timers[side.index()] else {
-            return;
-        };
-        if timer.deadline().is_none_or(|d| d > now) {
-            return;
-        }
-        if timer.refresher == Refresher::Peer || timer.refreshing.is_some() || now >= timer.expiry()
-        {
-            self.end(now, EndCause::SessionExpired, None, None, None);
-            return;
-        }
-        let header = timer.header(true);
-        let use_update = self.updates[side.index()];
-        let body = self.sdp.last[side.index()].clone();
-        let mut rng = SmallRng::from_rng(&mut self.rng);
-        let Some(leg) = self.leg_mut(side) else {
-            return;
-        };
-        let mut refresh = if use_update {
-            leg.dialog.request(&mut rng, Method::Update, None)
-        } else {
-            // Not known to take UPDATE: a re-INVITE with the SDP it has (RFC 4028 9).
-            leg.dialog.request(&mut rng, Method::Invite, body)
-        };
-        refresh
-            .headers
-            .push(Header::Other("Session-Expires".into(), header));
-        refresh.headers.push(Header::Supported(SUPPORTED.into()));
-        let hop = leg.hop();
-        let branch = message::top_branch(&refresh).unwrap_or_default();
-        self.outputs.push_back(Output::Request {
-            to: hop,
-            request: refresh,
-        });
-        if let Some(timer) = self.timers[side.index()].as_mut() {
-            timer.refreshing = Some(branch);
-        }
-    }
-
-    /// The answer to a refresh of ours on `side`.
-    fn on_refresh_response(&mut self, now: Instant, side: Side, response: &rsip::Response) {
-        let code = response.status_code.code();
-        if code < 200 {
-            return;
-        }
-        if code / 100 == 2 && dialog::is_invite_response(response) {
-            let cseq = message::cseq(response).map_or(1, |(n, _)| n);
-            self.ack_relayed(side, cseq);
-        }
-        match code {
-            200..=299 => {
-                self.refreshed(side, now);
-            }
-            // RFC 4028 10: a refresh that timed out or found no dialog ends the session.
-            408 | 481 => self.end(now, EndCause::SessionExpired, None, None, None),
-            _ => {
-                if let Some(timer) = self.timers[side.index()].as_mut() {
-                    if code == 422
-                        && let Some(min_se) = timer::min_se(&response.headers)
-                    {
-                        timer.interval = timer.interval.max(Duration::from_secs(min_se));
-                    }
-                    timer.refreshing = None;
-                    let retry = Duration::from_secs(10).min(timer.interval / 4);
-                    timer.retry_at = Some(now + retry);
-                }
-            }
-        }
-    }
-
-    /// The side whose refresh of ours has `branch`, if any.
-    fn refreshing_side(&self, branch: &str) -> Option<Side> {
-        [Side::Caller, Side::Backend].into_iter().find(|side| {
-            self.timers[side.index()]
-                .as_ref()
-                .and_then(|t| t.refreshing.as_deref())
-                == Some(branch)
-        })
-    }
-
     // ---- the end ----
 
     /// Ends the session with `cause`: an unanswered inbound caller gets `refusal` (else 500),
     /// every leg that is up and did not hang up itself (`gone`) gets a BYE, far INVITEs in
     /// flight are cancelled and followed to their end, relayed requests are answered 487.
-    fn end(
+    pub(crate) fn end(
         &mut self,
         now: Instant,
         cause: EndCause,
@@ -1653,7 +801,7 @@ impl<L> Session<L> {
         self.outputs.push_back(Output::Ended(end));
     }
 
-    fn bye(&mut self, side: Side) {
+    pub(crate) fn bye(&mut self, side: Side) {
         let mut rng = SmallRng::from_rng(&mut self.rng);
         if let Some(leg) = self.leg_mut(side) {
             let bye = leg.dialog.bye(&mut rng);
@@ -1668,7 +816,7 @@ impl<L> Session<L> {
     // ---- helpers ----
 
     /// The SIP leg of `side`: the far leg once answered, or its early dialog while it rings.
-    fn leg(&self, side: Side) -> Option<&SipLeg> {
+    pub(crate) fn leg(&self, side: Side) -> Option<&SipLeg> {
         match side {
             Side::Caller => self.caller.leg.as_ref(),
             Side::Backend => self.far.as_ref().map(|(l, _)| l).or_else(|| {
@@ -1680,7 +828,7 @@ impl<L> Session<L> {
         }
     }
 
-    fn leg_mut(&mut self, side: Side) -> Option<&mut SipLeg> {
+    pub(crate) fn leg_mut(&mut self, side: Side) -> Option<&mut SipLeg> {
         match side {
             Side::Caller => self.caller.leg.as_mut(),
             Side::Backend => match self.far.as_mut() {
@@ -1694,13 +842,13 @@ impl<L> Session<L> {
         }
     }
 
-    fn set_media(&mut self, side: Side, media: PeerMedia) {
+    pub(crate) fn set_media(&mut self, side: Side, media: PeerMedia) {
         self.media[side.index()] = Some(media);
         self.outputs
             .push_back(Output::Media(MediaCommand::Peer(side, media)));
     }
 
-    fn retry_after(&self) -> Header {
+    pub(crate) fn retry_after(&self) -> Header {
         Header::RetryAfter(self.config.retry_after.as_secs().max(1).to_string().into())
     }
 }
@@ -1708,7 +856,7 @@ impl<L> Session<L> {
 /// A failure code as the other side gets it: a 503 is never passed on (RFC 3261 16.7); it is
 /// this node's to give, with its own Retry-After. Redirects would reveal the far side's
 /// contacts.
-fn map_failure(code: u16) -> u16 {
+pub(crate) fn map_failure(code: u16) -> u16 {
     match code {
         503 => 500,
         300..=399 => 480,
@@ -1717,14 +865,14 @@ fn map_failure(code: u16) -> u16 {
 }
 
 /// Seconds of a response's Retry-After header.
-fn retry_after(response: &rsip::Response) -> Option<Duration> {
+pub(crate) fn retry_after(response: &rsip::Response) -> Option<Duration> {
     let value = dialog::header_value(&response.headers, "Retry-After")?;
     let secs: u64 = value.split([';', '(', ' ']).next()?.trim().parse().ok()?;
     Some(Duration::from_secs(secs.min(3600)))
 }
 
 /// A Warning header (RFC 3261 20.43) with our agent name.
-fn warning(text: &str) -> Header {
+pub(crate) fn warning(text: &str) -> Header {
     Header::Other("Warning".into(), format!("399 voxgate \"{text}\""))
 }
 
