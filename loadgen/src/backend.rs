@@ -1,6 +1,7 @@
 //! `voxgate-loadgen backend`: an echo Backend. Answers INVITEs (503 above its cap), echoes every
 //! RTP packet to its sender, answers OPTIONS, and ends calls on BYE, CANCEL or media silence.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,12 +10,12 @@ use std::time::Duration;
 use crate::echo::{EchoSocket, PeerActivity};
 use rand::SeedableRng;
 use rand::rngs::SmallRng;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
-use voxgate_endpoint::{DialogEvents, Endpoint};
+use voxgate_endpoint::{Endpoint, Route};
 use voxgate_sip::dialog::Dialog;
 use voxgate_sip::message::{new_tag, response_for, to_tag};
 
@@ -91,10 +92,23 @@ pub async fn run(plan: BackendPlan) -> anyhow::Result<()> {
     let mut rng = SmallRng::from_os_rng();
     let terminate = terminate_signal();
     tokio::pin!(terminate);
+    // Calls started here whose events may still be queued behind their INVITE (a CANCEL right
+    // after it): forwarded to the call, as the proxy's dispatcher does.
+    let mut claimed: HashMap<String, mpsc::Sender<Event>> = HashMap::new();
     loop {
         tokio::select! {
             event = incoming.recv() => match event {
-                Some(event) => on_incoming(&shared, &mut rng, event),
+                Some(event) => {
+                    let call = event_call_id(&event).and_then(|id| claimed.get(id)).cloned();
+                    let event = match call {
+                        Some(call) => match call.try_send(event) {
+                            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
+                            Err(mpsc::error::TrySendError::Closed(event)) => event,
+                        },
+                        None => event,
+                    };
+                    on_incoming(&shared, &mut rng, &mut claimed, event);
+                }
                 None => break,
             },
             _ = status.tick(), if !plan.status_every.is_zero() => log_status(&shared),
@@ -125,7 +139,22 @@ fn log_status(shared: &Shared) {
     );
 }
 
-fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
+/// The Call-ID of an event's message, if it has one.
+fn event_call_id(event: &Event) -> Option<&str> {
+    match event {
+        Event::Request { request, .. } | Event::Ack { request, .. } => {
+            voxgate_sip::message::call_id(request)
+        }
+        _ => None,
+    }
+}
+
+fn on_incoming(
+    shared: &Arc<Shared>,
+    rng: &mut SmallRng,
+    claimed: &mut HashMap<String, mpsc::Sender<Event>>,
+    event: Event,
+) {
     let Event::Request {
         key,
         request,
@@ -166,9 +195,23 @@ fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, event: Event) {
             }
             let local_tag = new_tag(rng);
             let call_rng = SmallRng::from_rng(rng);
+            // Routed before the call's task runs, so that nothing of the call goes astray.
+            let call_id = voxgate_sip::message::call_id(&request)
+                .unwrap_or_default()
+                .to_owned();
+            let (events_tx, events) = mpsc::channel(voxgate_endpoint::DIALOG_QUEUE);
+            let route = endpoint.route(&call_id, events_tx.clone());
+            if claimed.len() >= 1024 {
+                claimed.retain(|_, call| !call.is_closed());
+            }
+            claimed.insert(call_id, events_tx);
+            let events = CallEvents {
+                events,
+                _route: route,
+            };
             let shared = shared.clone();
             tokio::spawn(async move {
-                EchoCall::answer(&shared, call_rng, key, request, source, local_tag).await;
+                EchoCall::answer(&shared, call_rng, key, request, source, local_tag, events).await;
                 shared.counters.active.fetch_sub(1, Ordering::AcqRel);
                 shared.counters.ended.fetch_add(1, Ordering::Relaxed);
             });
@@ -191,7 +234,19 @@ struct EchoCall<'a> {
     shared: &'a Shared,
     rng: SmallRng,
     dialog: Dialog,
-    events: DialogEvents,
+    events: CallEvents,
+}
+
+/// A call's events, routed to it from its INVITE on; the route goes with it.
+struct CallEvents {
+    events: mpsc::Receiver<Event>,
+    _route: Route,
+}
+
+impl CallEvents {
+    async fn recv(&mut self) -> Option<Event> {
+        self.events.recv().await
+    }
 }
 
 impl<'a> EchoCall<'a> {
@@ -202,6 +257,7 @@ impl<'a> EchoCall<'a> {
         invite: rsip::Request,
         source: SocketAddr,
         local_tag: String,
+        events: CallEvents,
     ) {
         let endpoint = &shared.endpoint;
         let mut local = Dialog::incoming(
@@ -241,7 +297,7 @@ impl<'a> EchoCall<'a> {
         let mut call = EchoCall {
             shared,
             rng,
-            events: endpoint.register(&local.call_id),
+            events,
             dialog: local,
         };
         if !shared.plan.answer_delay.is_zero() {

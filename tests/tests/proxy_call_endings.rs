@@ -67,6 +67,64 @@ fn cancel_before_answer_gets_487_and_cancels_the_backend() {
 }
 
 #[test]
+fn a_cancel_right_behind_its_invite_is_never_answered_481_nor_the_call_set_up() {
+    // The CANCEL leaves before any answer, so it reaches the proxy while the INVITE's session is
+    // being set up: it must find the call all the same (it used to get 481, and the call was
+    // then answered).
+    let (mut backend, addr) = start_backend("race-b1", &["--answer-delay", "2s"]);
+    // Room for every call: a cancelled INVITE holds its Backend lease until the Backend's 487.
+    let config = format!(
+        "[health]\ninterval = \"1s\"\n{}",
+        backend_toml("b1", addr, 50, None)
+    );
+    let proxy = Proxy::start("race-proxy", &config);
+    const CALLS: usize = 20;
+    let mut uacs: Vec<Uac> = (0..CALLS)
+        .map(|_| {
+            let mut uac = Uac::new("127.0.0.1", proxy.sip);
+            uac.send_invite();
+            uac.cancel();
+            uac
+        })
+        .collect();
+    for uac in &mut uacs {
+        let (_, cancelled) = uac
+            .final_response(rsip::Method::Cancel, Duration::from_secs(3))
+            .expect("no final response to CANCEL");
+        assert_eq!(cancelled.status_code.code(), 200, "{cancelled}");
+        let (_, terminated) = uac
+            .final_response(rsip::Method::Invite, Duration::from_secs(3))
+            .expect("no final response to the cancelled INVITE");
+        assert_eq!(terminated.status_code.code(), 487, "{terminated}");
+        uac.ack_failure(&terminated);
+    }
+    proxy.assert_idle(Duration::from_secs(5));
+    assert_eq!(
+        ended(&proxy, "cancelled"),
+        CALLS as f64,
+        "{}",
+        proxy.metrics()
+    );
+    assert_eq!(proxy.counter("voxgate_sessions_started_total"), 0.0);
+    // Past the Backend's answer delay: no call was answered, on either side.
+    std::thread::sleep(Duration::from_millis(2200));
+    for uac in &mut uacs {
+        assert!(
+            uac.recv_request(rsip::Method::Bye, Duration::from_millis(10))
+                .is_none(),
+            "a cancelled call was answered and hung up"
+        );
+    }
+    assert!(
+        backend.terminate(Duration::from_secs(10)),
+        "{}",
+        backend.log()
+    );
+    let log = backend.log();
+    assert_eq!(backend_status(&log, "answered"), Some(0), "{log}");
+}
+
+#[test]
 fn reinvite_moves_media_and_keeps_the_proxy_in_the_path() {
     let (_backend, addr) = start_backend("reinvite-b1", &[]);
     let proxy = proxy_for("reinvite-proxy", addr, "60s");

@@ -213,6 +213,10 @@ impl SipSession {
                 self.on_output(output);
             }
             if self.driver.session.is_finished() {
+                self.driver.close();
+                while let Some(output) = self.driver.poll() {
+                    self.on_output(output);
+                }
                 break;
             }
             let live = self.driver.session.ended().is_none();

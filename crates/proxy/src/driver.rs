@@ -103,6 +103,16 @@ impl SessionDriver {
         self.events.recv().await
     }
 
+    /// Once the session is finished: stops its queue and hands the events still in it to the
+    /// session (it answers what needs an answer); later events of its dialogs go to the
+    /// dispatcher, so none is lost between the two.
+    pub fn close(&mut self) {
+        self.events.close();
+        while let Ok(event) = self.events.try_recv() {
+            self.handle(Input::Sip(event));
+        }
+    }
+
     /// Feeds `input` at `now`.
     pub fn handle(&mut self, input: Input<BackendLease>) {
         self.session.handle(Instant::now().into_std(), input);

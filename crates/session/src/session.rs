@@ -602,6 +602,11 @@ impl<L> Session<L> {
             }
             return;
         }
+        if side == Side::Caller && request.method == Method::Cancel {
+            // The INVITE was answered already: the CANCEL has no effect (RFC 3261 9.2).
+            self.outputs.push_back(answered(200));
+            return;
+        }
         let Some(leg) = self.leg(side).filter(|l| l.owns(&request)) else {
             // Same Call-ID, other tags (a stray or a forged request), or no dialog yet.
             self.outputs.push_back(answered(481));
@@ -635,8 +640,6 @@ impl<L> Session<L> {
                     response: reply,
                 });
             }
-            // A CANCEL after our final answer has nothing left to cancel (RFC 3261 9.2).
-            Method::Cancel => self.outputs.push_back(answered(200)),
             Method::Invite | Method::Info | Method::Update => {
                 // The far side is still being called: not yet (RFC 3261 14.2).
                 let mut reply = leg.dialog.response(&request, 500, None);

@@ -206,6 +206,10 @@ impl WebRtcSession {
                 self.on_output(output);
             }
             if self.driver.session.is_finished() {
+                self.driver.close();
+                while let Some(output) = self.driver.poll() {
+                    self.on_output(output);
+                }
                 break;
             }
             let live = self.driver.session.ended().is_none();
