@@ -124,6 +124,11 @@ fn describe() {
         "Sessions refused, by reason."
     );
     describe_counter!(
+        "voxgate_webrtc_shed_total",
+        Unit::Count,
+        "WebRTC media commands and peer events dropped because their queue was full."
+    );
+    describe_counter!(
         "voxgate_sip_shed_total",
         Unit::Count,
         "SIP commands and events dropped because their queue was full (load shed)."
@@ -302,6 +307,11 @@ impl RtpDirection {
             Self::BackendToCaller => "backend_to_caller",
         }
     }
+}
+
+/// A WebRTC media command or peer event shed because its queue was full.
+pub fn webrtc_shed() {
+    counter!("voxgate_webrtc_shed_total").increment(1);
 }
 
 /// SIP-plane commands and events shed because their queue was full (the endpoint's count).

@@ -4,9 +4,16 @@
 //! A [`Session`] joins a caller leg (a SIP dialog we answered, a SIP dialog we placed for
 //! `POST /v1/calls`, or a WebRTC peer) to a Backend leg (a SIP dialog today) and owns everything
 //! that happens between them: failover to the next Backend on 5xx, 408 or silence, 503 cooldown,
-//! the ring deadline, CANCEL at any moment, re-INVITE and INFO relayed with the media re-pointed
-//! (and restored when the far side refuses), BYE from either side (also while a re-INVITE or INFO
-//! is in flight), the operator's hang-up, the node's shutdown and the media timeout.
+//! the ring deadline, CANCEL at any moment, re-INVITE, UPDATE and INFO relayed with the media
+//! re-pointed (and restored when the far side refuses), late offer passed through (the offer in
+//! a 2xx, the answer in the ACK), reliable provisionals (RFC 3262) and session timers (RFC 4028)
+//! on each leg independently, BYE from either side (also while a re-INVITE or INFO is in
+//! flight), the operator's hang-up, the node's shutdown and the media timeout.
+//!
+//! Where things are: `session.rs` holds the state, the inputs and the end; `far.rs` the far leg
+//! (target, INVITE, answers, failover, PRACK, the dialled number, wound-down INVITEs);
+//! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
+//! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals).
 //!
 //! The engine does no I/O and reads no clock, in the style of quinn-proto's `Connection` and
 //! str0m's `Rtc`: SIP events of the transaction layer, media events and operator commands go in
@@ -20,6 +27,11 @@
 //! where each side's media goes with [`MediaCommand`]) or count metrics (it reports progress).
 //! A lease handed in with a [`Target`] is held exactly as long as the Backend's INVITE or dialog
 //! lives, so dropping it is what releases the Backend's capacity.
+//!
+//! The far leg is a SIP dialog today. Its seam is [`Output::Pick`] / [`Input::Target`] (where it
+//! goes) and `far.rs` (how it is called and answered); the caller side sees the far side only
+//! through [`Output::Answered`], the media commands and the end, which is what a Backend reached
+//! over a WebSocket or QUIC media stream will implement.
 
 mod attempt;
 mod cause;

@@ -268,11 +268,6 @@ impl<L> Session<L> {
         for side in [Side::Caller, Side::Backend] {
             self.session_timer_due(side, now);
         }
-        if self.phase == Phase::Ended && self.end.is_some() {
-            self.winding
-                .retain(|a| a.wind_down_deadline().is_none_or(|d| d > now));
-            return;
-        }
         // Wound-down INVITEs that never finished are forgotten (and their leases released).
         self.winding
             .retain(|a| a.wind_down_deadline().is_none_or(|d| d > now));

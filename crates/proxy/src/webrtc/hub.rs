@@ -30,10 +30,17 @@ const MIN_TIMER: std::time::Duration = std::time::Duration::from_millis(1);
 /// Largest datagram read; DTLS records and SRTP packets stay far below a 1,500-byte MTU.
 const MAX_DATAGRAM: usize = 2048;
 
+/// Commands (add, send audio, close) queued for the media task; a full queue sheds.
+const COMMAND_QUEUE: usize = 65_536;
+
+/// Events queued for one session: about 10 s of audio. A session that lets it fill is not
+/// reading: its audio is shed, and a control event that cannot be delivered closes the peer.
+pub const PEER_QUEUE: usize = 512;
+
 /// A handle on the shared media task; clones share it.
 #[derive(Debug, Clone)]
 pub struct PeerHub {
-    commands: mpsc::UnboundedSender<Command>,
+    commands: mpsc::Sender<Command>,
     local: SocketAddr,
 }
 
@@ -41,7 +48,7 @@ enum Command {
     Add {
         key: u64,
         peer: Box<WebRtcPeer>,
-        events: mpsc::UnboundedSender<PeerEvent>,
+        events: mpsc::Sender<PeerEvent>,
     },
     Send {
         key: u64,
@@ -60,7 +67,7 @@ impl PeerHub {
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         let socket = UdpSocket::bind(addr).await?;
         let local = socket.local_addr()?;
-        let (commands, receiver) = mpsc::unbounded_channel();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
         let driver = Driver {
             socket,
             demux: PeerDemux::new(),
@@ -77,8 +84,8 @@ impl PeerHub {
     }
 
     /// Hands `peer` to the task; its events go to `events` until it closes.
-    pub fn add(&self, key: u64, peer: WebRtcPeer, events: mpsc::UnboundedSender<PeerEvent>) {
-        let _ = self.commands.send(Command::Add {
+    pub fn add(&self, key: u64, peer: WebRtcPeer, events: mpsc::Sender<PeerEvent>) {
+        self.command(Command::Add {
             key,
             peer: Box::new(peer),
             events,
@@ -87,7 +94,7 @@ impl PeerHub {
 
     /// Sends one RTP packet (Opus or telephone-event) to the client of peer `key`.
     pub fn send(&self, key: u64, payload_type: u8, timestamp: u32, marker: bool, payload: Bytes) {
-        let _ = self.commands.send(Command::Send {
+        self.command(Command::Send {
             key,
             payload_type,
             timestamp,
@@ -98,13 +105,20 @@ impl PeerHub {
 
     /// Closes peer `key` (DTLS close_notify); its `Closed` event follows.
     pub fn close(&self, key: u64) {
-        let _ = self.commands.send(Command::Close { key });
+        self.command(Command::Close { key });
+    }
+
+    /// Queues `command`; a full queue sheds it (counted), never waits.
+    fn command(&self, command: Command) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.commands.try_send(command) {
+            metrics::webrtc_shed();
+        }
     }
 }
 
 struct Entry {
     peer: Box<WebRtcPeer>,
-    events: mpsc::UnboundedSender<PeerEvent>,
+    events: mpsc::Sender<PeerEvent>,
     /// The deadline this peer has in the heap, if any.
     scheduled: Option<StdInstant>,
 }
@@ -117,7 +131,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut buf = vec![0u8; MAX_DATAGRAM];
         loop {
             let next = self.timers.peek().map(|Reverse((at, _))| *at);
@@ -249,7 +263,16 @@ impl Driver {
                 }
                 _ => {}
             }
-            session_gone |= entry.events.send(event).is_err();
+            let audio = matches!(event, PeerEvent::Audio { .. });
+            match entry.events.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    metrics::webrtc_shed();
+                    // Audio is shed; a control event lost would leave the session wrong.
+                    session_gone |= !audio;
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => session_gone = true,
+            }
         }
         if session_gone && !closed {
             // Nobody listens to this peer any more: close it.

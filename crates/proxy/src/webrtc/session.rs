@@ -60,7 +60,7 @@ pub struct Setup {
     /// This session's share of the node cap.
     pub slot: SessionSlot,
     /// The peer's events, from the hub.
-    pub events: mpsc::UnboundedReceiver<PeerEvent>,
+    pub events: mpsc::Receiver<PeerEvent>,
     /// Fires on WHIP DELETE.
     pub delete: oneshot::Receiver<()>,
     /// When the POST arrived.
@@ -185,7 +185,7 @@ struct WebRtcSession {
     /// Where the Backend's RTP goes (latched to the source of what it sends).
     backend_media: Option<SocketAddr>,
     bridge: Option<MediaBridge>,
-    events: mpsc::UnboundedReceiver<PeerEvent>,
+    events: mpsc::Receiver<PeerEvent>,
     delete: Option<oneshot::Receiver<()>>,
     connected: bool,
     started: Instant,

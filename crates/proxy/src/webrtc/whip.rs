@@ -290,7 +290,7 @@ async fn create(
     let etag = ETag::random(&mut rng);
     let answer = peer.answer_sdp().to_owned();
     let id = gateway.new_session_id();
-    let (events_tx, events) = mpsc::unbounded_channel();
+    let (events_tx, events) = mpsc::channel(super::hub::PEER_QUEUE);
     let (delete_tx, delete) = oneshot::channel();
     let setup = Setup {
         id,
