@@ -222,12 +222,8 @@ impl SipSession {
             let live = self.driver.session.ended().is_none();
             let deadline = self.driver.deadline();
             tokio::select! {
-                event = self.driver.next_event() => match event {
-                    Some(event) => self.driver.handle(Input::Sip(event)),
-                    // The endpoint stopped: the process is ending.
-                    None if live => self.driver.handle(Input::Shutdown),
-                    None => break,
-                },
+                // Never `None`: the driver holds a sender of its own queue.
+                Some(event) = self.driver.next_event() => self.driver.handle(Input::Sip(event)),
                 alarm = alarm(&mut self.relay), if live => match alarm {
                     RelayAlarm::Silent(side) => {
                         tracing::info!(session = %self.driver.id, ?side, "media timeout: ending the call");
@@ -299,14 +295,15 @@ impl SipSession {
                 }
                 progress.finish(outcome, code, cause);
             }
-            None => {
-                match end.cause {
-                    EndCause::NoBackend => metrics::session_rejected("no_backend"),
-                    EndCause::BadSdp if !end.caller_up => metrics::session_rejected("bad_sdp"),
-                    _ => {}
+            None => match end.cause {
+                // The caller's own offer was unusable: refused before it was a session.
+                EndCause::BadSdp if !end.far_called => metrics::session_rejected("bad_sdp"),
+                EndCause::NoBackend => {
+                    metrics::session_rejected("no_backend");
+                    metrics::session_ended(end.cause.as_str());
                 }
-                metrics::session_ended(end.cause.as_str());
-            }
+                cause => metrics::session_ended(cause.as_str()),
+            },
         }
         self.driver.gateway.remove_session(id);
         self.relay = None;
@@ -331,13 +328,17 @@ fn outcome(end: End) -> (Outcome, Option<u16>, Option<&'static str>) {
         let code = (cause == EndCause::Rejected).then_some(end.code).flatten();
         return (outcome, code, None);
     }
+    if cause == EndCause::BadSdp && !end.far_called {
+        // The number answered without media this node can carry; it was hung up.
+        return (Outcome::Failed, Some(200), Some("answer_without_sdp"));
+    }
     let outcome = if end.connected {
         Outcome::Completed
     } else {
         match cause {
             EndCause::Shutdown => Outcome::Shutdown,
             EndCause::HungUp => Outcome::Cancelled,
-            EndCause::NoBackend | EndCause::Rejected => Outcome::NoBackend,
+            EndCause::NoBackend | EndCause::Rejected | EndCause::BadSdp => Outcome::NoBackend,
             _ => Outcome::Failed,
         }
     };
@@ -378,6 +379,7 @@ mod tests {
             code,
             caller_up,
             connected,
+            far_called: connected || cause == EndCause::NoBackend,
         }
     }
 

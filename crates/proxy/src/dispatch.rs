@@ -33,13 +33,31 @@ const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
     rsip::Method::Refer,
 ];
 
-/// Sessions started here whose events may still be queued behind their INVITE; pruned of ended
-/// sessions once it grows past this.
+/// Sessions started here whose events may still be queued behind their INVITE are pruned of
+/// ended ones once the table grows past this, then past twice what survived.
 const CLAIMED_PRUNE: usize = 1024;
+
+/// New sessions' queues by Call-ID, for the events already queued behind their INVITE.
+#[derive(Debug, Default)]
+struct Claimed {
+    sessions: HashMap<String, mpsc::Sender<Event>>,
+    prune_at: usize,
+}
+
+impl Claimed {
+    fn insert(&mut self, call_id: String, events: mpsc::Sender<Event>) {
+        if self.sessions.len() >= self.prune_at.max(CLAIMED_PRUNE) {
+            self.sessions.retain(|_, session| !session.is_closed());
+            // Amortised: the next scan waits until as many again were added.
+            self.prune_at = self.sessions.len() * 2;
+        }
+        self.sessions.insert(call_id, events);
+    }
+}
 
 /// Handles events the endpoint could not route to a call, until the endpoint stops.
 pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
-    let mut claimed: HashMap<String, mpsc::Sender<Event>> = HashMap::new();
+    let mut claimed = Claimed::default();
     while let Some(event) = incoming.recv().await {
         let call_id = match &event {
             Event::Request { request, .. } | Event::Ack { request, .. } => {
@@ -50,7 +68,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
             }
             _ => None,
         };
-        let session = call_id.and_then(|id| claimed.get(id));
+        let session = call_id.and_then(|id| claimed.sessions.get(id));
         let event = match session {
             Some(session) => match session.try_send(event) {
                 Ok(()) => continue,
@@ -78,7 +96,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
 
 fn on_request(
     gateway: &Arc<Gateway>,
-    claimed: &mut HashMap<String, mpsc::Sender<Event>>,
+    claimed: &mut Claimed,
     key: TransactionKey,
     source: SocketAddr,
     transport: Transport,
@@ -149,9 +167,6 @@ fn on_request(
                 .to_owned();
             let (events, events_rx) = mpsc::channel(voxgate_endpoint::DIALOG_QUEUE);
             let route = gateway.endpoint.route(&call_id, events.clone());
-            if claimed.len() >= CLAIMED_PRUNE {
-                claimed.retain(|_, session| !session.is_closed());
-            }
             claimed.insert(call_id, events.clone());
             let gateway = gateway.clone();
             tokio::spawn(async move {

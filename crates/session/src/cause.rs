@@ -75,4 +75,6 @@ pub struct End {
     pub caller_up: bool,
     /// Both legs were up: the session was connected end to end.
     pub connected: bool,
+    /// A far INVITE was sent (a Backend, or a trunk for a Backend's outbound call).
+    pub far_called: bool,
 }

@@ -8,7 +8,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rsip::{Header, Method};
 use voxgate_sip::TransactionKey;
-use voxgate_sip::dialog::{self};
+use voxgate_sip::dialog;
 use voxgate_sip::message;
 use voxgate_sip::sdp::Codec;
 
@@ -16,6 +16,7 @@ use crate::cause::EndCause;
 use crate::io::{MediaCommand, Output};
 use crate::media::{Side, parse_sdp, peer_media};
 use crate::session::{HeldAck, Relayed, Session, map_failure, warning};
+use crate::timer::{self, Refresher};
 
 impl<L> Session<L> {
     /// Relays a re-INVITE, UPDATE or INFO from `from` to the other side. An offer in it is
@@ -49,7 +50,7 @@ impl<L> Session<L> {
         };
         if method == Method::Update && request.body.is_empty() {
             // A session refresh (RFC 4028 9): answered here, for this leg only.
-            let extra = self.refreshed(from, now);
+            let extra = self.answer_refresh(from, now, &request);
             respond(self, 200, extra);
             return;
         }
@@ -95,7 +96,7 @@ impl<L> Session<L> {
         let branch = message::top_branch(&out).unwrap_or_default();
         self.outputs.push_back(Output::Request {
             to: hop,
-            request: out,
+            request: out.clone(),
         });
         self.relayed.push(Relayed {
             from,
@@ -105,22 +106,37 @@ impl<L> Session<L> {
             since: now,
             restore,
             offer,
+            out,
         });
     }
 
-    /// A refresh of `side`'s session succeeded at `now`; the `Session-Expires` (and `Require`)
-    /// its answer carries, if that leg has a timer.
-    pub(crate) fn refreshed(&mut self, side: Side, now: Instant) -> Vec<Header> {
+    /// A refresh of `side`'s session succeeded at `now`.
+    pub(crate) fn refreshed(&mut self, side: Side, now: Instant) {
+        if let Some(timer) = self.timers[side.index()].as_mut() {
+            timer.refreshed(now);
+        }
+    }
+
+    /// `side` refreshed its session with `request`, which we answer 2xx now: the leg takes the
+    /// interval and refresher the request asked for (RFC 4028 9), and our answer says them back,
+    /// from our side as the request's UAS.
+    pub(crate) fn answer_refresh(
+        &mut self,
+        side: Side,
+        now: Instant,
+        request: &rsip::Request,
+    ) -> Vec<Header> {
+        let asked = timer::session_expires(&request.headers);
         let Some(timer) = self.timers[side.index()].as_mut() else {
             return Vec::new();
         };
+        if let Some((secs, refresher)) = asked {
+            timer.adopt(secs, refresher.as_deref());
+        }
         timer.refreshed(now);
-        let we_are_uac = side == Side::Backend;
-        let mut extra = vec![Header::Other(
-            "Session-Expires".into(),
-            timer.header(we_are_uac),
-        )];
-        if !we_are_uac && self.caller_timer.is_some_and(|(_, _, require)| require) {
+        let mut extra = vec![Header::Other("Session-Expires".into(), timer.header(false))];
+        if timer.refresher == Refresher::Peer {
+            // The requester refreshes: it must know we hold it to that.
             extra.push(Header::Require("timer".into()));
         }
         extra
@@ -166,6 +182,17 @@ impl<L> Session<L> {
             });
             return;
         };
+        if self.reoffer.is_some() {
+            // One re-offer at a time (RFC 3261 14.1).
+            if let Some(leg) = self.leg(from) {
+                let reply = leg.dialog.response(&request, 491, None);
+                self.outputs.push_back(Output::Respond {
+                    key,
+                    response: reply,
+                });
+            }
+            return;
+        }
         self.outputs.push_back(Output::Reoffer(offer.clone()));
         self.reoffer = Some((key, request, offer));
     }
@@ -215,7 +242,7 @@ impl<L> Session<L> {
         }
         // A successful re-INVITE or UPDATE refreshes both legs' sessions.
         self.refreshed(to, now);
-        let extra = self.refreshed(relayed.from, now);
+        let extra = self.answer_refresh(relayed.from, now, &relayed.request);
         let cseq = message::cseq(&response).map_or(1, |(n, _)| n);
         let sdp = parse_sdp(&response.body).filter(|sdp| !sdp.is_secure());
         if method == Method::Invite && relayed.offer.is_none() {

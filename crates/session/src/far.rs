@@ -64,7 +64,8 @@ impl<L> Session<L> {
         );
         dialog.local_contact = format!("sip:voxgate@{}", self.config.sip_addr);
         let session_expires = self.config.session_expires.as_secs().max(1);
-        let invite = self.far_invite(&mut dialog, session_expires);
+        let min_se = self.config.min_se.as_secs().max(1);
+        let invite = self.far_invite(&mut dialog, session_expires, min_se);
         self.outputs
             .push_back(Output::Listen(dialog.call_id.clone()));
         self.outputs.push_back(Output::Progress(Progress::Calling {
@@ -87,6 +88,7 @@ impl<L> Session<L> {
         &mut self,
         dialog: &mut Dialog,
         session_expires: u64,
+        min_se: u64,
     ) -> rsip::Request {
         let mut invite = match self.offer.clone() {
             Some(offer) => {
@@ -103,9 +105,15 @@ impl<L> Session<L> {
                 max_forwards.saturating_sub(1).to_string().into(),
             ));
         }
-        let min_se = self.config.min_se.as_secs().max(1);
         invite.headers.push(Header::Allow(ALLOW.into()));
-        invite.headers.push(Header::Supported(SUPPORTED.into()));
+        // An offerless INVITE does not offer 100rel: a reliable 18x would carry the far side's
+        // offer, whose answer would have to come in our PRACK before the caller made one.
+        let supported = if self.offer.is_some() {
+            SUPPORTED
+        } else {
+            "timer"
+        };
+        invite.headers.push(Header::Supported(supported.into()));
         invite.headers.push(Header::Other(
             "Session-Expires".into(),
             format!("{session_expires};refresher=uac"),
@@ -140,7 +148,9 @@ impl<L> Session<L> {
                 }
             }
             200..=299 => {
-                let mut attempt = self.attempt.take().expect("checked above");
+                let Some(mut attempt) = self.attempt.take() else {
+                    return;
+                };
                 let cseq = attempt.cseq();
                 let offer = self.late.then(|| parse_sdp(&response.body)).flatten();
                 if self.late && offer.is_some() {
@@ -172,15 +182,17 @@ impl<L> Session<L> {
                 }
             }
             422 => {
-                // RFC 4028 6: ask again with the far side's Min-SE.
-                let mut attempt = self.attempt.take().expect("checked above");
-                let ours = self.config.session_expires.as_secs().max(1);
-                let asked = timer::min_se(&response.headers).unwrap_or(ours).max(ours);
-                if asked == ours || asked > 86_400 {
+                // RFC 4028 6: ask again with the far side's Min-SE, once per larger value.
+                let Some(mut attempt) = self.attempt.take() else {
+                    return;
+                };
+                let before = timer::session_expires(&attempt.invite.headers).map_or(0, |(s, _)| s);
+                let asked = timer::min_se(&response.headers).unwrap_or(0);
+                if asked <= before || asked > timer::MAX_INTERVAL {
                     self.pick(now);
                     return;
                 }
-                let invite = self.far_invite(&mut attempt.leg.dialog, asked);
+                let invite = self.far_invite(&mut attempt.leg.dialog, asked, asked);
                 self.outputs.push_back(Output::Request {
                     to: attempt.leg.address,
                     request: invite.clone(),
@@ -189,7 +201,9 @@ impl<L> Session<L> {
                 self.attempt = Some(retry);
             }
             503 => {
-                let attempt = self.attempt.take().expect("checked above");
+                let Some(attempt) = self.attempt.take() else {
+                    return;
+                };
                 if let Some(backend) = attempt.backend {
                     let cooldown = retry_after(&response).unwrap_or(self.config.default_cooldown);
                     self.outputs.push_back(Output::CoolDown {
@@ -287,15 +301,17 @@ impl<L> Session<L> {
             }
             self.timers[Side::Caller.index()] = Some(timer);
         }
-        // Keep the INVITE's key: a missing ACK (Timer L) names it.
+        // Keep the INVITE's key: a missing ACK (Timer L) names it, and a 2xx held for a PRACK
+        // goes out on it.
         self.caller_invite_key = Some(key.clone());
-        if let Some(rel) = self.caller_rel.as_mut() {
-            // Nothing more goes out reliably once the final answer is sent.
-            rel.pending = None;
-            rel.queued = None;
+        let ok = match self.caller_rel.as_mut() {
+            // Not before the PRACK of a reliable provisional that carried SDP (RFC 3262 3).
+            Some(rel) => rel.send_final(ok),
+            None => Some(ok),
+        };
+        if let Some(response) = ok {
+            self.outputs.push_back(Output::Respond { key, response });
         }
-        self.outputs
-            .push_back(Output::Respond { key, response: ok });
     }
 
     /// Relays a 180/183 to an inbound caller, with early media rewritten to this node.

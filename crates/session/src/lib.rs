@@ -10,7 +10,8 @@
 //! on each leg independently, BYE from either side (also while a re-INVITE or INFO is in
 //! flight), the operator's hang-up, the node's shutdown and the media timeout.
 //!
-//! Where things are: `session.rs` holds the state, the inputs and the end; `far.rs` the far leg
+//! Where things are: `session.rs` holds the state, the inputs and the end; `caller.rs` how a
+//! session starts from its caller; `far.rs` the far leg
 //! (target, INVITE, answers, failover, PRACK, the dialled number, wound-down INVITEs);
 //! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
 //! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals).
@@ -34,6 +35,7 @@
 //! over a WebSocket or QUIC media stream will implement.
 
 mod attempt;
+mod caller;
 mod cause;
 mod exchange;
 mod far;

@@ -7,7 +7,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rsip::{Header, Method};
 use voxgate_sip::TransactionKey;
-use voxgate_sip::dialog::{self};
+use voxgate_sip::dialog;
 use voxgate_sip::message;
 
 use crate::cause::EndCause;
@@ -21,11 +21,8 @@ impl<L> Session<L> {
     /// Sends a reliable provisional again if it is due (RFC 3262 3).
     pub(crate) fn retransmit_reliable(&mut self, now: Instant) {
         let due = self.caller_rel.as_mut().and_then(|rel| rel.due(now));
-        if let (Some(response), Some((key, _))) = (due, &self.caller.invite) {
-            self.outputs.push_back(Output::Respond {
-                key: key.clone(),
-                response,
-            });
+        if let (Some(response), Some(key)) = (due, self.caller_invite()) {
+            self.outputs.push_back(Output::Respond { key, response });
         }
     }
 
@@ -120,6 +117,15 @@ impl<L> Session<L> {
         })
     }
 
+    /// The server transaction of the caller's INVITE, answered or not.
+    fn caller_invite(&self) -> Option<TransactionKey> {
+        self.caller
+            .invite
+            .as_ref()
+            .map(|(key, _)| key.clone())
+            .or_else(|| self.caller_invite_key.clone())
+    }
+
     /// A PRACK of the caller for one of our reliable provisionals (RFC 3262 3).
     pub(crate) fn on_prack(&mut self, now: Instant, key: TransactionKey, request: &rsip::Request) {
         let acked = match (self.caller_rel.as_mut(), reliable::rack(request)) {
@@ -134,9 +140,9 @@ impl<L> Session<L> {
                 response: reply,
             });
         }
-        if let (Some(next), Some((invite_key, _))) = (acked.1, &self.caller.invite) {
+        if let (Some(next), Some(invite_key)) = (acked.1, self.caller_invite()) {
             self.outputs.push_back(Output::Respond {
-                key: invite_key.clone(),
+                key: invite_key,
                 response: next,
             });
         }

@@ -1,5 +1,5 @@
 //! Reliable provisional responses (RFC 3262) that this node sends as a UAS: one at a time,
-//! retransmitted until PRACKed.
+//! retransmitted until PRACKed, and a 2xx held back while one that carried SDP is unPRACKed.
 
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,8 @@ const T1: Duration = Duration::from_millis(500);
 pub(crate) struct Reliable {
     pub(crate) response: rsip::Response,
     pub(crate) rseq: u32,
+    /// It carried a session description: no 2xx may pass it (RFC 3262 3).
+    sdp: bool,
     next: Instant,
     interval: Duration,
     give_up: Instant,
@@ -24,6 +26,8 @@ pub(crate) struct ReliableProvisionals {
     pub(crate) pending: Option<Reliable>,
     /// A provisional that waits for the pending one's PRACK (only the newest is kept).
     pub(crate) queued: Option<rsip::Response>,
+    /// The 2xx that waits for the pending one's PRACK.
+    held_final: Option<rsip::Response>,
 }
 
 impl ReliableProvisionals {
@@ -33,6 +37,7 @@ impl ReliableProvisionals {
             next_rseq: first_rseq.clamp(1, 1 << 30),
             pending: None,
             queued: None,
+            held_final: None,
         }
     }
 
@@ -56,6 +61,7 @@ impl ReliableProvisionals {
             .headers
             .push(rsip::Header::Other("RSeq".into(), rseq.to_string()));
         self.pending = Some(Reliable {
+            sdp: !response.body.is_empty(),
             response: response.clone(),
             rseq,
             next: now + T1,
@@ -65,12 +71,27 @@ impl ReliableProvisionals {
         Some(response)
     }
 
-    /// A PRACK with `rack` (RSeq, CSeq number) arrived for the INVITE with CSeq `cseq`: true if
-    /// it acknowledges the pending one; then the queued one, if any, is sent (returned).
+    /// The final 2xx: sent now (returned), or held until the pending provisional that carried
+    /// SDP is PRACKed. Nothing provisional goes out after it.
+    pub(crate) fn send_final(&mut self, response: rsip::Response) -> Option<rsip::Response> {
+        self.queued = None;
+        if self.pending.as_ref().is_some_and(|p| p.sdp) {
+            self.held_final = Some(response);
+            return None;
+        }
+        self.pending = None;
+        Some(response)
+    }
+
+    /// A PRACK for RSeq `rseq` arrived: true if it acknowledges the pending one; then what goes
+    /// out next (the held 2xx, or the queued provisional).
     pub(crate) fn prack(&mut self, rseq: u32, now: Instant) -> (bool, Option<rsip::Response>) {
         match &self.pending {
             Some(pending) if pending.rseq == rseq => {
                 self.pending = None;
+                if let Some(ok) = self.held_final.take() {
+                    return (true, Some(ok));
+                }
                 let next = self.queued.take().and_then(|r| self.send(r, now));
                 (true, next)
             }
@@ -83,13 +104,14 @@ impl ReliableProvisionals {
         self.pending.as_ref().map(|p| p.next.min(p.give_up))
     }
 
-    /// A retransmission due at `now`, if any; past 64*T1 the response is given up.
+    /// What is due at `now`: a retransmission, or, past 64*T1 without a PRACK, the held 2xx
+    /// (the call was answered: it is connected rather than dropped).
     pub(crate) fn due(&mut self, now: Instant) -> Option<rsip::Response> {
         let pending = self.pending.as_mut()?;
         if now >= pending.give_up {
             self.pending = None;
             self.queued = None;
-            return None;
+            return self.held_final.take();
         }
         if now < pending.next {
             return None;

@@ -8,18 +8,18 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 use rsip::{Header, Method};
 use voxgate_core::NodeId;
-use voxgate_sip::dialog::{self, Dialog, uri_user};
-use voxgate_sip::message::{self, new_tag, response_for};
-use voxgate_sip::sdp::{AudioSdp, Codec};
-use voxgate_sip::{Event, TransactionKey, Transport};
+use voxgate_sip::dialog;
+use voxgate_sip::message::{self, response_for};
+use voxgate_sip::sdp::AudioSdp;
+use voxgate_sip::{Event, TransactionKey};
 
 use crate::attempt::{Attempt, WIND_DOWN};
 use crate::cause::{End, EndCause};
-use crate::io::{CallerSpec, Dialled, Inbound, Input, MediaCommand, Output};
+use crate::io::{CallerSpec, Input, MediaCommand, Output};
 use crate::leg::SipLeg;
-use crate::media::{PeerMedia, SdpWriter, Side, parse_sdp, peer_media};
+use crate::media::{PeerMedia, SdpWriter, Side};
 use crate::reliable::ReliableProvisionals;
-use crate::timer::{self, LegTimer, Refresher};
+use crate::timer::{LegTimer, Refresher};
 
 /// Methods a session answers in a dialog, for `Allow`.
 pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
@@ -114,6 +114,8 @@ pub(crate) struct Relayed {
     pub(crate) restore: Option<PeerMedia>,
     /// A re-INVITE's offer, whose every section the answer answers.
     pub(crate) offer: Option<AudioSdp>,
+    /// What we sent the other side (CANCELled if it is an INVITE we give up on).
+    pub(crate) out: rsip::Request,
 }
 
 /// A 2xx to an offerless INVITE, answered with an offer whose answer comes in the other side's
@@ -276,6 +278,17 @@ impl<L> Session<L> {
             .collect();
         for index in stale.into_iter().rev() {
             let relayed = self.relayed.remove(index);
+            if relayed.out.method == Method::Invite {
+                let to = relayed.from.other();
+                if let Some(leg) = self.leg(to) {
+                    let cancel = dialog::cancel(&relayed.out);
+                    let hop = leg.hop();
+                    self.outputs.push_back(Output::Request {
+                        to: hop,
+                        request: cancel,
+                    });
+                }
+            }
             self.relayed_failed(relayed, 408);
         }
         if let Some(dialling) = &self.caller.dialling {
@@ -291,7 +304,9 @@ impl<L> Session<L> {
         if let Some(attempt) = &self.attempt {
             if !attempt.provisional && attempt.sent + self.config.invite_timeout <= now {
                 // Not even a 100 Trying: this Backend is not there (or too slow to count on).
-                let mut attempt = self.attempt.take().expect("checked above");
+                let Some(mut attempt) = self.attempt.take() else {
+                    return;
+                };
                 if let Some(backend) = attempt.backend.clone() {
                     let until = now + self.config.silent_cooldown;
                     self.outputs.push_back(Output::CoolDown { backend, until });
@@ -357,149 +372,6 @@ impl<L> Session<L> {
     /// The session ended and has nothing left to follow: the driver may drop it.
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Ended && self.winding.is_empty() && self.relayed.is_empty()
-    }
-
-    // ---- starting ----
-
-    fn start_inbound(&mut self, now: Instant, inbound: Inbound) {
-        let Inbound {
-            key,
-            source,
-            transport,
-            invite,
-        } = inbound;
-        let tag = new_tag(&mut self.rng);
-        let mut dialog = Dialog::incoming(
-            &invite,
-            self.config.sip_addr,
-            tag,
-            "voxgate",
-            self.config.user_agent,
-        );
-        if dialog.next_hop().is_none() {
-            dialog.remote_target = format!("sip:{source}");
-        }
-        let mut leg = SipLeg::new(dialog, source);
-        if transport == Transport::Tcp {
-            // Requests go back on the caller's connection (RFC 5923 style reuse).
-            leg.dialog.transport = "TCP";
-            leg.sticky = true;
-        }
-        let from = dialog::header_value(&invite.headers, "From").unwrap_or_default();
-        let from_uri = dialog::name_addr_uri(&from);
-        let request_uri = invite.uri.to_string();
-        self.caller.from_user = uri_user(&from_uri).unwrap_or("anonymous").to_owned();
-        self.caller.to_user = uri_user(&request_uri).unwrap_or("voxgate").to_owned();
-        self.caller.request_host = dialog::uri_host(&request_uri)
-            .unwrap_or("invalid")
-            .to_owned();
-        self.caller.max_forwards = message::max_forwards(&invite);
-        self.updates[Side::Caller.index()] = timer::allows(&invite.headers, "UPDATE");
-        if timer::has_option(&invite.headers, "Require", "100rel") {
-            let first = rand::Rng::random_range(&mut self.rng, 1..1u32 << 30);
-            self.caller_rel = Some(ReliableProvisionals::new(first));
-        }
-        let late = invite.body.is_empty();
-        let offer = parse_sdp(&invite.body);
-        let timer = self.caller_session_timer(&invite.headers);
-        self.caller.leg = Some(leg);
-        self.caller.invite = Some((key, invite));
-        let timer = match timer {
-            Ok(timer) => timer,
-            Err(too_small) => {
-                // RFC 4028 6: the interval asked for is below ours.
-                let min_se = Header::Other("Min-SE".into(), too_small.to_string());
-                let refusal = (422, vec![min_se]);
-                self.end(now, EndCause::Rejected, Some(422), Some(refusal), None);
-                return;
-            }
-        };
-        self.caller_timer = timer;
-        if late {
-            // Late offer (RFC 3264): the far side is asked for the offer, passed through.
-            self.late = true;
-            self.pick(now);
-            return;
-        }
-        let Some(offer) = offer else {
-            let refusal = (
-                488,
-                vec![warning("no usable SDP offer (audio RTP/AVP expected)")],
-            );
-            self.end(now, EndCause::BadSdp, Some(488), Some(refusal), None);
-            return;
-        };
-        if offer.is_secure() {
-            // SRTP (SDES) is not carried yet: refuse rather than answer it in the clear.
-            let refusal = (488, vec![warning("SRTP (RTP/SAVP) is not supported")]);
-            self.end(now, EndCause::BadSdp, Some(488), Some(refusal), None);
-            return;
-        }
-        self.caller_mux = offer.rtcp_mux;
-        self.set_media(Side::Caller, peer_media(&offer));
-        self.offer = Some(offer.clone());
-        self.caller_offer = Some(offer);
-        self.pick(now);
-    }
-
-    /// The session timer an inbound caller gets (RFC 4028): `None` if it does not use them,
-    /// `Err(min_se)` if it asked for less than `min_se` seconds.
-    fn caller_session_timer(
-        &self,
-        headers: &rsip::Headers,
-    ) -> Result<Option<(Duration, Refresher, bool)>, u64> {
-        let supported = timer::has_option(headers, "Supported", "timer");
-        let asked = timer::session_expires(headers);
-        let min_se = self.config.min_se.as_secs().max(1);
-        if asked.is_none() && !supported {
-            return Ok(None);
-        }
-        let (secs, refresher) = match asked {
-            Some((secs, _)) if secs < min_se => return Err(min_se),
-            Some((secs, refresher)) => (secs, refresher),
-            None => (self.config.session_expires.as_secs().max(min_se), None),
-        };
-        // The caller refreshes only when it says so and can say so; else this node does.
-        let refresher = match refresher.as_deref() {
-            Some("uac") if supported => Refresher::Peer,
-            _ => Refresher::Us,
-        };
-        Ok(Some((Duration::from_secs(secs), refresher, supported)))
-    }
-
-    fn start_dialled(&mut self, now: Instant, dialled: Dialled) {
-        let Dialled {
-            address,
-            from,
-            to,
-            host,
-            ring_timeout,
-        } = dialled;
-        let public_ip = self.config.public_ip;
-        let mut dialog = Dialog::outgoing(
-            &mut self.rng,
-            self.config.sip_addr,
-            format!("sip:{from}@{public_ip}"),
-            format!("sip:{to}@{host}"),
-            self.config.user_agent,
-        );
-        dialog.local_contact = format!("sip:voxgate@{}", self.config.sip_addr);
-        let codecs = vec![Codec::pcmu(), Codec::pcma(), Codec::telephone_event(101)];
-        let offer = AudioSdp::offer(public_ip, self.config.ports[0], codecs, self.config.id);
-        let invite = dialog.invite(&mut self.rng, offer.to_string());
-        // The Backend sees the dialled party calling the caller id, as for an inbound call.
-        self.caller.from_user = to;
-        self.caller.to_user = from;
-        self.caller.request_host = host;
-        self.caller.dial_ring = ring_timeout;
-        self.outputs
-            .push_back(Output::Listen(dialog.call_id.clone()));
-        self.outputs.push_back(Output::Request {
-            to: address,
-            request: invite.clone(),
-        });
-        let leg = SipLeg::new(dialog, address);
-        self.caller.dialling = Some(Attempt::new(leg, invite, None, None, now));
     }
 
     // ---- SIP events ----
@@ -597,9 +469,14 @@ impl<L> Session<L> {
             }
             return;
         }
-        if side == Side::Caller && request.method == Method::Cancel {
-            // The INVITE was answered already: the CANCEL has no effect (RFC 3261 9.2).
+        if request.method == Method::Cancel {
+            // What it would cancel was answered already: no effect (RFC 3261 9.2).
             self.outputs.push_back(answered(200));
+            return;
+        }
+        if self.phase == Phase::Ended {
+            // The session is over: its dialogs are gone for new requests.
+            self.outputs.push_back(answered(481));
             return;
         }
         let Some(leg) = self.leg(side).filter(|l| l.owns(&request)) else {
@@ -628,6 +505,8 @@ impl<L> Session<L> {
             Method::Update if self.phase == Phase::Calling && self.caller.leg.is_some() => {
                 self.relay_request(now, side, key, request);
             }
+            // A PRACK crossing our 2xx (held for it, or sent after the give-up).
+            Method::PRack if side == Side::Caller => self.on_prack(now, key, &request),
             Method::Options => {
                 let reply = leg.dialog.response(&request, 200, None);
                 self.outputs.push_back(Output::Respond {
@@ -700,12 +579,31 @@ impl<L> Session<L> {
             {
                 let Some(ack) = &leg.ack else { continue };
                 let acked = message::cseq(ack).map(|(n, _)| n);
-                if leg.dialog.call_id == call_id && acked == cseq {
+                if leg.dialog.call_id != call_id || acked != cseq {
+                    continue;
+                }
+                if message::to_tag(&response) == leg.dialog.remote_tag {
                     self.outputs.push_back(Output::Stateless {
                         to: leg.hop(),
                         message: ack.clone(),
                     });
+                    continue;
                 }
+                // A 2xx from another fork of our INVITE: ACKed and hung up (RFC 3261 13.2.2.4).
+                let mut fork = leg.dialog.clone();
+                fork.confirm(&response);
+                let mut rng = SmallRng::from_rng(&mut self.rng);
+                let hop = fork.next_hop().unwrap_or(leg.address);
+                let ack = fork.ack(&mut rng, cseq.unwrap_or(1));
+                let bye = fork.bye(&mut rng);
+                self.outputs.push_back(Output::Stateless {
+                    to: hop,
+                    message: ack,
+                });
+                self.outputs.push_back(Output::Request {
+                    to: hop,
+                    request: bye,
+                });
             }
         }
     }
@@ -794,6 +692,7 @@ impl<L> Session<L> {
             code,
             caller_up,
             connected,
+            far_called: self.attempts > 0,
         };
         self.end = Some(end);
         self.outputs.push_back(Output::Ended(end));

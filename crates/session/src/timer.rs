@@ -67,6 +67,18 @@ impl LegTimer {
         self.retry_at = None;
     }
 
+    /// A refresh request from the peer said `Session-Expires: secs;refresher=...` (RFC 4028 9):
+    /// its interval and refresher are this leg's from now on. `refresher` is the request's view:
+    /// "uac" is the peer (who sent it), "uas" is this node.
+    pub(crate) fn adopt(&mut self, secs: u64, refresher: Option<&str>) {
+        self.interval = Duration::from_secs(secs.clamp(1, MAX_INTERVAL));
+        self.refresher = match refresher {
+            Some("uac") => Refresher::Peer,
+            Some("uas") => Refresher::Us,
+            _ => self.refresher,
+        };
+    }
+
     /// The value of `Session-Expires` for this leg, from the side of `we_are_uac`.
     pub(crate) fn header(&self, we_are_uac: bool) -> String {
         let uac_refreshes = (self.refresher == Refresher::Us) == we_are_uac;
@@ -75,11 +87,16 @@ impl LegTimer {
     }
 }
 
-/// `Session-Expires` (or its compact `x`) of a message: seconds and the refresher parameter.
+/// The longest session interval taken from a peer; longer ones are lowered to it (a UAS may
+/// lower the interval down to Min-SE, RFC 4028 9), so no deadline can overflow.
+pub(crate) const MAX_INTERVAL: u64 = 86_400;
+
+/// `Session-Expires` (or its compact `x`) of a message: seconds (at most [`MAX_INTERVAL`]) and
+/// the refresher parameter.
 pub(crate) fn session_expires(headers: &rsip::Headers) -> Option<(u64, Option<String>)> {
     let value = header_value(headers, "Session-Expires").or_else(|| header_value(headers, "x"))?;
     let mut parts = value.split(';');
-    let secs = parts.next()?.trim().parse().ok()?;
+    let secs = parts.next()?.trim().parse::<u64>().ok()?.min(MAX_INTERVAL);
     let refresher = parts.find_map(|p| {
         let (name, value) = p.split_once('=')?;
         name.trim()
@@ -148,6 +165,11 @@ mod tests {
         assert!(!has_option(&h, "Require", "timer"));
         assert!(allows(&h, "update"));
         assert_eq!(session_expires(&headers(&[("x", "90")])), Some((90, None)));
+        let huge = headers(&[("Session-Expires", "18446744073709551615;refresher=uac")]);
+        assert_eq!(
+            session_expires(&huge),
+            Some((MAX_INTERVAL, Some("uac".into())))
+        );
     }
 
     #[test]

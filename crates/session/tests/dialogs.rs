@@ -401,3 +401,140 @@ fn a_backend_without_update_is_refreshed_with_a_reinvite() {
     );
     assert!(h.ended.is_none());
 }
+
+#[test]
+fn a_huge_session_interval_is_lowered_not_a_panic() {
+    let (mut caller, mut invite) = Ua::caller(40_000);
+    invite.headers.push(Header::Supported("timer".into()));
+    invite.headers.push(Header::Other(
+        "Session-Expires".into(),
+        "18446744073709551615;refresher=uac".into(),
+    ));
+    caller.invite = Some(invite.clone());
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
+    let mut ok = b1.answer(200, Some(sdp("127.0.0.21", 50_000)));
+    ok.headers.push(Header::Other(
+        "Session-Expires".into(),
+        "99999999999999".into(),
+    ));
+    h.deliver(B1, ok);
+    let granted = final_response(&h.take(CALLER));
+    assert_eq!(
+        header_value(&granted.headers, "Session-Expires").as_deref(),
+        Some("86400;refresher=uac")
+    );
+    assert!(h.session.poll_timeout().is_some());
+    h.advance(Duration::from_secs(3600));
+}
+
+#[test]
+fn a_refresh_from_the_backend_is_answered_as_its_uas() {
+    let (mut caller, invite) = Ua::caller(40_000);
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let mut b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
+    let mut ok = b1.answer(200, Some(sdp("127.0.0.21", 50_000)));
+    // The Backend takes the refresher role.
+    ok.headers.push(Header::Other(
+        "Session-Expires".into(),
+        "120;refresher=uas".into(),
+    ));
+    h.deliver(B1, ok);
+    caller_acks(&mut h, &mut caller);
+    h.advance(Duration::from_secs(60));
+    assert!(
+        requests(&h.take(B1), Method::Update).is_empty(),
+        "not ours to refresh"
+    );
+    let mut refresh = b1.request(Method::Update, None);
+    refresh.headers.push(Header::Other(
+        "Session-Expires".into(),
+        "120;refresher=uac".into(),
+    ));
+    h.deliver(B1, refresh);
+    let answer = final_response(&h.take(B1));
+    assert_eq!(answer.status_code.code(), 200);
+    assert_eq!(
+        header_value(&answer.headers, "Session-Expires").as_deref(),
+        Some("120;refresher=uac"),
+        "the requester (the Backend) stays the refresher"
+    );
+    assert_eq!(
+        header_value(&answer.headers, "Require").as_deref(),
+        Some("timer")
+    );
+    // Refreshed at 60 s: nothing ends at the first interval's deadline (80 s).
+    h.advance(Duration::from_secs(30));
+    assert!(h.ended.is_none());
+    // No refresh after that: the call ends before 60 + 120 s.
+    h.advance(Duration::from_secs(60));
+    assert_eq!(h.ended.unwrap().cause, EndCause::SessionExpired);
+}
+
+#[test]
+fn an_offerless_far_invite_does_not_offer_100rel() {
+    let (mut caller, mut invite) = Ua::caller(40_000);
+    voxgate_sip::message::set_body(&mut invite, Vec::new(), None);
+    caller.invite = Some(invite.clone());
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let to_b1 = requests(&h.take(B1), Method::Invite)[0].clone();
+    assert_eq!(
+        header_value(&to_b1.headers, "Supported").as_deref(),
+        Some("timer")
+    );
+}
+
+#[test]
+fn the_2xx_waits_for_the_prack_of_a_reliable_provisional_with_sdp() {
+    let (mut caller, mut invite) = Ua::caller(40_000);
+    invite.headers.push(Header::Require("100rel".into()));
+    caller.invite = Some(invite.clone());
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
+    h.deliver(B1, b1.answer(183, Some(sdp("127.0.0.21", 50_000))));
+    let early = h
+        .take(CALLER)
+        .into_iter()
+        .filter_map(|s| s.response().cloned())
+        .find(|r| r.status_code.code() == 183)
+        .unwrap();
+    let rseq = header_value(&early.headers, "RSeq").unwrap();
+    h.deliver(B1, b1.answer(200, Some(sdp("127.0.0.21", 50_000))));
+    assert!(!codes(&h.take(CALLER)).contains(&200), "held for the PRACK");
+    caller.confirm(&early);
+    let mut prack = caller.request(Method::PRack, None);
+    prack
+        .headers
+        .push(Header::Other("RAck".into(), format!("{rseq} 1 INVITE")));
+    h.deliver(CALLER, prack);
+    let after = codes(&h.take(CALLER));
+    assert_eq!(
+        after.iter().filter(|c| **c == 200).count(),
+        2,
+        "PRACK's then INVITE's: {after:?}"
+    );
+}
+
+#[test]
+fn a_2xx_from_another_fork_is_acked_and_hung_up() {
+    let (mut h, _caller, backend) = connected_call();
+    let _ = h.take(B1);
+    let mut fork = backend.answer(200, Some(sdp("127.0.0.23", 50_000)));
+    for header in fork.headers.iter_mut() {
+        if let Header::To(to) = header {
+            let value = to
+                .to_string()
+                .replace(&backend.dialog.local_tag, "otherfork");
+            *header = Header::To(value.trim_start_matches("To: ").to_owned().into());
+        }
+    }
+    h.deliver(B1, fork);
+    let to_b1 = h.take(B1);
+    let bye = requests(&to_b1, Method::Bye);
+    assert_eq!(bye.len(), 1, "the fork is hung up");
+    assert_eq!(
+        voxgate_sip::message::to_tag(bye[0]).as_deref(),
+        Some("otherfork")
+    );
+    assert!(h.ended.is_none(), "the call with the first fork goes on");
+}

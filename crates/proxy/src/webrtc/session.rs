@@ -216,11 +216,8 @@ impl WebRtcSession {
             let deadline = self.driver.deadline();
             let silence = self.last_backend_rtp.filter(|_| live).map(|t| t + timeout);
             tokio::select! {
-                event = self.driver.next_event() => match event {
-                    Some(event) => self.driver.handle(Input::Sip(event)),
-                    None if live => self.driver.handle(Input::Shutdown),
-                    None => break,
-                },
+                // Never `None`: the driver holds a sender of its own queue.
+                Some(event) = self.driver.next_event() => self.driver.handle(Input::Sip(event)),
                 deleted = deleted(&mut self.delete), if live => {
                     if deleted {
                         self.driver.handle(Input::ClientGone(EndCause::WhipDelete));
