@@ -89,14 +89,17 @@ pub async fn run(
         },
     );
     let driver = SessionDriver::new(
-        gateway,
+        gateway.endpoint.clone(),
+        gateway.picker.clone(),
         id,
         session,
         destination,
         caller.events,
         vec![caller.route],
     );
-    SipSession::new(driver, relay, slot, None).run().await;
+    SipSession::new(gateway, driver, relay, slot, None)
+        .run()
+        .await;
 }
 
 /// Runs one originated call (`POST /v1/calls`): dials `request.to` through its trunk, and once
@@ -165,20 +168,22 @@ pub async fn originate(
         first: Some(lease),
     };
     let driver = SessionDriver::new(
-        gateway,
+        gateway.endpoint.clone(),
+        gateway.picker.clone(),
         id,
         session,
         destination,
         mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
-    SipSession::new(driver, relay, slot, Some(progress))
+    SipSession::new(gateway, driver, relay, slot, Some(progress))
         .run()
         .await;
 }
 
 /// A SIP session's task: the engine's driver and what the session holds until its end.
 struct SipSession {
+    gateway: Arc<Gateway>,
     driver: SessionDriver,
     relay: Option<Relay>,
     slot: Option<SessionSlot>,
@@ -189,6 +194,7 @@ struct SipSession {
 
 impl SipSession {
     fn new(
+        gateway: Arc<Gateway>,
         driver: SessionDriver,
         relay: Relay,
         slot: SessionSlot,
@@ -196,6 +202,7 @@ impl SipSession {
     ) -> Self {
         let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
         Self {
+            gateway,
             driver,
             relay: Some(relay),
             slot: Some(slot),
@@ -207,7 +214,7 @@ impl SipSession {
 
     /// Carries the session until it is finished (ended, and its wound-down INVITEs seen out).
     async fn run(mut self) {
-        let gateway = self.driver.gateway.clone();
+        let gateway = self.gateway.clone();
         loop {
             while let Some(output) = self.driver.poll() {
                 self.on_output(output);
@@ -262,7 +269,7 @@ impl SipSession {
                 let peer = backend
                     .as_ref()
                     .map_or_else(|| address.to_string(), ToString::to_string);
-                self.driver.gateway.set_session_peer(id, &call_id, peer);
+                self.gateway.set_session_peer(id, &call_id, peer);
                 if let (Some(progress), Some(backend)) = (&self.progress, &backend) {
                     progress.backend(backend);
                 }
@@ -305,7 +312,7 @@ impl SipSession {
                 cause => metrics::session_ended(cause.as_str()),
             },
         }
-        self.driver.gateway.remove_session(id);
+        self.gateway.remove_session(id);
         self.relay = None;
         self.slot = None;
         tracing::debug!(session = %id, cause = end.cause.as_str(), code = ?end.code, "call ended");

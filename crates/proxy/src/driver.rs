@@ -1,7 +1,8 @@
 //! Drives one [`Session`] of the engine on the SIP plane: its dialogs' events in, its SIP out
 //! through the endpoint, its Backend choices answered from the picker (or the trunk), its
-//! cooldowns applied. The media side (RTP relay or WebRTC bridge) is the caller's: the outputs
-//! it does not handle here are handed back.
+//! cooldowns applied. It is handed the endpoint and the picker, nothing else of the gateway.
+//! The media side (RTP relay or WebRTC bridge) is the caller's: the outputs it does not handle
+//! here are handed back.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,9 +11,9 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use voxgate_cluster::BackendLease;
+use voxgate_cluster::{BackendLease, BackendPicker};
 use voxgate_core::{RegionId, SessionId};
-use voxgate_endpoint::Route;
+use voxgate_endpoint::{Endpoint, Route};
 use voxgate_session::{Input, Output, Session, SessionConfig, Target};
 use voxgate_sip::Event;
 
@@ -42,7 +43,8 @@ pub enum Destination {
 /// The SIP side of a running session.
 #[derive(Debug)]
 pub struct SessionDriver {
-    pub(crate) gateway: Arc<Gateway>,
+    endpoint: Endpoint,
+    picker: Arc<BackendPicker>,
     pub(crate) id: SessionId,
     pub(crate) session: Session<BackendLease>,
     destination: Destination,
@@ -78,7 +80,8 @@ impl SessionDriver {
 
     /// Drives `session`, whose caller dialog (if any) already routes into `events`.
     pub fn new(
-        gateway: Arc<Gateway>,
+        endpoint: Endpoint,
+        picker: Arc<BackendPicker>,
         id: SessionId,
         session: Session<BackendLease>,
         destination: Destination,
@@ -87,7 +90,8 @@ impl SessionDriver {
     ) -> Self {
         let (events_tx, events) = channel;
         Self {
-            gateway,
+            endpoint,
+            picker,
             id,
             session,
             destination,
@@ -139,7 +143,7 @@ impl SessionDriver {
     }
 
     fn apply(&mut self, output: Output) -> Option<Output> {
-        let endpoint = &self.gateway.endpoint;
+        let endpoint = &self.endpoint;
         match output {
             Output::Listen(call_id) => {
                 let route = endpoint.route(&call_id, self.events_tx.clone());
@@ -153,7 +157,7 @@ impl SessionDriver {
                 self.session
                     .handle(Instant::now().into_std(), Input::Target(target));
             }
-            Output::CoolDown { backend, until } => self.gateway.picker.cool_down(&backend, until),
+            Output::CoolDown { backend, until } => self.picker.cool_down(&backend, until),
             other => return Some(other),
         }
         None
@@ -166,7 +170,7 @@ impl SessionDriver {
                     Some(lease) => lease,
                     None => {
                         let now = Instant::now().into_std();
-                        self.gateway.picker.pick(now, region, tried).ok()?
+                        self.picker.pick(now, region, tried).ok()?
                     }
                 };
                 Some(Target {

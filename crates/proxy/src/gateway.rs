@@ -61,7 +61,7 @@ pub struct Gateway {
     /// The node cap.
     pub slots: SessionSlots,
     /// Backend choice.
-    pub picker: BackendPicker,
+    pub picker: Arc<BackendPicker>,
     /// Trunks for inbound regions and outbound calls.
     pub trunks: TrunkTable,
     /// Media ports.
@@ -92,7 +92,11 @@ impl Gateway {
     /// Builds the state from `config` around a bound `endpoint`.
     pub fn new(config: Config, endpoint: Endpoint, ports: PortPool, cluster: ClusterLink) -> Self {
         let seed = config.routing.seed.unwrap_or_else(rand::random);
-        let picker = BackendPicker::new(config.backend_specs(), config.spillover(), seed);
+        let picker = Arc::new(BackendPicker::new(
+            config.backend_specs(),
+            config.spillover(),
+            seed,
+        ));
         let sip_addr = SocketAddr::new(config.media.public_ip, endpoint.local_addr().port());
         Self {
             slots: SessionSlots::new(config.limits.max_sessions),

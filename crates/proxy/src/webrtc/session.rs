@@ -123,7 +123,8 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
     });
     let session = Session::new(config, spec, started.into_std());
     let driver = SessionDriver::new(
-        gateway.clone(),
+        gateway.endpoint.clone(),
+        gateway.picker.clone(),
         id,
         session,
         Destination::Backend {
@@ -135,6 +136,7 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
     );
     let rng = gateway.call_rng();
     let mut session = WebRtcSession {
+        gateway: gateway.clone(),
         driver,
         hub,
         key,
@@ -172,6 +174,7 @@ fn offer(public_ip: std::net::IpAddr, port: u16, id: SessionId, events: bool) ->
 
 /// A WebRTC session's task: the engine's driver and the media between the client and Backend.
 struct WebRtcSession {
+    gateway: Arc<Gateway>,
     driver: SessionDriver,
     hub: PeerHub,
     key: u64,
@@ -197,7 +200,7 @@ struct WebRtcSession {
 
 impl WebRtcSession {
     async fn run(&mut self) {
-        let gateway = self.driver.gateway.clone();
+        let gateway = self.gateway.clone();
         let timeout = gateway.config.media.timeout;
         let mut buf = vec![0u8; MAX_RTP];
         let mut rtcp_buf = vec![0u8; MAX_RTP];
@@ -277,8 +280,7 @@ impl WebRtcSession {
             }) => {
                 self.backend_sip = Some(address);
                 let peer = backend.map_or_else(|| address.to_string(), |b| b.to_string());
-                self.driver
-                    .gateway
+                self.gateway
                     .set_session_peer(self.driver.id, &call_id, peer);
             }
             Output::Progress(Progress::Connected) if self.bridge.is_some() => {
@@ -298,7 +300,7 @@ impl WebRtcSession {
                 }
                 metrics::session_ended(cause.as_str());
                 self.hub.close(self.key);
-                self.driver.gateway.remove_session(self.driver.id);
+                self.gateway.remove_session(self.driver.id);
                 self.port_lease = None;
                 self.slot = None;
                 tracing::debug!(session = %self.driver.id, cause = cause.as_str(), "webrtc session ended");
