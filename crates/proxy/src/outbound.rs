@@ -450,7 +450,7 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// The link of request `id`, just started (see [`OutboundQueue::start`]) with `hang_up`.
+    /// The link of request `id`, just started by the dialer, with its `hang_up` signal.
     pub fn new(queue: Arc<OutboundQueue>, id: String, hang_up: Arc<Notify>, pinned: bool) -> Self {
         Self {
             queue,
