@@ -43,6 +43,15 @@ impl<L> Session<L> {
             self.end(now, EndCause::SessionExpired, None, None, None);
             return;
         }
+        let busy = self.held_ack.is_some() || self.relayed.iter().any(|r| r.from != side);
+        if busy {
+            // An exchange toward this leg is in flight, which refreshes it when it succeeds; a
+            // refresh of ours now would only cross it (491). Look again in a second.
+            if let Some(timer) = self.timers[side.index()].as_mut() {
+                timer.retry_at = Some(now + Duration::from_secs(1));
+            }
+            return;
+        }
         let header = timer.header(true);
         let use_update = self.updates[side.index()];
         let body = self.sdp.last[side.index()].clone();

@@ -538,3 +538,36 @@ fn a_2xx_from_another_fork_is_acked_and_hung_up() {
     );
     assert!(h.ended.is_none(), "the call with the first fork goes on");
 }
+
+#[test]
+fn our_refresh_waits_for_an_exchange_in_flight_on_that_leg() {
+    let (mut caller, invite) = Ua::caller(40_000);
+    let mut h = Harness::new(config(), Harness::inbound(&invite));
+    let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
+    let mut ok = b1.answer(200, Some(sdp("127.0.0.21", 50_000)));
+    ok.headers.push(Header::Other(
+        "Session-Expires".into(),
+        "120;refresher=uac".into(),
+    ));
+    ok.headers
+        .push(Header::Allow("INVITE, ACK, BYE, UPDATE".into()));
+    h.deliver(B1, ok);
+    caller_acks(&mut h, &mut caller);
+    h.advance(Duration::from_secs(59));
+    // The caller re-INVITEs just before our refresh of the Backend leg is due.
+    let reinvite = caller.request(Method::Invite, Some(sdp("127.0.0.10", 41_000)));
+    h.deliver(CALLER, reinvite);
+    let relayed = requests(&h.take(B1), Method::Invite)[0].clone();
+    h.advance(Duration::from_secs(2));
+    assert!(
+        requests(&h.take(B1), Method::Update).is_empty(),
+        "no refresh across the re-INVITE"
+    );
+    // Its 2xx refreshes the leg: the next refresh is half an interval later.
+    h.deliver(B1, b1.reply(&relayed, 200, Some(sdp("127.0.0.21", 50_000))));
+    h.advance(Duration::from_secs(58));
+    assert!(requests(&h.take(B1), Method::Update).is_empty());
+    h.advance(Duration::from_secs(2));
+    assert_eq!(requests(&h.take(B1), Method::Update).len(), 1);
+    assert!(h.ended.is_none());
+}
