@@ -285,7 +285,7 @@ fn assert_tone(result: &Value, what: &str) {
 }
 
 /// `tests/interop/whip_aiortc.py` run by Debian's python with python3-aiortc; `None` (after
-/// saying why) when that is not installed. `scripts/test.sh` installs it.
+/// saying why) when that is not installed, a failure under CI. `scripts/test.sh` installs it.
 fn aiortc_client() -> Option<Command> {
     let python = PathBuf::from("/usr/bin/python3");
     let ready = Command::new(&python)
@@ -294,8 +294,10 @@ fn aiortc_client() -> Option<Command> {
         .status()
         .is_ok_and(|s| s.success());
     if !ready {
-        eprintln!(
-            "SKIPPED: python3-aiortc not installed (apt-get install python3-aiortc python3-numpy)"
+        common::peer_missing(
+            "aiortc interop",
+            "python3-aiortc",
+            "apt-get install python3-aiortc python3-numpy",
         );
         return None;
     }
@@ -449,9 +451,10 @@ fn headless_chromium_completes_a_whip_session_with_audio_both_ways() {
         .status()
         .is_ok_and(|s| s.success());
     if !chromium.exists() || !unshare {
-        eprintln!(
-            "SKIPPED: needs Debian's chromium (apt-get install chromium) and unshare -rn for a \
-             loopback-only network namespace"
+        common::peer_missing(
+            "headless_chromium_completes_a_whip_session_with_audio_both_ways",
+            "Debian's chromium, or unshare -rn for a loopback-only network namespace",
+            "apt-get install chromium",
         );
         return;
     }

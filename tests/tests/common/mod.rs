@@ -605,6 +605,17 @@ pub fn sipp() -> Option<PathBuf> {
     (!path.is_empty()).then(|| path.into())
 }
 
+/// An interop peer `what` is missing for `test`: under CI (the variable `CI` set, to any value)
+/// the test fails with the reason, since CI must run every interop test; elsewhere it prints a
+/// SKIPPED line (with the install command) and the test returns.
+pub fn peer_missing(test: &str, what: &str, install: &str) {
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "{test}: {what} is missing and CI is set ({install}; scripts/test.sh installs it)"
+    );
+    eprintln!("SKIPPED {test}: {what} is missing ({install})");
+}
+
 /// Sends `message` from a fresh socket on `from_ip` and returns the first final response as text
 /// ("" after `wait` of silence).
 pub fn sip_exchange(from_ip: &str, addr: SocketAddr, message: &[u8], wait: Duration) -> String {
