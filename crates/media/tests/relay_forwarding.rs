@@ -1,4 +1,6 @@
-//! Two relay legs forwarding one call both ways: NAT latching, injection, re-INVITE, timeout.
+//! Two relay legs forwarding one call both ways: NAT latching, injection, re-INVITE, timeout. This
+//! exercises `RelayLeg` itself; the proxy's real forwarding decision (RTP and RTCP, rtcp-mux or
+//! not, strict source) is unit-tested beside it, in `crates/proxy/src/relay.rs`.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};

@@ -363,11 +363,7 @@ impl WorkerLoop {
             self.free.push(slot);
             return;
         }
-        let side_state = || SideState {
-            rtp_leg: RelayLeg::new(None, now),
-            rtcp_leg: RelayLeg::new(None, now),
-            peer: None,
-        };
+        let side_state = || SideState::new(now);
         self.relays[slot] = Some(RelayState {
             sockets: sockets.sides,
             state: [side_state(), side_state()],
@@ -610,13 +606,7 @@ impl RelayState {
     }
 
     fn set_peer(&mut self, side: Side, media: PeerMedia, now: std::time::Instant) {
-        let s = &mut self.state[side.index()];
-        let moved = s.peer.is_none_or(|p| p.rtp != media.rtp);
-        if moved {
-            s.rtp_leg.renegotiate(Some(media.rtp), now);
-            s.rtcp_leg.renegotiate(Some(media.rtcp), now);
-        }
-        s.peer = Some(media);
+        self.state[side.index()].set_peer(media, now);
     }
 
     fn check_silence(&mut self, now: std::time::Instant) {
@@ -643,6 +633,24 @@ struct SideState {
 }
 
 impl SideState {
+    fn new(now: std::time::Instant) -> Self {
+        Self {
+            rtp_leg: RelayLeg::new(None, now),
+            rtcp_leg: RelayLeg::new(None, now),
+            peer: None,
+        }
+    }
+
+    /// The peer announced `media`; a moved address is learnt again (latching restarts).
+    fn set_peer(&mut self, media: PeerMedia, now: std::time::Instant) {
+        let moved = self.peer.is_none_or(|p| p.rtp != media.rtp);
+        if moved {
+            self.rtp_leg.renegotiate(Some(media.rtp), now);
+            self.rtcp_leg.renegotiate(Some(media.rtcp), now);
+        }
+        self.peer = Some(media);
+    }
+
     fn rtcp_destination(&self) -> Option<(bool, SocketAddr)> {
         let peer = self.peer?;
         if peer.mux {
@@ -691,6 +699,60 @@ impl Tally {
 }
 
 /// Accepts a packet that arrived on `from_side` and sends it out of the other side.
+/// Where one received packet goes: out of side `to`, on its RTCP socket or not, to `dest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Hop {
+    to: Side,
+    rtcp_socket: bool,
+    dest: SocketAddr,
+}
+
+/// Why a received packet goes nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unsent {
+    /// Its leg refused it (strict source, malformed).
+    Refused(voxgate_media::relay::DropReason),
+    /// The other side has no known peer yet.
+    NoDestination,
+}
+
+/// The forwarding decision for `packet` from `source`, received on `from_side`'s RTP socket or
+/// (`on_rtcp_socket`) its RTCP socket: the receiving leg latches and checks it; RTCP (on either
+/// socket: rtcp-mux) goes to the other side's RTCP destination, over its RTP socket when that
+/// side multiplexes; RTP goes to the other side's RTP destination. No I/O.
+fn route(
+    state: &mut [SideState; 2],
+    from_side: Side,
+    on_rtcp_socket: bool,
+    source: SocketAddr,
+    packet: &[u8],
+    now: std::time::Instant,
+) -> Result<Hop, Unsent> {
+    let inbound = &mut state[from_side.index()];
+    let leg = if on_rtcp_socket {
+        &mut inbound.rtcp_leg
+    } else {
+        &mut inbound.rtp_leg
+    };
+    let kind = leg.receive(now, source, packet).map_err(Unsent::Refused)?;
+    let to = from_side.other();
+    let outbound = &state[to.index()];
+    let hop = if kind == PacketKind::Rtcp || on_rtcp_socket {
+        outbound.rtcp_destination().map(|(mux, dest)| Hop {
+            to,
+            rtcp_socket: !mux,
+            dest,
+        })
+    } else {
+        outbound.rtp_leg.destination().map(|dest| Hop {
+            to,
+            rtcp_socket: false,
+            dest,
+        })
+    };
+    hop.ok_or(Unsent::NoDestination)
+}
+
 #[allow(clippy::too_many_arguments)] // one call site; a struct would only rename the arguments
 fn forward(
     sockets: &[SideSockets; 2],
@@ -702,52 +764,231 @@ fn forward(
     packet: &[u8],
     now: std::time::Instant,
 ) {
-    let inbound = &mut state[from_side.index()];
-    let leg = if on_rtcp_socket {
-        &mut inbound.rtcp_leg
-    } else {
-        &mut inbound.rtp_leg
-    };
-    let kind = match leg.receive(now, source, packet) {
-        Ok(kind) => kind,
-        Err(reason) => {
-            match reason {
-                voxgate_media::relay::DropReason::StrictSource => tally.strict_source += 1,
-                _ => tally.malformed += 1,
-            }
+    let hop = match route(state, from_side, on_rtcp_socket, source, packet, now) {
+        Ok(hop) => hop,
+        Err(Unsent::Refused(voxgate_media::relay::DropReason::StrictSource)) => {
+            tally.strict_source += 1;
+            return;
+        }
+        Err(Unsent::Refused(_)) => {
+            tally.malformed += 1;
+            return;
+        }
+        Err(Unsent::NoDestination) => {
+            tally.no_destination += 1;
             return;
         }
     };
-    let to_side = from_side.other();
-    let outbound = &state[to_side.index()];
-    let out_sockets = &sockets[to_side.index()];
-    let target = if kind == PacketKind::Rtcp || on_rtcp_socket {
-        outbound.rtcp_destination().map(|(mux, dest)| {
-            let socket = if mux {
-                &out_sockets.rtp
-            } else {
-                &out_sockets.rtcp
-            };
-            (socket, dest)
-        })
-    } else {
-        outbound
-            .rtp_leg
-            .destination()
-            .map(|dest| (&out_sockets.rtp, dest))
-    };
-    let Some((socket, dest)) = target else {
-        tally.no_destination += 1;
-        return;
-    };
+    let out = &sockets[hop.to.index()];
+    let socket = if hop.rtcp_socket { &out.rtcp } else { &out.rtp };
     // A relay never waits on a full send buffer (the sockets are non-blocking): the packet is
     // late by then anyway.
-    match socket.send_to(packet, dest) {
+    match socket.send_to(packet, hop.dest) {
         Ok(_) => {
             let i = from_side.index();
             tally.packets[i] += 1;
             tally.bytes[i] += packet.len() as u64;
         }
         Err(_) => tally.send_failed += 1,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The real forwarding decision ([`route`]) of one relay, without sockets.
+
+    use super::*;
+
+    fn addr(text: &str) -> SocketAddr {
+        text.parse().unwrap()
+    }
+
+    fn rtp(seq: u16) -> Vec<u8> {
+        let mut packet = vec![0x80, 0x00];
+        packet.extend_from_slice(&seq.to_be_bytes());
+        packet.extend_from_slice(&(u32::from(seq) * 160).to_be_bytes());
+        packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        packet.extend_from_slice(&[0xff; 160]);
+        packet
+    }
+
+    /// An RTCP receiver report with no report blocks.
+    fn rtcp() -> Vec<u8> {
+        let mut packet = vec![0x80, 201, 0x00, 0x01];
+        packet.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+        packet
+    }
+
+    fn peer(rtp: &str, rtcp: &str, mux: bool) -> PeerMedia {
+        PeerMedia {
+            rtp: addr(rtp),
+            rtcp: addr(rtcp),
+            mux,
+            sends: true,
+        }
+    }
+
+    const CALLER: &str = "127.0.0.10:4000";
+    const CALLER_RTCP: &str = "127.0.0.10:4001";
+    const BACKEND: &str = "127.0.0.21:5000";
+    const BACKEND_RTCP: &str = "127.0.0.21:5001";
+
+    #[allow(clippy::disallowed_methods)]
+    fn relay(caller_mux: bool, backend_mux: bool) -> ([SideState; 2], std::time::Instant) {
+        let now = std::time::Instant::now();
+        let mut state = [SideState::new(now), SideState::new(now)];
+        state[0].set_peer(peer(CALLER, CALLER_RTCP, caller_mux), now);
+        state[1].set_peer(peer(BACKEND, BACKEND_RTCP, backend_mux), now);
+        (state, now)
+    }
+
+    #[test]
+    fn rtp_goes_to_the_other_side_and_nowhere_before_it_is_known() {
+        #[allow(clippy::disallowed_methods)]
+        let now = std::time::Instant::now();
+        let mut state = [SideState::new(now), SideState::new(now)];
+        let early = route(&mut state, Side::Caller, false, addr(CALLER), &rtp(1), now);
+        assert_eq!(early, Err(Unsent::NoDestination));
+        state[1].set_peer(peer(BACKEND, BACKEND_RTCP, false), now);
+        let hop = route(&mut state, Side::Caller, false, addr(CALLER), &rtp(2), now);
+        let expected = Hop {
+            to: Side::Backend,
+            rtcp_socket: false,
+            dest: addr(BACKEND),
+        };
+        assert_eq!(hop, Ok(expected));
+    }
+
+    #[test]
+    fn a_latched_leg_refuses_other_sources() {
+        let (mut state, now) = relay(false, false);
+        let first = route(
+            &mut state,
+            Side::Backend,
+            false,
+            addr(BACKEND),
+            &rtp(1),
+            now,
+        );
+        assert!(first.is_ok());
+        let spoofed = route(
+            &mut state,
+            Side::Backend,
+            false,
+            addr("127.0.0.99:5000"),
+            &rtp(2),
+            now,
+        );
+        assert_eq!(
+            spoofed,
+            Err(Unsent::Refused(
+                voxgate_media::relay::DropReason::StrictSource
+            ))
+        );
+        let garbage = route(
+            &mut state,
+            Side::Backend,
+            false,
+            addr(BACKEND),
+            &[0u8; 3],
+            now,
+        );
+        assert_eq!(
+            garbage,
+            Err(Unsent::Refused(voxgate_media::relay::DropReason::Malformed))
+        );
+    }
+
+    #[test]
+    fn rtcp_without_mux_goes_socket_to_socket() {
+        let (mut state, now) = relay(false, false);
+        let hop = route(
+            &mut state,
+            Side::Caller,
+            true,
+            addr(CALLER_RTCP),
+            &rtcp(),
+            now,
+        );
+        let expected = Hop {
+            to: Side::Backend,
+            rtcp_socket: true,
+            dest: addr(BACKEND_RTCP),
+        };
+        assert_eq!(hop, Ok(expected));
+    }
+
+    #[test]
+    fn rtcp_mux_on_one_side_is_split_or_joined_for_the_other() {
+        // The caller multiplexes (RTCP on its RTP port), the Backend does not.
+        let (mut state, now) = relay(true, false);
+        let up = route(&mut state, Side::Caller, false, addr(CALLER), &rtcp(), now);
+        let split = Hop {
+            to: Side::Backend,
+            rtcp_socket: true,
+            dest: addr(BACKEND_RTCP),
+        };
+        assert_eq!(up, Ok(split));
+        // The Backend's RTCP reaches the caller on the caller's RTP port, from our RTP socket.
+        let down = route(
+            &mut state,
+            Side::Backend,
+            true,
+            addr(BACKEND_RTCP),
+            &rtcp(),
+            now,
+        );
+        let joined = Hop {
+            to: Side::Caller,
+            rtcp_socket: false,
+            dest: addr(CALLER),
+        };
+        assert_eq!(down, Ok(joined));
+        // RTP from the Backend on its RTP socket still goes to the caller's RTP.
+        let media = route(
+            &mut state,
+            Side::Backend,
+            false,
+            addr(BACKEND),
+            &rtp(1),
+            now,
+        );
+        assert_eq!(
+            media.map(|h| (h.rtcp_socket, h.dest)),
+            Ok((false, addr(CALLER)))
+        );
+    }
+
+    #[test]
+    fn a_moved_peer_is_learnt_again() {
+        let (mut state, now) = relay(false, false);
+        assert!(
+            route(
+                &mut state,
+                Side::Backend,
+                false,
+                addr(BACKEND),
+                &rtp(1),
+                now
+            )
+            .is_ok()
+        );
+        let moved = peer("127.0.0.22:6000", "127.0.0.22:6001", false);
+        state[1].set_peer(moved, now);
+        let old = route(&mut state, Side::Caller, false, addr(CALLER), &rtp(2), now);
+        assert_eq!(
+            old.map(|h| h.dest),
+            Ok(addr("127.0.0.22:6000")),
+            "sent to the new address"
+        );
+        let from_new = route(
+            &mut state,
+            Side::Backend,
+            false,
+            addr("127.0.0.22:6000"),
+            &rtp(3),
+            now,
+        );
+        assert!(from_new.is_ok(), "the new address latches");
     }
 }
