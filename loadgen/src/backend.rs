@@ -1,7 +1,6 @@
 //! `voxgate-loadgen backend`: an echo Backend. Answers INVITEs (503 above its cap), echoes every
 //! RTP packet to its sender, answers OPTIONS, and ends calls on BYE, CANCEL or media silence.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +14,7 @@ use tokio::time::Instant;
 use voxgate_sip::sdp::{AudioSdp, CodecKind};
 use voxgate_sip::{Event, TransactionKey};
 
-use voxgate_endpoint::{Endpoint, Route};
+use voxgate_endpoint::{Endpoint, NewDialogs, Route};
 use voxgate_sip::dialog::Dialog;
 use voxgate_sip::message::{new_tag, response_for, to_tag};
 
@@ -92,20 +91,15 @@ pub async fn run(plan: BackendPlan) -> anyhow::Result<()> {
     let mut rng = SmallRng::from_os_rng();
     let terminate = terminate_signal();
     tokio::pin!(terminate);
-    // Calls started here whose events may still be queued behind their INVITE (a CANCEL right
-    // after it): forwarded to the call, as the proxy's dispatcher does.
-    let mut claimed: HashMap<String, mpsc::Sender<Event>> = HashMap::new();
+    // Calls are routed before their task runs, and what is queued behind their INVITE is
+    // forwarded to them, as the proxy's dispatcher does.
+    let mut claimed = NewDialogs::new();
     loop {
         tokio::select! {
             event = incoming.recv() => match event {
                 Some(event) => {
-                    let call = event_call_id(&event).and_then(|id| claimed.get(id)).cloned();
-                    let event = match call {
-                        Some(call) => match call.try_send(event) {
-                            Ok(()) | Err(mpsc::error::TrySendError::Full(_)) => continue,
-                            Err(mpsc::error::TrySendError::Closed(event)) => event,
-                        },
-                        None => event,
+                    let Some(event) = claimed.forward(&shared.endpoint, event) else {
+                        continue;
                     };
                     on_incoming(&shared, &mut rng, &mut claimed, event);
                 }
@@ -139,22 +133,7 @@ fn log_status(shared: &Shared) {
     );
 }
 
-/// The Call-ID of an event's message, if it has one.
-fn event_call_id(event: &Event) -> Option<&str> {
-    match event {
-        Event::Request { request, .. } | Event::Ack { request, .. } => {
-            voxgate_sip::message::call_id(request)
-        }
-        _ => None,
-    }
-}
-
-fn on_incoming(
-    shared: &Arc<Shared>,
-    rng: &mut SmallRng,
-    claimed: &mut HashMap<String, mpsc::Sender<Event>>,
-    event: Event,
-) {
+fn on_incoming(shared: &Arc<Shared>, rng: &mut SmallRng, claimed: &mut NewDialogs, event: Event) {
     let Event::Request {
         key,
         request,
@@ -199,15 +178,10 @@ fn on_incoming(
             let call_id = voxgate_sip::message::call_id(&request)
                 .unwrap_or_default()
                 .to_owned();
-            let (events_tx, events) = mpsc::channel(voxgate_endpoint::DIALOG_QUEUE);
-            let route = endpoint.route(&call_id, events_tx.clone());
-            if claimed.len() >= 1024 {
-                claimed.retain(|_, call| !call.is_closed());
-            }
-            claimed.insert(call_id, events_tx);
+            let claim = claimed.claim(endpoint, &call_id);
             let events = CallEvents {
-                events,
-                _route: route,
+                events: claim.events,
+                _route: claim.route,
             };
             let shared = shared.clone();
             tokio::spawn(async move {

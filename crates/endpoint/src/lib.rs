@@ -18,6 +18,7 @@
 //! reused like an accepted one. The endpoint does not rewrite Via headers: the caller writes the
 //! transport it meant. TLS, SCTP and WebSocket are not supported.
 
+mod claims;
 mod driver;
 pub mod framer;
 mod tcp;
@@ -33,6 +34,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 use voxgate_sip::{Event, TimerConfig, TransactionKey, Transactions, Transport};
 
+pub use crate::claims::{Claim, NewDialogs};
 use crate::driver::Driver;
 pub use crate::tcp::TcpLimits;
 

@@ -6,12 +6,12 @@
 //! that Call-ID already queued here behind the INVITE (a CANCEL sent right after it) are
 //! forwarded to the session too: a CANCEL at any moment finds its call.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use rsip::Header;
 use tokio::sync::mpsc;
+use voxgate_endpoint::NewDialogs;
 use voxgate_sip::message::{response_for, to_tag};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
@@ -33,53 +33,12 @@ const KNOWN_NOT_ALLOWED: &[rsip::Method] = &[
     rsip::Method::Refer,
 ];
 
-/// Sessions started here whose events may still be queued behind their INVITE are pruned of
-/// ended ones once the table grows past this, then past twice what survived.
-const CLAIMED_PRUNE: usize = 1024;
-
-/// New sessions' queues by Call-ID, for the events already queued behind their INVITE.
-#[derive(Debug, Default)]
-struct Claimed {
-    sessions: HashMap<String, mpsc::Sender<Event>>,
-    prune_at: usize,
-}
-
-impl Claimed {
-    fn insert(&mut self, call_id: String, events: mpsc::Sender<Event>) {
-        if self.sessions.len() >= self.prune_at.max(CLAIMED_PRUNE) {
-            self.sessions.retain(|_, session| !session.is_closed());
-            // Amortised: the next scan waits until as many again were added.
-            self.prune_at = self.sessions.len() * 2;
-        }
-        self.sessions.insert(call_id, events);
-    }
-}
-
 /// Handles events the endpoint could not route to a call, until the endpoint stops.
 pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
-    let mut claimed = Claimed::default();
+    let mut claimed = NewDialogs::new();
     while let Some(event) = incoming.recv().await {
-        let call_id = match &event {
-            Event::Request { request, .. } | Event::Ack { request, .. } => {
-                voxgate_sip::message::call_id(request)
-            }
-            Event::Response { response, .. } | Event::StrayResponse { response, .. } => {
-                voxgate_sip::message::call_id(response)
-            }
-            _ => None,
-        };
-        let session = call_id.and_then(|id| claimed.sessions.get(id));
-        let event = match session {
-            Some(session) => match session.try_send(event) {
-                Ok(()) => continue,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    let shed = &gateway.endpoint.counters().shed;
-                    shed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    continue;
-                }
-                Err(mpsc::error::TrySendError::Closed(event)) => event,
-            },
-            None => event,
+        let Some(event) = claimed.forward(&gateway.endpoint, event) else {
+            continue;
         };
         if let Event::Request {
             key,
@@ -96,7 +55,7 @@ pub async fn run(gateway: Arc<Gateway>, mut incoming: mpsc::Receiver<Event>) {
 
 fn on_request(
     gateway: &Arc<Gateway>,
-    claimed: &mut Claimed,
+    claimed: &mut NewDialogs,
     key: TransactionKey,
     source: SocketAddr,
     transport: Transport,
@@ -162,12 +121,8 @@ fn on_request(
                 };
                 (region, destination)
             };
-            let call_id = voxgate_sip::message::call_id(&request)
-                .unwrap_or_default()
-                .to_owned();
-            let (events, events_rx) = mpsc::channel(voxgate_endpoint::DIALOG_QUEUE);
-            let route = gateway.endpoint.route(&call_id, events.clone());
-            claimed.insert(call_id, events.clone());
+            let call_id = voxgate_sip::message::call_id(&request).unwrap_or_default();
+            let claim = claimed.claim(&gateway.endpoint, call_id);
             let gateway = gateway.clone();
             tokio::spawn(async move {
                 let caller = call::Caller {
@@ -175,8 +130,8 @@ fn on_request(
                     source,
                     transport,
                     invite: request,
-                    events: (events, events_rx),
-                    route,
+                    events: (claim.sender, claim.events),
+                    route: claim.route,
                 };
                 call::run(gateway, slot, caller, region, destination).await;
             });
