@@ -245,12 +245,7 @@ fn every_offered_stream_is_answered_and_only_audio_crosses() {
     );
     let b1 = Ua::callee(B1, &to_b1);
     h.deliver(B1, b1.answer(200, Some(sdp("127.0.0.21", 50_000))));
-    let ok = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() == 200)
-        .unwrap();
+    let ok = response(&h.take(CALLER), 200);
     let answer = String::from_utf8_lossy(&ok.body).into_owned();
     let m_lines: Vec<&str> = answer.lines().filter(|l| l.starts_with("m=")).collect();
     assert_eq!(m_lines.len(), 2, "{answer}");

@@ -75,12 +75,7 @@ fn a_bye_on_the_early_dialog_cancels_the_call() {
     let mut h = Harness::new(config(), Harness::inbound(&invite));
     let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
     h.deliver(B1, b1.answer(180, None));
-    let ringing = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() == 180)
-        .unwrap();
+    let ringing = response(&h.take(CALLER), 180);
     caller.confirm(&ringing);
     let bye = caller.request(Method::Bye, None);
     h.deliver(CALLER, bye);

@@ -10,14 +10,6 @@ use rsip::{Header, Method};
 use voxgate_session::{EndCause, MediaCommand, Side};
 use voxgate_sip::dialog::header_value;
 
-fn final_response(sent: &[Sent]) -> rsip::Response {
-    sent.iter()
-        .filter_map(Sent::response)
-        .find(|r| r.status_code.code() >= 200)
-        .expect("a final response")
-        .clone()
-}
-
 /// The caller ACKs our 200.
 fn caller_acks(h: &mut Harness, caller: &mut Ua) {
     let ok = final_response(&h.take(CALLER));
@@ -141,12 +133,7 @@ fn a_caller_requiring_100rel_gets_reliable_provisionals_and_its_prack_answered()
     let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
     // The Backend does not do 100rel: a plain 180.
     h.deliver(B1, b1.answer(180, None));
-    let ringing = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() == 180)
-        .unwrap();
+    let ringing = response(&h.take(CALLER), 180);
     assert_eq!(
         header_value(&ringing.headers, "Require").as_deref(),
         Some("100rel")
@@ -251,12 +238,7 @@ fn update_in_the_early_dialogs_is_relayed() {
     let mut h = Harness::new(config(), Harness::inbound(&invite));
     let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
     h.deliver(B1, b1.answer(183, Some(sdp("127.0.0.21", 50_000))));
-    let early = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() == 183)
-        .unwrap();
+    let early = response(&h.take(CALLER), 183);
     caller.confirm(&early);
     let update = caller.request(Method::Update, Some(sdp("127.0.0.10", 43_000)));
     h.deliver(CALLER, update);
@@ -492,12 +474,7 @@ fn the_2xx_waits_for_the_prack_of_a_reliable_provisional_with_sdp() {
     let mut h = Harness::new(config(), Harness::inbound(&invite));
     let b1 = Ua::callee(B1, requests(&h.take(B1), Method::Invite)[0]);
     h.deliver(B1, b1.answer(183, Some(sdp("127.0.0.21", 50_000))));
-    let early = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() == 183)
-        .unwrap();
+    let early = response(&h.take(CALLER), 183);
     let rseq = header_value(&early.headers, "RSeq").unwrap();
     h.deliver(B1, b1.answer(200, Some(sdp("127.0.0.21", 50_000))));
     assert!(!codes(&h.take(CALLER)).contains(&200), "held for the PRACK");

@@ -36,12 +36,7 @@ fn a_reinvite_is_relayed_and_the_media_re_pointed() {
         h.peer_of(Side::Backend).unwrap().rtp,
         addr("127.0.0.21:51000")
     );
-    let ok = h
-        .take(CALLER)
-        .into_iter()
-        .filter_map(|s| s.response().cloned())
-        .find(|r| r.status_code.code() >= 200)
-        .unwrap();
+    let ok = final_response(&h.take(CALLER));
     assert_eq!(ok.status_code.code(), 200);
     assert!(String::from_utf8_lossy(&ok.body).contains("m=audio 30000 "));
     assert!(h.ended.is_none());

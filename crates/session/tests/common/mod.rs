@@ -392,6 +392,24 @@ pub fn requests(sent: &[Sent], method: rsip::Method) -> Vec<&rsip::Request> {
         .collect()
 }
 
+/// The first response with status `code` among `sent`.
+pub fn response(sent: &[Sent], code: u16) -> rsip::Response {
+    sent.iter()
+        .filter_map(Sent::response)
+        .find(|r| r.status_code.code() == code)
+        .unwrap_or_else(|| panic!("no {code} among {:?}", codes(sent)))
+        .clone()
+}
+
+/// The first final response among `sent`.
+pub fn final_response(sent: &[Sent]) -> rsip::Response {
+    sent.iter()
+        .filter_map(Sent::response)
+        .find(|r| r.status_code.code() >= 200)
+        .expect("a final response")
+        .clone()
+}
+
 /// Status codes of the responses among `sent`, in order.
 pub fn codes(sent: &[Sent]) -> Vec<u16> {
     sent.iter()
