@@ -63,7 +63,9 @@ impl NewDialogs {
     /// Hands `event` to the live dialog that claimed its Call-ID; `Some(event)` back when there
     /// is none. A full queue sheds the event (counted in the endpoint's `shed`).
     pub fn forward(&mut self, endpoint: &Endpoint, event: Event) -> Option<Event> {
-        let queue = call_id(&event).and_then(|id| self.queues.get(id))?;
+        let Some(queue) = call_id(&event).and_then(|id| self.queues.get(id)) else {
+            return Some(event);
+        };
         match queue.try_send(event) {
             Ok(()) => None,
             Err(TrySendError::Full(_)) => {
@@ -85,5 +87,51 @@ fn call_id(event: &Event) -> Option<&str> {
             voxgate_sip::message::call_id(response)
         }
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(call_id: &str) -> Event {
+        let text = format!(
+            "ACK sip:a@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5060;branch=z9hG4bK1\r\n\
+             From: <sip:b@127.0.0.1>;tag=1\r\nTo: <sip:a@127.0.0.1>;tag=2\r\nCall-ID: {call_id}\r\n\
+             CSeq: 1 ACK\r\nContent-Length: 0\r\n\r\n"
+        );
+        let Ok(rsip::SipMessage::Request(request)) = voxgate_sip::parse(text.as_bytes()) else {
+            panic!("test ACK does not parse");
+        };
+        Event::Ack {
+            source: "127.0.0.1:5060".parse().expect("addr"),
+            request,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_claimed_live_dialogs_take_events() {
+        let (endpoint, _incoming) = Endpoint::bind(
+            "127.0.0.1:0".parse().expect("addr"),
+            voxgate_sip::TimerConfig::default(),
+        )
+        .await
+        .expect("bind");
+        let mut dialogs = NewDialogs::new();
+        assert!(
+            dialogs.forward(&endpoint, ack("nobody")).is_some(),
+            "unclaimed: handed back"
+        );
+        let mut claim = dialogs.claim(&endpoint, "mine");
+        assert!(
+            dialogs.forward(&endpoint, ack("mine")).is_none(),
+            "claimed: forwarded"
+        );
+        assert!(matches!(claim.events.try_recv(), Ok(Event::Ack { .. })));
+        drop(claim);
+        assert!(
+            dialogs.forward(&endpoint, ack("mine")).is_some(),
+            "ended: handed back"
+        );
     }
 }
