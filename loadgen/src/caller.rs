@@ -17,6 +17,7 @@ use voxgate_sip::Event;
 use voxgate_sip::sdp::{AudioSdp, Codec, CodecKind};
 
 use crate::media::{MediaEngine, StreamResult};
+use crate::occupancy::{Span, SpanKind};
 use crate::probe::G711;
 use crate::progress::Progress;
 use crate::report::{
@@ -125,6 +126,21 @@ pub struct CallRecord {
     pub rtp_received: u64,
     /// RFC 3550 jitter of the echo.
     pub jitter_seconds: Option<f64>,
+    /// When this side sent its BYE.
+    pub bye_sent_at: Option<Duration>,
+}
+
+impl CallRecord {
+    /// The time it was up as its caller saw it (see [`crate::occupancy`]): from the 2xx to our
+    /// BYE when it completed, else to its last sign of life.
+    pub fn span(&self) -> Option<Span> {
+        let up = self.answered_at?;
+        let down = match (&self.outcome, self.bye_sent_at) {
+            (Outcome::Completed, Some(bye)) => bye,
+            _ => self.last_echo_at.unwrap_or(up).max(up),
+        };
+        Some(Span::since_epoch(SpanKind::Call, up, down))
+    }
 }
 
 /// What every call of a run shares: the plan, the SIP endpoint, the media engine, the counters.
@@ -306,6 +322,7 @@ pub async fn place_call(context: &CallContext, index: u64, hold: Duration) -> Ca
         rtp_sent: call.media.sent,
         rtp_received: call.media.received,
         jitter_seconds: call.media.jitter_seconds,
+        bye_sent_at: call.bye_sent_at,
     }
 }
 
@@ -317,6 +334,7 @@ struct Call<'a> {
     setup: Option<Duration>,
     media: StreamResult,
     media_end_at: Option<Duration>,
+    bye_sent_at: Option<Duration>,
 }
 
 impl<'a> Call<'a> {
@@ -330,6 +348,7 @@ impl<'a> Call<'a> {
             setup: None,
             media: StreamResult::default(),
             media_end_at: None,
+            bye_sent_at: None,
         }
     }
 
@@ -383,11 +402,13 @@ impl<'a> Call<'a> {
             if outcome != Outcome::Failed(ENDED_BY_FAR_SIDE) {
                 // Still up on the far side: hang up politely even when the call failed.
                 let bye = dialog.bye(&mut self.rng);
+                self.bye_sent_at = Some(self.context.epoch.elapsed());
                 endpoint.request(next_hop, bye);
             }
             return outcome;
         }
         let bye = dialog.bye(&mut self.rng);
+        self.bye_sent_at = Some(self.context.epoch.elapsed());
         endpoint.request(next_hop, bye);
         self.await_bye_answer(&mut events, &ack, next_hop).await
     }

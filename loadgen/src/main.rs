@@ -7,6 +7,7 @@ mod caller;
 mod echo;
 mod http_url;
 mod media;
+mod occupancy;
 mod pace;
 mod probe;
 mod progress;
@@ -84,6 +85,11 @@ enum Command {
     /// must be answered by the remaining Backends.
     ///
     /// Verdict: exit 2, each violation named on stderr and in the report, when
+    ///   - the callers had more calls and WebRTC sessions answered and up at once than the
+    ///     highest voxgate_sessions_limit read (cap exceeded, judged from outside: a call counts
+    ///     from its 200 OK to our BYE, or to its last echo when the far side ended it);
+    ///   - a reading of voxgate_sessions_active is below the sessions the callers had up all
+    ///     through that reading (the gauge under-counts);
     ///   - the Proxy ever reports voxgate_sessions_active > voxgate_sessions_limit (cap exceeded);
     ///   - an answered call is dropped (BYE from the far side before its hold time, or no echo
     ///     for --media-timeout) other than by the declared Backend kill;
@@ -101,9 +107,18 @@ enum Command {
     /// for --media-timeout before its hold time is dropped, a violation like a dropped call; their
     /// RTP loss counts in --max-loss. Reported under "webrtc".
     ///
+    /// Several soaks at once against one Proxy: give each --up-log FILE and judge them together
+    /// with `voxgate-loadgen occupancy --cap N FILE...`.
+    ///
     /// Exit 1 on errors (bad arguments, /metrics unreadable at the start).
     #[command(verbatim_doc_comment)]
     Soak(SoakArgs),
+    /// Merge the --up-log files of soaks run at once against one Proxy and judge the cap from the
+    /// callers' side: the most calls and WebRTC sessions answered and up at the same moment
+    /// across every process (the logs share the machine's CLOCK_MONOTONIC).
+    ///
+    /// Prints the peak; exit 2 when it exceeds --cap, 1 on errors (a missing or malformed log).
+    Occupancy(OccupancyArgs),
     /// Run WebRTC sessions against a WHIP endpoint and check that their audio comes back.
     ///
     /// Each session: POST an Opus offer (one host candidate, non-trickle), apply the 201's
@@ -180,6 +195,16 @@ struct CallArgs {
 }
 
 #[derive(Debug, clap::Args)]
+struct OccupancyArgs {
+    /// The Proxy's cap (limits.max_sessions).
+    #[arg(long)]
+    cap: u64,
+    /// The --up-log files of the soaks.
+    #[arg(required = true)]
+    logs: Vec<PathBuf>,
+}
+
+#[derive(Debug, clap::Args)]
 struct SoakArgs {
     /// The Proxy's SIP address (HOST:PORT, UDP).
     #[arg(long)]
@@ -248,6 +273,10 @@ struct SoakArgs {
     /// Write the report as JSON to this file.
     #[arg(long)]
     report: Option<PathBuf>,
+    /// Write every answered call's and session's up span to this file (JSON lines, monotonic
+    /// nanoseconds), for `occupancy`.
+    #[arg(long)]
+    up_log: Option<PathBuf>,
     /// Seed for arrivals, holds, Call-IDs, tags and SSRCs, for a reproducible run. Default:
     /// random; the report names the seed used.
     #[arg(long)]
@@ -387,6 +416,7 @@ async fn run(command: Command) -> anyhow::Result<ExitCode> {
         Command::Call(args) => call(args).await,
         Command::Soak(args) => soak(args).await,
         Command::Whip(args) => whip(args).await,
+        Command::Occupancy(args) => occupancy(&args),
         Command::Backend(args) => {
             backend::run(backend::BackendPlan {
                 listen: args.listen,
@@ -528,12 +558,34 @@ async fn soak(args: SoakArgs) -> anyhow::Result<ExitCode> {
             max_rss_growth: Some(args.max_rss_growth),
         },
         webrtc,
+        up_log: args.up_log,
     };
     let report = soak::run(plan).await?;
     for violation in &report.verdict.violations {
         eprintln!("violation: {violation}");
     }
     conclude(&report, args.report.as_deref(), report.verdict.passed)
+}
+
+fn occupancy(args: &OccupancyArgs) -> anyhow::Result<ExitCode> {
+    let mut spans = occupancy::Occupancy::read_logs(&args.logs)?;
+    let peak = spans.peak();
+    println!(
+        "{} sessions answered in {} log(s); peak up at once {} / cap {}",
+        spans.len(),
+        args.logs.len(),
+        peak.count,
+        args.cap
+    );
+    if peak.count > args.cap {
+        eprintln!(
+            "violation: cap exceeded on the callers' side: {} sessions answered and up at once \
+             (cap {}) at CLOCK_MONOTONIC {} ns",
+            peak.count, args.cap, peak.at
+        );
+        return Ok(ExitCode::from(EXIT_LIMIT_EXCEEDED));
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints `report`, writes it as JSON to `path` if given, and turns its verdict into the exit

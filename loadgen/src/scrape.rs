@@ -19,8 +19,10 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(2);
 /// One reading of the Proxy.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ProxySample {
-    /// When it was taken, since the run's epoch.
+    /// When it was taken (the request sent), since the run's epoch.
     pub at: Duration,
+    /// When the answer was in: the Proxy's figures are of a moment between `at` and this.
+    pub read_by: Duration,
     /// `voxgate_sessions_active`.
     pub sessions_active: Option<f64>,
     /// `voxgate_sessions_limit`.
@@ -119,6 +121,7 @@ impl ProxyProbe {
 pub fn parse(text: &str, at: Duration) -> ProxySample {
     let mut sample = ProxySample {
         at,
+        read_by: at,
         ..ProxySample::default()
     };
     for line in text.lines() {

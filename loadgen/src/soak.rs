@@ -8,6 +8,7 @@
 //! judged like calls: a 503 to their `POST` is a refusal, a connected session lost before its
 //! hold time a drop.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -21,12 +22,13 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::caller::{
     self, CallContext, CallPlan, CallRecord, ENDED_BY_FAR_SIDE, MEDIA_STOPPED, Outcome, Totals,
 };
+use crate::occupancy::{self, Occupancy, Span};
 use crate::progress::Progress;
 use crate::report::{Percentiles, Verdict, ratio};
 use crate::scrape::{self, ProxyProbe, ProxySample};
 use crate::soak_report::{
-    FaultKind, FaultReport, PhaseCounts, ProxyEnd, ProxySummary, RssSummary, SoakCalls, SoakReport,
-    SoakSessions, SoakSettings, SoakWebrtc,
+    CallersSide, FaultKind, FaultReport, GaugeBelow, PhaseCounts, ProxyEnd, ProxySummary,
+    RssSummary, SoakCalls, SoakReport, SoakSessions, SoakSettings, SoakWebrtc,
 };
 use crate::whip::{self, MediaTotals, SessionRecord, WhipContext, WhipPlan};
 
@@ -74,6 +76,9 @@ pub struct SoakPlan {
     pub limits: SoakLimits,
     /// WebRTC sessions mixed with the calls.
     pub webrtc: Option<WebrtcMix>,
+    /// Where to write the sessions' up spans, for `voxgate-loadgen occupancy` to merge with other
+    /// processes' (see [`crate::occupancy`]).
+    pub up_log: Option<PathBuf>,
 }
 
 impl SoakPlan {
@@ -142,6 +147,7 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
         .with_context(|| format!("cannot read --metrics {}", plan.metrics))?;
     let context = CallContext::start(plan.call.clone()).await?;
     let epoch = context.epoch;
+    let epoch_monotonic = occupancy::monotonic_at(epoch)?;
     let webrtc = match &plan.webrtc {
         Some(mix) => Some(
             WhipContext::start(mix.session.clone(), epoch)
@@ -238,7 +244,14 @@ pub async fn run(plan: SoakPlan) -> anyhow::Result<SoakReport> {
         .webrtc
         .as_mut()
         .map(|webrtc| std::mem::take(&mut webrtc.after_fault));
+    let mut occupancy = std::mem::take(&mut tally.occupancy);
+    let answered = tally.up_answered;
     let mut report = tally.into_report(&plan, &context, webrtc.as_deref(), epoch.elapsed());
+    report.callers = callers_side(&mut occupancy, answered, &proxy.samples);
+    if let Some(path) = &plan.up_log {
+        occupancy.write_log(path, epoch_monotonic)?;
+        report.callers.up_log = Some(path.display().to_string());
+    }
     report.proxy = proxy.summary(plan.warmup());
     report.fault = fault.map(|f| f.report(after, webrtc_after));
     report.verdict = judge(&report);
@@ -321,7 +334,13 @@ async fn sample_loop(
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let sample = probe.sample(epoch.elapsed()).await;
+        let sample = probe
+            .sample(epoch.elapsed())
+            .await
+            .map(|sample| ProxySample {
+                read_by: epoch.elapsed(),
+                ..sample
+            });
         if let Err(err) = &sample {
             tracing::debug!(%err, "cannot read the Proxy's metrics");
         }
@@ -505,6 +524,10 @@ impl FaultState {
 
 /// Call records summed up, the ones lost to the fault apart.
 struct Tally {
+    /// Every answered call's and session's span, as its caller saw it.
+    occupancy: Occupancy,
+    /// Calls and sessions answered.
+    up_answered: u64,
     totals: Totals,
     dropped: u64,
     dropped_by_fault: u64,
@@ -522,6 +545,8 @@ struct SessionTally {
 impl Tally {
     fn new(webrtc: Option<&WebrtcMix>) -> Self {
         Self {
+            occupancy: Occupancy::new(),
+            up_answered: 0,
             totals: Totals::new(),
             dropped: 0,
             dropped_by_fault: 0,
@@ -536,6 +561,7 @@ impl Tally {
 
     /// Counts one WebRTC session; `fired` is the fault's kind and signal time once sent.
     fn add_session(&mut self, record: SessionRecord, fired: Option<(FaultKind, Duration)>) {
+        self.up(record.span());
         let Some(webrtc) = &mut self.webrtc else {
             return;
         };
@@ -577,6 +603,7 @@ impl Tally {
 
     /// Counts one call; `fired` is the fault's kind and signal time once sent.
     fn add(&mut self, record: CallRecord, fired: Option<(FaultKind, Duration)>) {
+        self.up(record.span());
         if let Some((_, at)) = fired
             && record.started_at >= at + FAULT_SETTLE
         {
@@ -608,6 +635,13 @@ impl Tally {
             self.dropped += 1;
         }
         self.totals.add(record);
+    }
+
+    fn up(&mut self, span: Option<Span>) {
+        if let Some(span) = span {
+            self.up_answered += 1;
+            self.occupancy.add(span);
+        }
     }
 
     fn into_report(
@@ -676,10 +710,43 @@ impl Tally {
             rtp,
             sip: context.sip_counts(),
             webrtc,
+            callers: CallersSide::default(),
             proxy: ProxySummary::default(),
             fault: None,
             verdict: Verdict::default(),
         }
+    }
+}
+
+/// The cap from the callers' side: the most sessions they had up at once against the highest
+/// limit read, and every reading of `voxgate_sessions_active` against the fewest sessions they had
+/// up while it was taken (each of those held a slot, so the gauge cannot read less).
+fn callers_side(occupancy: &mut Occupancy, answered: u64, samples: &[ProxySample]) -> CallersSide {
+    let peak = occupancy.peak();
+    let nanos = |at: Duration| u64::try_from(at.as_nanos()).unwrap_or(u64::MAX);
+    let below: Vec<GaugeBelow> = samples
+        .iter()
+        .filter_map(|sample| {
+            let gauge = sample.sessions_active?;
+            let callers = occupancy.lowest_between(nanos(sample.at), nanos(sample.read_by));
+            (callers as f64 > gauge).then_some(GaugeBelow {
+                at_seconds: sample.at.as_secs_f64(),
+                gauge,
+                callers,
+            })
+        })
+        .collect();
+    CallersSide {
+        answered,
+        peak_up: peak.count,
+        peak_up_at_seconds: (peak.count > 0).then(|| Duration::from_nanos(peak.at).as_secs_f64()),
+        cap: samples
+            .iter()
+            .filter_map(|sample| sample.sessions_limit)
+            .reduce(f64::max),
+        gauge_below_samples: below.len() as u64,
+        gauge_below_first: below.first().copied(),
+        up_log: None,
     }
 }
 
@@ -835,6 +902,24 @@ pub fn judge(report: &SoakReport) -> Verdict {
                 .to_owned(),
         );
     }
+    let callers = &report.callers;
+    if let Some(cap) = callers.cap
+        && callers.peak_up as f64 > cap
+    {
+        violations.push(format!(
+            "cap exceeded on the callers' side: {} sessions answered and up at once at {:.1} s \
+             (cap {cap})",
+            callers.peak_up,
+            callers.peak_up_at_seconds.unwrap_or_default()
+        ));
+    }
+    if let Some(first) = callers.gauge_below_first {
+        violations.push(format!(
+            "voxgate_sessions_active under-counts: it read {} at {:.1} s while the callers had {} \
+             sessions up all through the reading ({} reading(s))",
+            first.gauge, first.at_seconds, first.callers, callers.gauge_below_samples
+        ));
+    }
     if proxy.cap_exceeded_samples > 0 {
         violations.push(format!(
             "cap exceeded: voxgate_sessions_active above voxgate_sessions_limit in {} sample(s), \
@@ -957,6 +1042,7 @@ mod tests {
     fn sample(at_secs: u64, active: f64, limit: f64, rss_mib: u64) -> ProxySample {
         ProxySample {
             at: Duration::from_secs(at_secs),
+            read_by: Duration::from_secs(at_secs) + Duration::from_millis(2),
             sessions_active: Some(active),
             sessions_limit: Some(limit),
             drain_remaining: Some(0.0),
@@ -1025,6 +1111,7 @@ mod tests {
             },
             sip: SipCounts::default(),
             webrtc: None,
+            callers: CallersSide::default(),
             proxy,
             fault: None,
             verdict: Verdict::default(),
@@ -1145,7 +1232,86 @@ mod tests {
             rtp_sent: 100,
             rtp_received: 50,
             jitter_seconds: None,
+            bye_sent_at: Some(Duration::from_secs(13)),
         }
+    }
+
+    #[test]
+    fn a_call_is_up_to_our_bye_or_else_to_its_last_sign_of_life() {
+        let span = |record: CallRecord| {
+            let span = record.span().unwrap();
+            (span.up / 1_000_000, span.down / 1_000_000)
+        };
+        assert_eq!(
+            span(record(Outcome::Completed, 8, Some(12_900))),
+            (8_000, 13_000)
+        );
+        // Ended by the far side: the Proxy may free the slot before we read its BYE.
+        let far = || Outcome::Failed(ENDED_BY_FAR_SIDE);
+        assert_eq!(span(record(far(), 8, Some(11_000))), (8_000, 11_000));
+        assert_eq!(span(record(far(), 8, None)), (8_000, 8_000));
+        let refused = CallRecord {
+            answered: false,
+            answered_at: None,
+            ..record(Outcome::Rejected(503), 8, None)
+        };
+        assert_eq!(refused.span(), None);
+    }
+
+    /// `(up, down)` spans in seconds.
+    fn occupancy_of(spans: &[(u64, u64)]) -> Occupancy {
+        let mut occupancy = Occupancy::new();
+        for &(up, down) in spans {
+            occupancy.add(Span::since_epoch(
+                crate::occupancy::SpanKind::Call,
+                Duration::from_secs(up),
+                Duration::from_secs(down),
+            ));
+        }
+        occupancy
+    }
+
+    #[test]
+    fn more_sessions_up_at_once_than_the_cap_is_a_violation_whatever_the_gauge_says() {
+        // The gauge never shows more than 10; the callers had 11 up from 5 s to 6 s.
+        let samples = healthy_samples();
+        let mut spans: Vec<(u64, u64)> = (0..10).map(|_| (2, 19)).collect();
+        spans.push((5, 6));
+        let mut report = report_of(&samples, ProxyEnd::Running);
+        report.callers = callers_side(&mut occupancy_of(&spans), 11, &samples);
+        assert_eq!(report.callers.peak_up, 11);
+        assert_eq!(report.callers.peak_up_at_seconds, Some(5.0));
+        assert_eq!(report.proxy.cap_exceeded_samples, 0);
+        let found = violations(&report);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].starts_with("cap exceeded on the callers' side: 11 sessions"),
+            "{found:?}"
+        );
+        // At 5 s the gauge read 10 while 11 were up all through the reading.
+        assert!(
+            found[1].contains("under-counts: it read 10 at 5.0 s"),
+            "{found:?}"
+        );
+
+        // At the cap, the same gauge is right.
+        report.callers = callers_side(&mut occupancy_of(&spans[..10]), 10, &samples);
+        assert_eq!(violations(&report), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_gauge_below_the_callers_is_a_violation_only_for_the_whole_reading() {
+        let mut samples = healthy_samples();
+        samples[7].sessions_active = Some(3.0);
+        let mut report = report_of(&samples, ProxyEnd::Running);
+        // Four up from 2 s to 19 s: the reading at 7 s (3) is below them all through.
+        report.callers = callers_side(&mut occupancy_of(&[(2, 19); 4]), 4, &samples);
+        assert_eq!(report.callers.gauge_below_samples, 1);
+        // One of them went down during the reading: the gauge may have read after it.
+        let mut spans = vec![(2, 19); 3];
+        spans.push((2, 7));
+        report.callers = callers_side(&mut occupancy_of(&spans), 4, &samples);
+        assert_eq!(report.callers.gauge_below_samples, 0);
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct SoakReport {
     pub sip: SipCounts,
     /// The WebRTC (WHIP) sessions mixed with the calls; `None` without `--whip-target`.
     pub webrtc: Option<SoakWebrtc>,
+    /// What the callers saw: the cap judged from outside the Proxy.
+    pub callers: CallersSide,
     /// What the Proxy's `/metrics` said.
     pub proxy: ProxySummary,
     /// The fault injected, if one was asked for.
@@ -164,6 +166,38 @@ impl SoakSessions {
     pub fn refused_total(&self) -> u64 {
         self.refused.values().sum()
     }
+}
+
+/// Calls and WebRTC sessions answered and up at once, as their callers saw them (see
+/// [`crate::occupancy`]), against the cap and against the Proxy's own gauge.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CallersSide {
+    /// Sessions answered in this run.
+    pub answered: u64,
+    /// Most sessions answered and up at once.
+    pub peak_up: u64,
+    /// When `peak_up` was first reached, seconds into the run.
+    pub peak_up_at_seconds: Option<f64>,
+    /// The cap judged against: the highest `voxgate_sessions_limit` read.
+    pub cap: Option<f64>,
+    /// Readings of `voxgate_sessions_active` below the callers' count all through the reading
+    /// (the gauge under-counts).
+    pub gauge_below_samples: u64,
+    /// The first such reading.
+    pub gauge_below_first: Option<GaugeBelow>,
+    /// Where the spans were written (`--up-log`), for `voxgate-loadgen occupancy`.
+    pub up_log: Option<String>,
+}
+
+/// A reading of `voxgate_sessions_active` lower than the sessions the callers had up.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct GaugeBelow {
+    /// Seconds into the run.
+    pub at_seconds: f64,
+    /// `voxgate_sessions_active`.
+    pub gauge: f64,
+    /// The fewest sessions the callers had up while the reading was taken.
+    pub callers: u64,
 }
 
 /// The Proxy's `/metrics` samples, summed up.
@@ -344,6 +378,18 @@ impl fmt::Display for SoakReport {
                 webrtc.tone.failed
             )?;
         }
+        let up = &self.callers;
+        writeln!(
+            f,
+            "callers   answered {}  peak up at once {}{} / cap {}  gauge below the callers in {} \
+             reading(s)",
+            up.answered,
+            up.peak_up,
+            up.peak_up_at_seconds
+                .map_or_else(String::new, |at| format!(" (at {at:.1} s)")),
+            number(up.cap),
+            up.gauge_below_samples
+        )?;
         let p = &self.proxy;
         writeln!(
             f,

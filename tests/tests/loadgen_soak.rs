@@ -9,6 +9,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -31,11 +32,19 @@ fn proxy_for(name: &str, backends: &[SocketAddr]) -> Proxy {
 /// Runs a 20 s soak at ~1.5x the cap of 10 (8 calls/s held 1-3 s: ~16 offered) against `proxy`,
 /// with `extra` flags; returns the process output and the JSON report.
 fn soak(proxy: &Proxy, seed: &str, extra: &[&str]) -> (Output, serde_json::Value) {
-    let report = scratch_dir().join(format!(
-        "soak-{}-{}.json",
-        std::process::id(),
-        free_udp_port()
-    ));
+    let (mut command, report) = soak_command(proxy, seed, extra);
+    let output = command.output().expect("run loadgen soak");
+    (output.clone(), report_of(&output, &report))
+}
+
+/// A scratch file named after this process and a fresh port number.
+fn scratch_file(what: &str) -> PathBuf {
+    scratch_dir().join(format!("{what}-{}-{}", std::process::id(), free_udp_port()))
+}
+
+/// The `soak` command of [`soak`], and where its report goes.
+fn soak_command(proxy: &Proxy, seed: &str, extra: &[&str]) -> (Command, PathBuf) {
+    let report = scratch_file("soak.json");
     let report_arg = report.to_string_lossy().into_owned();
     let target = proxy.sip.to_string();
     let metrics = format!("http://{}/metrics", proxy.http);
@@ -68,19 +77,21 @@ fn soak(proxy: &Proxy, seed: &str, extra: &[&str]) -> (Output, serde_json::Value
         "0.5",
     ];
     args.extend_from_slice(extra);
-    let output = Command::new(binary("voxgate-loadgen"))
-        .args(&args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run loadgen soak");
-    let text = std::fs::read_to_string(&report).unwrap_or_else(|e| {
+    let mut command = Command::new(binary("voxgate-loadgen"));
+    command.args(&args).stdin(Stdio::null());
+    (command, report)
+}
+
+/// The JSON report a soak that ended with `output` wrote to `report`.
+fn report_of(output: &Output, report: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(report).unwrap_or_else(|e| {
         panic!(
             "no report ({e}); stdout:\n{}\nstderr:\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         )
     });
-    (output, serde_json::from_str(&text).expect("report is JSON"))
+    serde_json::from_str(&text).expect("report is JSON")
 }
 
 /// Asserts exit 0, a passing verdict, no violation on stderr and no answered call dropped.
@@ -115,9 +126,19 @@ fn churn_above_the_cap_passes_with_503s_and_sessions_back_to_zero() {
     let (output, report) = soak(&proxy, "11", &["--proxy-pid", &pid]);
     assert_passed(&output, &report);
 
-    // Offered above the cap: some calls refused with 503, the cap never exceeded.
+    // Offered above the cap: some calls refused with 503, and the callers had exactly the cap
+    // up at once at the busiest moment (so the check could see one more), never more; the
+    // Proxy's gauge never read below what the callers had up.
     assert!(
         field(&report, &["calls", "rejected", "503"]) > 0,
+        "{report:#}"
+    );
+    assert_eq!(field(&report, &["callers", "peak_up"]), 10, "{report:#}");
+    assert_eq!(field_f64(&report, &["callers", "cap"]), 10.0);
+    assert_eq!(field(&report, &["callers", "gauge_below_samples"]), 0);
+    assert_eq!(
+        field(&report, &["callers", "answered"]),
+        field(&report, &["calls", "answered"]),
         "{report:#}"
     );
     assert!(field(&report, &["calls", "answered"]) > 20, "{report:#}");
@@ -280,6 +301,13 @@ fn webrtc_sessions_mixed_in_share_the_cap_and_complete_undropped() {
     let refused = report["calls"]["rejected"]["503"].as_u64().unwrap_or(0)
         + sessions["refused"]["503"].as_u64().unwrap_or(0);
     assert!(refused > 0, "{report:#}");
+    assert!(field(&report, &["callers", "peak_up"]) <= 10, "{report:#}");
+    assert_eq!(
+        field(&report, &["callers", "answered"]),
+        field(&report, &["calls", "answered"]) + field(sessions, &["answered"]),
+        "{report:#}"
+    );
+    assert_eq!(field(&report, &["callers", "gauge_below_samples"]), 0);
     assert!(field_f64(&report, &["proxy", "max_active"]) <= 10.0);
     assert_eq!(field(&report, &["proxy", "cap_exceeded_samples"]), 0);
     assert_eq!(field_f64(&report, &["proxy", "active_at_end"]), 0.0);
@@ -290,4 +318,105 @@ fn webrtc_sessions_mixed_in_share_the_cap_and_complete_undropped() {
     );
     proxy.assert_idle(Duration::from_secs(5));
     proxy.assert_alive();
+}
+
+/// `voxgate-loadgen occupancy --cap 10 LOGS...`: its exit status and output.
+fn occupancy(logs: &[&Path]) -> Output {
+    Command::new(binary("voxgate-loadgen"))
+        .args(["occupancy", "--cap", "10"])
+        .args(logs)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run loadgen occupancy")
+}
+
+#[test]
+fn two_soaks_at_once_are_judged_together_from_the_callers_side() {
+    let (_b1, a1) = start_backend("soak-pair-b1", &[]);
+    let (_b2, a2) = start_backend("soak-pair-b2", &[]);
+    let proxy = proxy_for("soak-pair-proxy", &[a1, a2]);
+    // Each process offers about the cap on its own (~16 with --rate 8); together twice it.
+    let logs = [scratch_file("up-a.jsonl"), scratch_file("up-b.jsonl")];
+    let runs: Vec<(std::process::Child, PathBuf)> = logs
+        .iter()
+        .zip(["21", "22"])
+        .map(|(log, seed)| {
+            let log = log.to_string_lossy().into_owned();
+            let (mut command, report) = soak_command(&proxy, seed, &["--up-log", &log]);
+            let child = command
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start loadgen soak");
+            (child, report)
+        })
+        .collect();
+    let mut peaks = Vec::new();
+    for (child, report) in runs {
+        let output = child.wait_with_output().expect("wait for loadgen soak");
+        let report = report_of(&output, &report);
+        assert_passed(&output, &report);
+        peaks.push(field(&report, &["callers", "peak_up"]));
+    }
+    // Neither process alone had the cap up at once; together they did, and no more.
+    assert!(peaks.iter().all(|&peak| peak < 10), "{peaks:?}");
+    let merged = occupancy(&[&logs[0], &logs[1]]);
+    let stdout = String::from_utf8_lossy(&merged.stdout);
+    assert!(
+        merged.status.success(),
+        "{:?}\n{stdout}{}",
+        merged.status,
+        String::from_utf8_lossy(&merged.stderr)
+    );
+    assert!(stdout.contains("peak up at once 10 / cap 10"), "{stdout}");
+    proxy.assert_idle(Duration::from_secs(5));
+}
+
+#[test]
+fn a_cap_broken_by_one_is_caught_from_the_callers_side() {
+    let test = "a_cap_broken_by_one_is_caught_from_the_callers_side";
+    // A build whose admission lets one session past the cap, unseen by its own gauge.
+    let broken = common::target_dir().join("debug").join("voxgate-over-cap");
+    if !broken.exists() {
+        common::peer_missing(
+            test,
+            "the broken-cap build target/debug/voxgate-over-cap",
+            "cargo build -p voxgate-proxy --features fault-over-cap && \
+             cp target/debug/voxgate target/debug/voxgate-over-cap && cargo build -p voxgate-proxy",
+        );
+        return;
+    }
+    let (_b1, a1) = start_backend("soak-broken-b1", &[]);
+    let (_b2, a2) = start_backend("soak-broken-b2", &[]);
+    let config = format!(
+        "[limits]\nmax_sessions = 10\n[routing]\ninvite_timeout = \"1s\"\n\
+         [health]\ninterval = \"1s\"\n{}{}",
+        backend_toml("b1", a1, 50, None),
+        backend_toml("b2", a2, 50, None)
+    );
+    let proxy = Proxy::start_program("soak-broken-proxy", &broken, &config, &[]);
+    let log = scratch_file("up-broken.jsonl");
+    let log_arg = log.to_string_lossy().into_owned();
+    let (output, report) = soak(&proxy, "23", &["--up-log", &log_arg]);
+
+    // The gauge, fed by the broken admission, never shows more than the cap ...
+    assert_eq!(
+        field(&report, &["proxy", "cap_exceeded_samples"]),
+        0,
+        "{report:#}"
+    );
+    // ... but the callers had 11 up at once, and the verdict says so.
+    assert_eq!(output.status.code(), Some(2), "{report:#}");
+    assert_eq!(field(&report, &["callers", "peak_up"]), 11, "{report:#}");
+    let violations = report["verdict"]["violations"].to_string();
+    assert!(
+        violations.contains("cap exceeded on the callers' side: 11 sessions"),
+        "{report:#}"
+    );
+    let merged = occupancy(&[&log]);
+    assert_eq!(merged.status.code(), Some(2), "{merged:?}");
+    assert!(
+        String::from_utf8_lossy(&merged.stderr).contains("cap exceeded on the callers' side"),
+        "{merged:?}"
+    );
 }

@@ -29,7 +29,8 @@ impl SessionSlots {
 
     /// Takes one slot, or `None` when `limit` slots are already in use.
     pub fn try_reserve(&self) -> Option<SessionSlot> {
-        self.state
+        let slot = self
+            .state
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |s| {
                 let (active, limit) = unpack(s);
                 // `active < limit <= u32::MAX`, so the increment stays in the low half.
@@ -38,7 +39,10 @@ impl SessionSlots {
             .ok()
             .map(|_| SessionSlot {
                 state: Arc::clone(&self.state),
-            })
+            });
+        #[cfg(feature = "fault-over-cap")]
+        let slot = slot.or_else(fault::one_over_the_cap);
+        slot
     }
 
     /// Slots in use.
@@ -99,6 +103,29 @@ impl Drop for SessionSlot {
         // This slot's reserve made active >= 1 and only this drop takes it back, so the low half
         // does not borrow from the limit.
         self.state.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A deliberately broken cap, for the test that must catch it from the callers' side
+/// (`scripts/test.sh` builds it as `voxgate-over-cap`; never in a product build).
+#[cfg(feature = "fault-over-cap")]
+mod fault {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    use super::SessionSlot;
+
+    /// When the node is full, one more session at a time, on a counter of its own so that
+    /// neither the gauge nor readiness sees it.
+    pub(super) fn one_over_the_cap() -> Option<SessionSlot> {
+        static EXTRA: OnceLock<Arc<AtomicU64>> = OnceLock::new();
+        let extra = EXTRA.get_or_init(|| Arc::new(AtomicU64::new(0)));
+        extra
+            .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| SessionSlot {
+                state: Arc::clone(extra),
+            })
     }
 }
 

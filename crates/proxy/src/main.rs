@@ -103,6 +103,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     init_tracing(&config.log);
+    #[cfg(feature = "fault-over-cap")]
+    tracing::warn!(
+        "test build: admission lets one session past limits.max_sessions (fault-over-cap)"
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("voxgate")

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use voxgate_media::StreamStats;
 
+use crate::occupancy::{Span, SpanKind};
 use crate::progress::Progress;
 use crate::report::{Percentiles, ratio};
 use http::WhipUrl;
@@ -126,8 +127,12 @@ pub struct SessionRecord {
     pub connected: bool,
     /// When the `POST` was sent.
     pub started_at: Duration,
+    /// When the `201` came.
+    pub answered_at: Option<Duration>,
     /// When ICE and DTLS completed.
     pub connected_at: Option<Duration>,
+    /// When the `DELETE` was sent.
+    pub deleted_at: Option<Duration>,
     /// When the last audio packet came back.
     pub last_audio_at: Option<Duration>,
     /// When it stopped sending (its hold was up, or it ended early).
@@ -263,6 +268,19 @@ impl WhipContext {
     }
 }
 
+impl SessionRecord {
+    /// The time it was up as its client saw it (see [`crate::occupancy`]): from the `201` to the
+    /// `DELETE` when it completed, else to its last sign of life.
+    pub fn span(&self) -> Option<Span> {
+        let up = self.answered_at?;
+        let down = match (&self.failure, self.deleted_at) {
+            (None, Some(deleted)) => deleted,
+            _ => self.last_audio_at.unwrap_or(up).max(up),
+        };
+        Some(Span::since_epoch(SpanKind::Webrtc, up, down))
+    }
+}
+
 /// One WHIP session from `POST` to `DELETE`.
 struct Session<'a> {
     context: &'a WhipContext,
@@ -323,6 +341,7 @@ impl<'a> Session<'a> {
             return Err(format!("POST answered {}", answer.status));
         }
         record.post_to_201 = Some(post_at.elapsed());
+        record.answered_at = Some(context.epoch.elapsed());
         let Some(resource) = answer
             .location
             .as_deref()
@@ -339,6 +358,7 @@ impl<'a> Session<'a> {
         let result = media
             .connect_and_hold(context, &answer.body, post_at, self.hold, record)
             .await;
+        record.deleted_at = Some(context.epoch.elapsed());
         let deleted = resource.delete(token).await;
         media.peer.close();
         media.flush();

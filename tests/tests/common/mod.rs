@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// The workspace's target directory (CARGO_TARGET_DIR when set).
-fn target_dir() -> PathBuf {
+pub fn target_dir() -> PathBuf {
     std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
@@ -317,6 +317,16 @@ impl Proxy {
 
     /// [`Proxy::start`] with more environment overrides (applied after the harness's own).
     pub fn start_with_env(name: &str, toml: &str, extra_env: &[(&str, String)]) -> Self {
+        Self::start_program(name, &binary("voxgate"), toml, extra_env)
+    }
+
+    /// [`Proxy::start_with_env`] of another build of voxgate (`program`).
+    pub fn start_program(
+        name: &str,
+        program: &Path,
+        toml: &str,
+        extra_env: &[(&str, String)],
+    ) -> Self {
         let config = scratch_dir().join(format!("{name}-{}.toml", std::process::id()));
         std::fs::write(&config, toml).expect("write config");
         let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
@@ -347,8 +357,7 @@ impl Proxy {
         ];
         env.extend(extra_env.iter().cloned());
         let config_arg = config.to_string_lossy().into_owned();
-        let process =
-            Running::start_with_env(name, &binary("voxgate"), &["--config", &config_arg], &env);
+        let process = Running::start_with_env(name, program, &["--config", &config_arg], &env);
         let mut proxy = Self {
             sip,
             http,
