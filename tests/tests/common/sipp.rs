@@ -1,12 +1,12 @@
-//! SIPp (Debian `sip-tester`) as a peer: its built-in UAS with RTP echo, its built-in UAC, and the
-//! XML scenarios of `tests/sipp/`.
+//! SIPp (Debian `sip-tester`) as a peer: its built-in UAS with RTP echo, its built-in UAC, the
+//! XML scenarios of `tests/sipp/`, and a voxgate whose Backends are such scenarios.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Running, free_udp_port, scratch_dir, wait_for_udp_bound};
+use super::{Proxy, Running, backend_toml, free_udp_port, scratch_dir, wait_for_udp_bound};
 
 /// The sipp binary, or `None` after printing why `test` is skipped. Under CI (the variable `CI`
 /// set, to any value) a missing sipp fails the test instead: CI must run the SIPp tests.
@@ -127,7 +127,20 @@ impl ScenarioPeer {
         calls: u32,
         relay: (u16, u16),
     ) -> Self {
-        let mut peer = Self::spawn(name, sipp, file, None, port, calls, relay);
+        Self::uas_with(name, sipp, file, port, calls, relay, &[])
+    }
+
+    /// [`ScenarioPeer::uas`] with more sipp flags (e.g. `-rtp_echo`).
+    pub fn uas_with(
+        name: &str,
+        sipp: &Path,
+        file: &str,
+        port: u16,
+        calls: u32,
+        relay: (u16, u16),
+        flags: &[&str],
+    ) -> Self {
+        let mut peer = Self::spawn(name, sipp, file, None, port, calls, relay, flags);
         // sipp refuses a scenario it cannot load by exiting at once: say why.
         let listening = super::wait_until(Duration::from_secs(10), || {
             UdpSocket::bind(("127.0.0.1", port)).is_err() || peer.status().is_some()
@@ -143,9 +156,20 @@ impl ScenarioPeer {
     /// Starts `file` as a UAC placing one call to `target`. `relay` is voxgate's media port
     /// range: scenarios that check SDP rewriting get it as the globals `relay_min`, `relay_max`.
     pub fn uac(name: &str, sipp: &Path, file: &str, target: SocketAddr, relay: (u16, u16)) -> Self {
-        Self::spawn(name, sipp, file, Some(target), free_udp_port(), 1, relay)
+        Self::spawn(
+            name,
+            sipp,
+            file,
+            Some(target),
+            free_udp_port(),
+            1,
+            relay,
+            &[],
+        )
     }
 
+    // The one place every launch goes through: each argument is a different sipp flag.
+    #[allow(clippy::too_many_arguments)]
     fn spawn(
         name: &str,
         sipp: &Path,
@@ -154,6 +178,7 @@ impl ScenarioPeer {
         port: u16,
         calls: u32,
         relay: (u16, u16),
+        flags: &[&str],
     ) -> Self {
         let path = scenario(file);
         let text = std::fs::read_to_string(&path)
@@ -196,6 +221,7 @@ impl ScenarioPeer {
             args.extend(["-set", "relay_min", &relay.0.to_string()].map(str::to_owned));
             args.extend(["-set", "relay_max", &relay.1.to_string()].map(str::to_owned));
         }
+        args.extend(flags.iter().map(|f| (*f).to_owned()));
         let log = std::fs::File::create(trace_path(&name, "output")).expect("sipp output file");
         let child = Command::new(sipp)
             .args(&args)
@@ -272,6 +298,201 @@ impl Drop for ScenarioPeer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Every [`SippBench`]'s health section: voxgate probes each Backend with OPTIONS at start and
+/// then once per interval; the start probe is answered by a [`ProbeCatcher`], the next comes after
+/// the test.
+const HEALTH: &str = "[health]\ninterval = \"60s\"\nfailures_to_down = 3\n";
+/// How long a caller scenario may take (the longest, the session refresh, takes about 9 s).
+const CALLER_LIMIT: Duration = Duration::from_secs(20);
+/// How long a Backend scenario may take to finish once its caller did.
+const BACKEND_LIMIT: Duration = Duration::from_secs(5);
+
+/// One Backend of a [`SippBench`]: a UAS scenario and its `[[backends]]` entry.
+pub struct SippBackend<'a> {
+    id: &'a str,
+    scenario: &'a str,
+    region: Option<&'a str>,
+    flags: &'a [&'a str],
+}
+
+impl<'a> SippBackend<'a> {
+    /// The Backend `id` running `scenario` (a file of `tests/sipp/`), in voxgate's node region.
+    pub fn new(id: &'a str, scenario: &'a str) -> Self {
+        Self {
+            id,
+            scenario,
+            region: None,
+            flags: &[],
+        }
+    }
+
+    /// In `region` instead of the node's.
+    pub fn in_region(self, region: &'a str) -> Self {
+        Self {
+            region: Some(region),
+            ..self
+        }
+    }
+
+    /// Echoing the RTP it receives back to its sender (`-rtp_echo`).
+    pub fn echoing(self) -> Self {
+        Self {
+            flags: &["-rtp_echo"],
+            ..self
+        }
+    }
+}
+
+/// A voxgate whose Backends are SIPp UAS scenarios, each taking one call.
+pub struct SippBench {
+    /// The test's name (file names, reports).
+    pub test: String,
+    /// The sipp binary.
+    pub sipp: PathBuf,
+    /// voxgate.
+    pub proxy: Proxy,
+    /// The Backend scenarios, in the order given to [`SippBench::start`].
+    pub backends: Vec<ScenarioPeer>,
+}
+
+impl SippBench {
+    /// Starts voxgate with `config` (sections besides health and backends) and `backends`;
+    /// `None` after printing why `test` is skipped.
+    pub fn start(test: &str, backends: &[SippBackend], config: &str) -> Option<Self> {
+        let sipp = sipp_or_skip(test)?;
+        let ports: Vec<u16> = backends.iter().map(|_| free_udp_port()).collect();
+        let catchers: Vec<ProbeCatcher> = ports.iter().map(|p| ProbeCatcher::bind(*p)).collect();
+        let mut toml = format!("{HEALTH}{config}");
+        for (backend, port) in backends.iter().zip(&ports) {
+            let address = SocketAddr::from(([127, 0, 0, 1], *port));
+            toml.push_str(&backend_toml(backend.id, address, 10, backend.region));
+        }
+        let proxy = Proxy::start(test, &toml);
+        // Each Backend is probed at once: answer them side by side.
+        let answering: Vec<_> = catchers
+            .into_iter()
+            .map(|c| std::thread::spawn(move || c.answer_and_release(Duration::from_secs(2))))
+            .collect();
+        for thread in answering {
+            thread.join().expect("probe catcher");
+        }
+        let backends = backends
+            .iter()
+            .zip(&ports)
+            .map(|(backend, port)| {
+                ScenarioPeer::uas_with(
+                    &format!("{test}-{}", backend.id),
+                    &sipp,
+                    backend.scenario,
+                    *port,
+                    1,
+                    proxy.media,
+                    backend.flags,
+                )
+            })
+            .collect();
+        Some(Self {
+            test: test.to_owned(),
+            sipp,
+            proxy,
+            backends,
+        })
+    }
+
+    /// Places one call with the caller scenario `uac` and waits for it and for every Backend
+    /// scenario; panics with every message trace and voxgate's log unless all exited 0. Returns
+    /// how long the caller's scenario ran.
+    pub fn call(&mut self, uac: &str) -> Duration {
+        let (caller, elapsed) = self.caller(uac);
+        self.wait_backends(Some(&caller));
+        elapsed
+    }
+
+    /// Runs the caller scenario `uac` alone (the Backend scenarios keep running): panics as
+    /// [`SippBench::call`] unless it exited 0; returns it and how long it ran.
+    pub fn caller(&mut self, uac: &str) -> (ScenarioPeer, Duration) {
+        let mut caller = ScenarioPeer::uac(
+            &format!("{}-uac", self.test),
+            &self.sipp,
+            uac,
+            self.proxy.sip,
+            self.proxy.media,
+        );
+        // A Backend scenario that failed leaves the caller waiting: give up a second later.
+        let mut failed_at = None;
+        let backends = &mut self.backends;
+        let status = caller.wait_unless(CALLER_LIMIT, || {
+            if backends
+                .iter_mut()
+                .any(|b| b.status().is_some_and(|s| !s.success()))
+            {
+                let at = *failed_at.get_or_insert_with(Instant::now);
+                return at.elapsed() > Duration::from_secs(1);
+            }
+            false
+        });
+        let elapsed = caller.elapsed();
+        if !passed(status) {
+            self.fail(
+                &format!("caller scenario {status:?} after {elapsed:?}"),
+                Some(&caller),
+            );
+        }
+        (caller, elapsed)
+    }
+
+    /// Waits for every Backend scenario to exit; panics as [`SippBench::call`] unless all
+    /// exited 0. `caller` is the caller scenario, for the report.
+    pub fn wait_backends(&mut self, caller: Option<&ScenarioPeer>) {
+        for index in 0..self.backends.len() {
+            let status = self.backends[index].wait(BACKEND_LIMIT);
+            if !passed(status) {
+                let id = self.backends[index].name.clone();
+                self.fail(&format!("Backend scenario {id}: {status:?}"), caller);
+            }
+        }
+    }
+
+    /// Panics with `what`, every scenario's messages and voxgate's log.
+    pub fn fail(&self, what: &str, caller: Option<&ScenarioPeer>) -> ! {
+        let reports: Vec<String> = caller
+            .into_iter()
+            .chain(&self.backends)
+            .map(ScenarioPeer::report)
+            .collect();
+        panic!(
+            "{}: {what}\n{}\n==== voxgate log\n{}",
+            self.test,
+            reports.join("\n"),
+            self.proxy.process.log()
+        )
+    }
+
+    /// voxgate has no session and no media port left, and exactly one session ended, for `cause`.
+    pub fn assert_ended_once(&self, cause: &str) {
+        self.proxy.assert_idle(Duration::from_secs(5));
+        assert_eq!(ended_causes(&self.proxy), vec![(cause.to_owned(), 1.0)]);
+    }
+}
+
+fn passed(status: Option<ExitStatus>) -> bool {
+    status.is_some_and(|s| s.success())
+}
+
+/// Every `voxgate_sessions_ended_total` sample that is not 0: (cause, count).
+pub fn ended_causes(proxy: &Proxy) -> Vec<(String, f64)> {
+    proxy
+        .metrics()
+        .lines()
+        .filter_map(|line| {
+            let rest = line.strip_prefix("voxgate_sessions_ended_total{cause=\"")?;
+            let (cause, value) = rest.split_once("\"} ")?;
+            let value: f64 = value.trim().parse().ok()?;
+            (value != 0.0).then(|| (cause.to_owned(), value))
+        })
+        .collect()
 }
 
 fn trace_path(name: &str, kind: &str) -> PathBuf {
