@@ -18,6 +18,19 @@ pub struct Trunk {
     pub outbound: Option<SocketAddr>,
     /// Request-URI hosts routed out through this trunk.
     pub hosts: Vec<String>,
+    /// How a Backend's transfer (REFER) of this trunk's caller is carried out.
+    pub transfer: TrunkTransfer,
+}
+
+/// How a trunk's callers are transferred when their Backend asks (REFER).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransfer {
+    /// The proxy dials the target and bridges the caller to it.
+    #[default]
+    Bridge,
+    /// The REFER goes to the trunk (a carrier that takes transfers, e.g. Twilio).
+    Refer,
 }
 
 /// The configured trunks, looked up by source address (inbound) or by name / Request-URI host
@@ -105,6 +118,7 @@ mod tests {
                 .collect(),
             outbound: outbound.map(|port| SocketAddr::from(([192, 0, 2, 1], port))),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            transfer: TrunkTransfer::Bridge,
         }
     }
 

@@ -16,6 +16,7 @@ use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::RegionId;
 use voxgate_endpoint::Route;
 use voxgate_session::{
+    TransferMode,
     CallerSpec, Dialled, End, EndCause, Inbound, Input, MediaCommand, Output, Progress, Session,
 };
 use voxgate_sip::{Event, TransactionKey, Transport};
@@ -25,6 +26,7 @@ use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
 use crate::outbound::{self, CallRequest, Outcome, Stage};
 use crate::relay::{Relay, RelayAlarm, RelaySockets, Side};
+use crate::transfer;
 
 /// A new call's INVITE as the dispatcher received it, with its dialog already routed to
 /// `events` (so that a CANCEL right behind it finds the call).
@@ -70,7 +72,19 @@ pub async fn run(
     let caller_call_id = voxgate_sip::message::call_id(&caller.invite)
         .unwrap_or_default()
         .to_owned();
-    let config = SessionDriver::config(&gateway, id, ports);
+    let mut config = SessionDriver::config(&gateway, id, ports);
+    // A Backend's own call out through a trunk transfers nobody; a trunk's caller as it says.
+    let trunk = match &destination {
+        Destination::Backend { .. } => gateway
+            .trunks
+            .inbound(caller.source.ip())
+            .map(|trunk| trunk.name.clone()),
+        Destination::Trunk { .. } => None,
+    };
+    config.transfer = match &destination {
+        Destination::Backend { .. } => transfer::mode(&gateway, trunk.as_deref()),
+        Destination::Trunk { .. } => TransferMode::Off,
+    };
     let spec = CallerSpec::Inbound(Inbound {
         key: caller.key,
         source: caller.source,
@@ -97,7 +111,7 @@ pub async fn run(
         caller.events,
         vec![caller.route],
     );
-    SipSession::new(gateway, driver, relay, slot, None)
+    SipSession::new(gateway, driver, relay, slot, None, trunk)
         .run()
         .await;
 }
@@ -134,6 +148,8 @@ pub async fn originate(
         // An operator's chosen Backend is that Backend or none.
         config.max_attempts = 1;
     }
+    config.transfer = transfer::mode(&gateway, Some(&request.trunk.name));
+    let trunk_name = request.trunk.name.clone();
     // Lets the Backend match the call to the API request that originated it.
     config
         .far_headers
@@ -176,7 +192,7 @@ pub async fn originate(
         mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
-    SipSession::new(gateway, driver, relay, slot, Some(progress))
+    SipSession::new(gateway, driver, relay, slot, Some(progress), Some(trunk_name))
         .run()
         .await;
 }
@@ -190,6 +206,8 @@ struct SipSession {
     progress: Option<outbound::Progress>,
     hang_up: Option<Arc<Notify>>,
     started: Instant,
+    /// The trunk the caller came through (or was dialled on): transfers may go out on it.
+    trunk: Option<String>,
 }
 
 impl SipSession {
@@ -199,6 +217,7 @@ impl SipSession {
         relay: Relay,
         slot: SessionSlot,
         progress: Option<outbound::Progress>,
+        trunk: Option<String>,
     ) -> Self {
         let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
         Self {
@@ -209,6 +228,7 @@ impl SipSession {
             progress,
             hang_up,
             started: Instant::now(),
+            trunk,
         }
     }
 
@@ -285,6 +305,17 @@ impl SipSession {
                 if let Some(progress) = &self.progress {
                     progress.stage(Stage::Connected);
                 }
+            }
+            Output::Transfer { to } => {
+                let target = transfer::target(&self.gateway, &to, self.trunk.as_deref());
+                self.driver.handle(Input::TransferTarget(target));
+            }
+            Output::Progress(Progress::Transferring { to }) => {
+                tracing::debug!(session = %id, %to, "transferring the caller");
+            }
+            Output::Progress(Progress::Transferred { to, code }) => {
+                metrics::transfer_ended(transfer::outcome(code));
+                tracing::info!(session = %id, %to, code, "transfer ended");
             }
             Output::Ended(end) => self.ended(end),
             _ => {}

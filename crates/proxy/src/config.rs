@@ -20,7 +20,7 @@ use serde::Deserialize;
 use voxgate_cluster::backend::BackendSpec;
 use voxgate_cluster::health::HealthConfig;
 use voxgate_cluster::picker::Spillover;
-use voxgate_cluster::trunk::{Trunk, TrunkTable};
+use voxgate_cluster::trunk::{Trunk, TrunkTable, TrunkTransfer};
 use voxgate_core::{NodeId, RegionId};
 
 /// The embedded default configuration (`config/voxgate.toml`), used when no file is given.
@@ -563,6 +563,7 @@ impl Config {
                     sources: t.sources.clone(),
                     outbound: t.outbound,
                     hosts: t.hosts.clone(),
+                    transfer: t.transfer,
                 })
                 .collect(),
         )
@@ -982,6 +983,10 @@ pub struct TrunkConfig {
     /// Request-URI hosts routed out through it.
     #[serde(default)]
     pub hosts: Vec<String>,
+    /// How a Backend's transfer (REFER) of this trunk's callers is done: `"bridge"` (this node
+    /// dials the target) or `"refer"` (the REFER goes to the trunk).
+    #[serde(default)]
+    pub transfer: TrunkTransfer,
 }
 
 /// `[log]`.

@@ -24,6 +24,7 @@ pub mod probe;
 pub mod registry;
 pub mod relay;
 pub mod shutdown;
+pub mod transfer;
 pub mod webrtc;
 
 use std::sync::Arc;

@@ -368,6 +368,12 @@ pub fn session_ended(cause: &'static str) {
     counter!("voxgate_sessions_ended_total", "cause" => cause).increment(1);
 }
 
+/// A transfer of a caller ended; `outcome` is `completed` or the target's failure class
+/// (`busy`, `no_answer`, `no_route`, `failed`).
+pub fn transfer_ended(outcome: &'static str) {
+    counter!("voxgate_transfers_total", "outcome" => outcome).increment(1);
+}
+
 /// Time from the caller's INVITE to the answer.
 pub fn setup_time(elapsed: Duration) {
     histogram!("voxgate_session_setup_seconds").record(elapsed.as_secs_f64());

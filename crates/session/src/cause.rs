@@ -36,6 +36,8 @@ pub enum EndCause {
     WhipDelete,
     /// A WebRTC client's peer closed (DTLS close, consent expired, setup timeout).
     WebRtcClosed,
+    /// The Backend hung up while its caller was being transferred, and the transfer failed.
+    TransferFailed,
 }
 
 impl EndCause {
@@ -58,6 +60,7 @@ impl EndCause {
             EndCause::HungUp => "hung_up",
             EndCause::WhipDelete => "whip_delete",
             EndCause::WebRtcClosed => "webrtc_closed",
+            EndCause::TransferFailed => "transfer_failed",
         }
     }
 }

@@ -18,8 +18,14 @@ use crate::media::{Side, parse_sdp, peer_media};
 use crate::session::{HeldAck, Relayed, Session, map_failure, warning};
 use crate::timer::{self, Refresher};
 
+/// Headers a relayed request carries across, by method (the rest are per-hop or rebuilt).
+const CARRIED: [(Method, &[&str]); 2] = [
+    (Method::Refer, &["Refer-To", "Referred-By"]),
+    (Method::Notify, &["Event", "Subscription-State"]),
+];
+
 impl<L> Session<L> {
-    /// Relays a re-INVITE, UPDATE or INFO from `from` to the other side. An offer in it is
+    /// Relays a re-INVITE, UPDATE, INFO, REFER or NOTIFY from `from` to the other side. An offer in it is
     /// rewritten and re-points `from`'s media (restored if the other side refuses); an
     /// offerless re-INVITE is relayed offerless (the offer comes back in the 2xx, the answer in
     /// the ACK); an UPDATE without an offer is a session refresh, answered here.
@@ -82,12 +88,23 @@ impl<L> Session<L> {
             let content_type = dialog::header_value(&request.headers, "Content-Type");
             (body, content_type, None, None)
         };
+        // What a REFER or its NOTIFY means is in its headers (RFC 3515, RFC 3892, RFC 6665).
+        let carried: Vec<Header> = CARRIED
+            .iter()
+            .filter(|(m, _)| *m == method)
+            .flat_map(|(_, names)| names.iter())
+            .filter_map(|name| {
+                let value = dialog::header_value(&request.headers, name)?;
+                Some(Header::Other((*name).into(), value))
+            })
+            .collect();
         let mut rng = SmallRng::from_rng(&mut self.rng);
         let Some(leg) = self.leg_mut(to) else {
             respond(self, 481, Vec::new());
             return;
         };
         let mut out = leg.dialog.request(&mut rng, method, None);
+        out.headers.extend(carried);
         if let Some(body) = body {
             let content_type = content_type.unwrap_or_else(|| "application/octet-stream".into());
             message::set_body(&mut out, body, Some(&content_type));
@@ -237,7 +254,8 @@ impl<L> Session<L> {
         let to = relayed.from.other();
         let method = relayed.request.method;
         if !matches!(method, Method::Invite | Method::Update) {
-            self.respond_relayed(&relayed, 200, None);
+            // 200, or 202 to a REFER.
+            self.respond_relayed(&relayed, code, None);
             return;
         }
         // A successful re-INVITE or UPDATE refreshes both legs' sessions.

@@ -105,7 +105,6 @@ impl<L> Session<L> {
                 max_forwards.saturating_sub(1).to_string().into(),
             ));
         }
-        invite.headers.push(Header::Allow(ALLOW.into()));
         // An offerless INVITE does not offer 100rel: a reliable 18x would carry the far side's
         // offer, whose answer would have to come in our PRACK before the caller made one.
         let supported = if self.offer.is_some() {
@@ -113,6 +112,20 @@ impl<L> Session<L> {
         } else {
             "timer"
         };
+        self.far_headers(&mut invite, supported, session_expires, min_se);
+        invite
+    }
+
+    /// What every INVITE of ours toward a far side says: Allow, `supported`, our session
+    /// interval, the configured headers.
+    pub(crate) fn far_headers(
+        &self,
+        invite: &mut rsip::Request,
+        supported: &str,
+        session_expires: u64,
+        min_se: u64,
+    ) {
+        invite.headers.push(Header::Allow(ALLOW.into()));
         invite.headers.push(Header::Supported(supported.into()));
         invite.headers.push(Header::Other(
             "Session-Expires".into(),
@@ -126,7 +139,21 @@ impl<L> Session<L> {
                 .headers
                 .push(Header::Other(name.clone(), value.clone()));
         }
-        invite
+    }
+
+    /// The far leg's 2xx at `now`: whether it allows UPDATE, and its session timer (RFC 4028).
+    pub(crate) fn far_leg_up(&mut self, now: Instant, response: &rsip::Response) {
+        self.updates[Side::Backend.index()] = timer::allows(&response.headers, "UPDATE");
+        self.timers[Side::Backend.index()] = None;
+        if let Some((secs, refresher)) = timer::session_expires(&response.headers) {
+            // Its 2xx sets the interval; "uac" (or none) is us (RFC 4028 7.2).
+            let refresher = match refresher.as_deref() {
+                Some("uas") => Refresher::Peer,
+                _ => Refresher::Us,
+            };
+            let interval = Duration::from_secs(secs.max(1));
+            self.timers[Side::Backend.index()] = Some(LegTimer::new(interval, refresher, now));
+        }
     }
 
     /// A response to the far INVITE now out.
@@ -163,17 +190,7 @@ impl<L> Session<L> {
                         message: ack,
                     });
                 }
-                self.updates[Side::Backend.index()] = timer::allows(&response.headers, "UPDATE");
-                if let Some((secs, refresher)) = timer::session_expires(&response.headers) {
-                    // Its 2xx sets the interval; "uac" (or none) is us (RFC 4028 7.2).
-                    let refresher = match refresher.as_deref() {
-                        Some("uas") => Refresher::Peer,
-                        _ => Refresher::Us,
-                    };
-                    let interval = Duration::from_secs(secs.max(1));
-                    self.timers[Side::Backend.index()] =
-                        Some(LegTimer::new(interval, refresher, now));
-                }
+                self.far_leg_up(now, &response);
                 let lease = attempt.lease.take();
                 self.far = Some((attempt.leg, lease));
                 match offer {
@@ -262,6 +279,7 @@ impl<L> Session<L> {
     /// 200, and its answer (in its ACK) goes in our ACK.
     pub(crate) fn far_offered(&mut self, now: Instant, cseq: u32, offer: AudioSdp) {
         self.set_media(Side::Backend, peer_media(&offer));
+        self.far_sdp = Some(offer.clone());
         self.caller_mux = offer.rtcp_mux;
         let body = self.sdp.write(Side::Caller, &offer);
         let from_cseq = self
@@ -352,6 +370,7 @@ impl<L> Session<L> {
             return;
         };
         self.set_media(Side::Backend, peer_media(&answer));
+        self.far_sdp = Some(answer.clone());
         self.outputs.push_back(Output::Answered(answer.clone()));
         if self.caller.invite.is_some() {
             // We terminate rtcp-mux ourselves: accept it toward the caller whenever it offered

@@ -85,6 +85,9 @@ pub enum Input<L> {
     Sip(Event),
     /// The answer to [`Output::Pick`]: where to try next, or `None` when nothing is left.
     Target(Option<Target<L>>),
+    /// The answer to [`Output::Transfer`]: where the transfer target is, or `None` (the
+    /// transfer fails with 404).
+    TransferTarget(Option<Target<L>>),
     /// The answer to [`Output::Reoffer`]: the codecs the media bridge keeps carrying (the
     /// re-offer is accepted), or `None` (refused with 488).
     ReofferAnswer(Option<Vec<Codec>>),
@@ -128,6 +131,18 @@ pub enum Progress {
     Bridging,
     /// Both legs are up.
     Connected,
+    /// The caller is being transferred to `to` (a Backend's REFER, or an operator's request).
+    Transferring {
+        /// The target as named (Refer-To).
+        to: String,
+    },
+    /// The transfer to `to` ended with `code`: 200 when the caller is with the target now.
+    Transferred {
+        /// The target as named.
+        to: String,
+        /// The target's final answer (404: no route to it, 408: no answer in time).
+        code: u16,
+    },
 }
 
 /// An output of [`crate::Session::poll_output`].
@@ -160,6 +175,12 @@ pub enum Output {
     Pick {
         /// Backends tried already.
         tried: Vec<NodeId>,
+    },
+    /// Find where the transfer target `to` (a `sip:`, `sips:` or `tel:` URI as the transferor
+    /// sent it) goes; answer with [`Input::TransferTarget`].
+    Transfer {
+        /// The target.
+        to: String,
     },
     /// Hold `backend` out of selection until `until` (a 503, or silence).
     CoolDown {

@@ -8,13 +8,15 @@
 //! re-pointed (and restored when the far side refuses), late offer passed through (the offer in
 //! a 2xx, the answer in the ACK), reliable provisionals (RFC 3262) and session timers (RFC 4028)
 //! on each leg independently, BYE from either side (also while a re-INVITE or INFO is in
-//! flight), the operator's hang-up, the node's shutdown and the media timeout.
+//! flight), blind transfer of the caller (RFC 3515 REFER, with NOTIFY progress), the operator's
+//! hang-up and transfer, the node's shutdown and the media timeout.
 //!
 //! Where things are: `session.rs` holds the state, the inputs and the end; `caller.rs` how a
 //! session starts from its caller; `far.rs` the far leg
 //! (target, INVITE, answers, failover, PRACK, the dialled number, wound-down INVITEs);
 //! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
-//! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals).
+//! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals);
+//! `transfer.rs` the caller's transfer (REFER, bridged here or passed to the trunk).
 //!
 //! The engine does no I/O and reads no clock, in the style of quinn-proto's `Connection` and
 //! str0m's `Rtc`: SIP events of the transaction layer, media events and operator commands go in
@@ -46,6 +48,7 @@ mod refresh;
 mod reliable;
 mod session;
 mod timer;
+mod transfer;
 
 pub use cause::{End, EndCause};
 pub use io::{
@@ -53,3 +56,4 @@ pub use io::{
 };
 pub use media::{PeerMedia, Side, first_codec_only, parse_sdp, peer_media};
 pub use session::{ALLOW, SUPPORTED, Session, SessionConfig};
+pub use transfer::TransferMode;

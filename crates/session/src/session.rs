@@ -20,9 +20,10 @@ use crate::leg::SipLeg;
 use crate::media::{PeerMedia, SdpWriter, Side};
 use crate::reliable::ReliableProvisionals;
 use crate::timer::{LegTimer, Refresher};
+use crate::transfer::{Transfer, TransferMode};
 
 /// Methods a session answers in a dialog, for `Allow`.
-pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK";
+pub const ALLOW: &str = "INVITE, ACK, CANCEL, BYE, OPTIONS, INFO, UPDATE, PRACK, REFER, NOTIFY";
 
 /// Extensions a session supports, for `Supported` (RFC 3262 reliable provisionals, RFC 4028
 /// session timers).
@@ -60,6 +61,8 @@ pub struct SessionConfig {
     pub min_se: Duration,
     /// Headers added to every far INVITE (name, value).
     pub far_headers: Vec<(String, String)>,
+    /// How a Backend's REFER transfers the caller.
+    pub transfer: TransferMode,
     /// Seed of the session's tags, branches and Call-IDs.
     pub seed: u64,
 }
@@ -149,6 +152,10 @@ pub struct Session<L> {
     pub(crate) attempt: Option<Attempt<L>>,
     /// The far leg once it answered, with its lease.
     pub(crate) far: Option<(SipLeg, Option<L>)>,
+    /// The far side's SDP when it answered (or offered, late offer).
+    pub(crate) far_sdp: Option<AudioSdp>,
+    /// A transfer of the caller under way.
+    pub(crate) transfer: Option<Transfer<L>>,
     pub(crate) tried: Vec<NodeId>,
     pub(crate) attempts: u32,
     pub(crate) winding: Vec<Attempt<L>>,
@@ -200,6 +207,8 @@ impl<L> Session<L> {
             caller_offer: None,
             attempt: None,
             far: None,
+            far_sdp: None,
+            transfer: None,
             tried: Vec::new(),
             attempts: 0,
             winding: Vec::new(),
@@ -235,6 +244,7 @@ impl<L> Session<L> {
         match input {
             Input::Sip(event) => self.on_sip(now, event),
             Input::Target(target) => self.on_target(now, target),
+            Input::TransferTarget(target) => self.on_transfer_target(now, target),
             Input::ReofferAnswer(codecs) => self.on_reoffer_answer(codecs),
             Input::ClientConnected => {
                 if self.caller.webrtc && self.phase == Phase::Setup {
@@ -264,9 +274,17 @@ impl<L> Session<L> {
         }
     }
 
+    /// An operator transfers the caller to `to` (a `sip:` or `tel:` URI) at `now`, as a
+    /// Backend's REFER would but without NOTIFYs; `Err` says why it cannot (not connected, a
+    /// transfer already under way).
+    pub fn transfer(&mut self, to: String) -> Result<(), &'static str> {
+        self.transfer_by_operator(to)
+    }
+
     /// Acts on every deadline up to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.retransmit_reliable(now);
+        self.transfer_due(now);
         for side in [Side::Caller, Side::Backend] {
             self.session_timer_due(side, now);
         }
@@ -334,6 +352,9 @@ impl<L> Session<L> {
                 if let Some(deadline) = timer.deadline() {
                     consider(deadline);
                 }
+            }
+            if let Some(deadline) = self.transfer_deadline() {
+                consider(deadline);
             }
         }
         for attempt in &self.winding {
@@ -485,6 +506,15 @@ impl<L> Session<L> {
             return;
         };
         match request.method {
+            Method::Bye if side == Side::Backend && self.transfer.is_some() => {
+                // The transferor leaves before the target answers: the caller waits for it.
+                let reply = leg.dialog.response(&request, 200, None);
+                self.outputs.push_back(Output::Respond {
+                    key,
+                    response: reply,
+                });
+                self.transferor_left();
+            }
             Method::Bye => {
                 let reply = leg.dialog.response(&request, 200, None);
                 self.outputs.push_back(Output::Respond {
@@ -497,9 +527,23 @@ impl<L> Session<L> {
                 };
                 self.end(now, cause, None, None, Some(side));
             }
-            Method::Invite | Method::Info | Method::Update if self.phase == Phase::Up => {
+            Method::Invite | Method::Info | Method::Update
+                if self.phase == Phase::Up && self.far.is_none() && !self.caller.webrtc =>
+            {
+                // The transferor left and the target is not up yet: nobody to ask.
+                let mut reply = leg.dialog.response(&request, 500, None);
+                reply.headers.push(Header::RetryAfter("1".into()));
+                self.outputs.push_back(Output::Respond {
+                    key,
+                    response: reply,
+                });
+            }
+            Method::Invite | Method::Info | Method::Update | Method::Notify
+                if self.phase == Phase::Up =>
+            {
                 self.relay_request(now, side, key, request);
             }
+            Method::Refer if self.phase == Phase::Up => self.on_refer(now, side, key, request),
             // UPDATE in the early dialogs (RFC 3311): both exist, or the request could not
             // have reached us on this one.
             Method::Update if self.phase == Phase::Calling && self.caller.leg.is_some() => {
@@ -543,6 +587,10 @@ impl<L> Session<L> {
         let branch = key.branch();
         if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
             self.on_attempt_response(now, response);
+            return;
+        }
+        if self.is_transfer_branch(branch) {
+            self.on_transfer_response(now, response);
             return;
         }
         if self
@@ -613,6 +661,11 @@ impl<L> Session<L> {
         if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
             self.attempt = None;
             self.pick(now);
+        } else if self.is_transfer_branch(branch) {
+            if let Some(transfer) = self.transfer.as_mut() {
+                transfer.attempt = None;
+            }
+            self.transfer_failed(now, 408);
         } else if self
             .caller
             .dialling
@@ -661,7 +714,8 @@ impl<L> Session<L> {
             }
         }
         // Far INVITEs still out are cancelled (once provisional) and followed to their end.
-        let pending = [self.attempt.take(), self.caller.dialling.take()];
+        let transfer = self.transfer.take().and_then(|t| t.attempt);
+        let pending = [self.attempt.take(), self.caller.dialling.take(), transfer];
         for mut attempt in pending.into_iter().flatten() {
             if let Some(cancel) = attempt.cancel() {
                 self.outputs.push_back(Output::Request {

@@ -283,6 +283,15 @@ impl WebRtcSession {
                 self.gateway
                     .set_session_peer(self.driver.id, &call_id, peer);
             }
+            Output::Transfer { to } => {
+                // A WebRTC client came through no trunk: Backends and trunks by host only.
+                let target = crate::transfer::target(&self.gateway, &to, None);
+                self.driver.handle(Input::TransferTarget(target));
+            }
+            Output::Progress(Progress::Transferred { to, code }) => {
+                metrics::transfer_ended(crate::transfer::outcome(code));
+                tracing::info!(session = %self.driver.id, %to, code, "transfer ended");
+            }
             Output::Progress(Progress::Connected) if self.bridge.is_some() => {
                 metrics::session_started();
                 metrics::setup_time(self.started.elapsed());

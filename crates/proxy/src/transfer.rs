@@ -1,0 +1,81 @@
+//! Where a transfer target goes (the engine asks with `Output::Transfer`): a Backend named by
+//! its address, an outbound trunk named by the target's host, else the session's own trunk (a
+//! `tel:` number goes out the way its caller came in).
+
+use voxgate_cluster::{BackendLease, TrunkTransfer};
+use voxgate_session::{Target, TransferMode};
+use voxgate_sip::dialog;
+
+use crate::gateway::Gateway;
+
+/// The target of `to` (a `sip:`, `sips:` or `tel:` URI) for a session whose caller came
+/// through trunk `own` (by name), if any.
+pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<BackendLease>> {
+    if let Some(address) = dialog::uri_socket_addr(to) {
+        let backend = gateway
+            .picker
+            .backends()
+            .into_iter()
+            .find(|spec| spec.address == address);
+        if let Some(spec) = backend {
+            let now = tokio::time::Instant::now().into_std();
+            let lease = gateway.picker.pick_node(now, &spec.id).ok()?;
+            return Some(Target {
+                address: lease.address(),
+                backend: Some(lease.id().clone()),
+                host: None,
+                lease: Some(lease),
+            });
+        }
+    }
+    let host = dialog::uri_host(to).unwrap_or_default();
+    let by_host = (!host.is_empty())
+        .then(|| gateway.trunks.outbound(None, host))
+        .flatten();
+    let trunk = by_host.or_else(|| {
+        let own = own?;
+        gateway
+            .trunks
+            .trunks()
+            .iter()
+            .find(|trunk| trunk.name == own && trunk.outbound.is_some())
+    })?;
+    let address = trunk.outbound?;
+    let host = match host {
+        "" => trunk.hosts.first().cloned().unwrap_or_else(|| address.to_string()),
+        host => host.to_owned(),
+    };
+    Some(Target {
+        address,
+        backend: None,
+        host: Some(host),
+        lease: None,
+    })
+}
+
+/// The `outcome` label of a transfer that ended with `code`.
+pub fn outcome(code: u16) -> &'static str {
+    match code {
+        200..=299 => "completed",
+        486 | 600 => "busy",
+        404 => "no_route",
+        408 | 480 | 487 => "no_answer",
+        _ => "failed",
+    }
+}
+
+/// The engine's transfer mode for a caller that came through `trunk` (by name).
+pub fn mode(gateway: &Gateway, trunk: Option<&str>) -> TransferMode {
+    let configured = trunk.and_then(|name| {
+        gateway
+            .trunks
+            .trunks()
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| t.transfer)
+    });
+    match configured {
+        Some(TrunkTransfer::Refer) => TransferMode::Refer,
+        _ => TransferMode::Bridge,
+    }
+}
