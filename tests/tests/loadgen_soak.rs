@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    Proxy, backend_toml, binary, field, field_f64, free_udp_port, scratch_dir, start_backend,
+    Proxy, backend_toml, binary, field, field_f64, scratch_dir, start_backend, unique_suffix,
 };
 
 /// A Proxy capped at 10 sessions in front of `backends`; a Backend that does not answer an INVITE
@@ -31,11 +31,7 @@ fn proxy_for(name: &str, backends: &[SocketAddr]) -> Proxy {
 /// Runs a 20 s soak at ~1.5x the cap of 10 (8 calls/s held 1-3 s: ~16 offered) against `proxy`,
 /// with `extra` flags; returns the process output and the JSON report.
 fn soak(proxy: &Proxy, seed: &str, extra: &[&str]) -> (Output, serde_json::Value) {
-    let report = scratch_dir().join(format!(
-        "soak-{}-{}.json",
-        std::process::id(),
-        free_udp_port()
-    ));
+    let report = scratch_dir().join(format!("soak-{}.json", unique_suffix()));
     let report_arg = report.to_string_lossy().into_owned();
     let target = proxy.sip.to_string();
     let metrics = format!("http://{}/metrics", proxy.http);

@@ -14,7 +14,7 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use common::sipp::{ProbeCatcher, ScenarioPeer, sipp_or_skip};
-use common::{Proxy, backend_toml, free_udp_port};
+use common::{Proxy, backend_toml, lease_port};
 
 /// Every test's health section: voxgate probes each Backend with OPTIONS at start and then once
 /// per interval; the start probe is answered by a [`ProbeCatcher`], the next comes after the test.
@@ -39,7 +39,7 @@ impl Bench {
     /// scenario `uas`; `None` after printing why the test is skipped.
     fn start(test: &str, uas: &str, config: &str) -> Option<Self> {
         let sipp = sipp_or_skip(test)?;
-        let port = free_udp_port();
+        let port = lease_port();
         let catcher = ProbeCatcher::bind(port);
         let address = format!("127.0.0.1:{port}").parse().unwrap();
         let config = format!(
