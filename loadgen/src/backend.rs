@@ -48,6 +48,8 @@ struct Counters {
     active: AtomicU64,
     answered: AtomicU64,
     rejected: AtomicU64,
+    /// Calls cancelled before the answer (CANCEL during the answer delay).
+    cancelled: AtomicU64,
     ended: AtomicU64,
 }
 
@@ -127,6 +129,7 @@ fn log_status(shared: &Shared) {
         active = c.active.load(Ordering::Relaxed),
         answered = c.answered.load(Ordering::Relaxed),
         rejected = c.rejected.load(Ordering::Relaxed),
+        cancelled = c.cancelled.load(Ordering::Relaxed),
         ended = c.ended.load(Ordering::Relaxed),
         rtp_echoed = shared.echo.echoed(),
         "backend status"
@@ -307,6 +310,7 @@ impl<'a> EchoCall<'a> {
                         endpoint.respond(key, response_for(&request, 200, None));
                         let terminated = self.dialog.response(invite, 487, None);
                         endpoint.respond(invite_key.clone(), terminated);
+                        self.shared.counters.cancelled.fetch_add(1, Ordering::Relaxed);
                         return Err(());
                     }
                     Some(Event::Request { key, request, .. }) => {

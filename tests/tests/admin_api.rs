@@ -198,7 +198,11 @@ fn regions_lifecycle_validation_and_safe_deletion() {
         409,
         "NODES_ONLINE",
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    // Once its 1 s heartbeat TTL ran out the node is offline, and only its registration is left.
+    let quiet = wait_until(Duration::from_secs(5), || {
+        admin(&proxy, "GET", "/v1/nodes/eu-b1/status", None).1["online"] == false
+    });
+    assert!(quiet, "eu-b1 still online 5 s after its last heartbeat");
     expect_error(
         admin(&proxy, "DELETE", "/v1/regions/EU-WEST", None),
         409,
@@ -332,9 +336,15 @@ fn nodes_validation_heartbeats_and_safe_deletion() {
         admin(&proxy, "POST", "/v1/nodes/n1/enable", reasons("in service")).0,
         200
     );
-    std::thread::sleep(Duration::from_millis(1200));
+    let offline = wait_until(Duration::from_secs(5), || {
+        admin(&proxy, "GET", "/v1/nodes/n1/status", None).1["online"] == false
+    });
     let (_, status) = admin(&proxy, "GET", "/v1/nodes/n1/status", None);
-    assert_eq!(status["online"], false, "offline after its TTL: {status}");
+    assert!(
+        offline,
+        "still online 5 s after its last heartbeat (TTL 1 s): {status}"
+    );
+    assert!(status["status"].is_null(), "offline yet a status: {status}");
     expect_error(
         admin(&proxy, "DELETE", "/v1/nodes/n1", None),
         409,
@@ -489,12 +499,12 @@ fn embedded_registry_survives_restart_and_refuses_a_corrupt_file() {
         .env("VOXGATE_CLUSTER__STATE_FILE", &state)
         .env(
             "VOXGATE_SIP__LISTEN_UDP",
-            format!("127.0.0.1:{}", common::free_udp_port()),
+            format!("127.0.0.1:{}", common::lease_port()),
         )
         .env("VOXGATE_SIP__LISTEN_TCP", "")
         .env(
             "VOXGATE_HTTP__LISTEN",
-            format!("127.0.0.1:{}", common::free_tcp_port()),
+            format!("127.0.0.1:{}", common::lease_port()),
         )
         .output()
         .unwrap();

@@ -69,6 +69,25 @@ fn placed(proxy: &Proxy, backend: &str) -> f64 {
     ))
 }
 
+/// The Backends of US-EAST as `proxy`'s last registry sync applied them: (online, sessions,
+/// session limit). The sync computes these after applying the registry to routing, so a value
+/// here is one routing already has.
+fn backends_seen(proxy: &Proxy) -> (f64, f64, f64) {
+    let text = proxy.metrics();
+    let gauge = |name: &str| {
+        common::sample(
+            &text,
+            &format!("{name}{{region=\"US-EAST\",kind=\"backend\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    (
+        gauge("voxgate_region_nodes_online"),
+        gauge("voxgate_region_sessions_active"),
+        gauge("voxgate_region_sessions_limit"),
+    )
+}
+
 /// Calls through `proxy` held for `hold`, in a thread; joined by the caller.
 fn calls(
     proxy: &Proxy,
@@ -138,7 +157,13 @@ fn sessions_placed_by_one_proxy_steer_the_other() {
     assert!(wait_until(Duration::from_secs(2), || {
         admin(&a, "GET", "/v1/nodes/b2", None).1["maintenance"] == true
     }));
-    std::thread::sleep(Duration::from_millis(600));
+    // proxy-a's routing has it once a sync applied it: both Backends up, only b1's 10 offered.
+    assert!(
+        wait_until(Duration::from_secs(5), || backends_seen(&a)
+            == (2.0, 0.0, 10.0)),
+        "proxy-a never applied b2's maintenance:\n{}",
+        a.metrics()
+    );
     let first = calls(&a, 6, "6s");
     assert!(
         wait_until(Duration::from_secs(4), || placed(&a, "b1") == 6.0),
@@ -153,7 +178,13 @@ fn sessions_placed_by_one_proxy_steer_the_other() {
         }),
         "proxy-b never saw proxy-a's sessions on b1"
     );
-    std::thread::sleep(Duration::from_millis(600));
+    // ... and its routing has them, with b2 back: a sync applied both.
+    assert!(
+        wait_until(Duration::from_secs(5), || backends_seen(&b)
+            == (2.0, 6.0, 20.0)),
+        "proxy-b's routing never had proxy-a's sessions and b2 back:\n{}",
+        b.metrics()
+    );
 
     // b1 is at 6/10 for the fleet, b2 at 0/10: proxy-b's four calls all go to b2.
     let second = calls(&b, 4, "2s");
@@ -186,8 +217,10 @@ fn a_backend_that_stops_heartbeating_is_offline_and_gets_no_calls() {
         Some(json!({ "api_key": B1_KEY })),
     );
     assert_eq!(status, 200, "{body}");
+    // It reports 2 sessions: proxy-a counts them only once a sync took b1 as heartbeating (a
+    // probed Backend counts what the proxies placed on it: none).
     let beat = || {
-        let body = json!({"active_sessions": 0, "limit": 10}).to_string();
+        let body = json!({"active_sessions": 2, "limit": 10}).to_string();
         let (status, text) = http_request(
             b.http,
             "PUT",
@@ -202,8 +235,15 @@ fn a_backend_that_stops_heartbeating_is_offline_and_gets_no_calls() {
     assert!(wait_until(Duration::from_secs(2), || {
         admin(&a, "GET", "/v1/nodes/b1/status", None).1["online"] == true
     }));
-    std::thread::sleep(Duration::from_millis(500));
-    beat();
+    // Beating on until proxy-a's routing follows the heartbeat rather than its probes.
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            beat();
+            backends_seen(&a).1 == 2.0
+        }),
+        "proxy-a never took b1's heartbeat:\n{}",
+        a.metrics()
+    );
     // It stops: offline within its 1 s TTL (plus a sync), and proxy-a sends it nothing.
     assert!(
         wait_until(Duration::from_secs(2), || {
@@ -211,10 +251,13 @@ fn a_backend_that_stops_heartbeating_is_offline_and_gets_no_calls() {
         }),
         "b1 still online after its TTL"
     );
-    std::thread::sleep(Duration::from_millis(600));
-    assert_eq!(
-        a.metric("voxgate_backend_up{backend=\"b1\",region=\"US-EAST\"}"),
-        0.0
+    // proxy-a's next sync marks it down.
+    assert!(
+        wait_until(Duration::from_secs(3), || {
+            a.metric("voxgate_backend_up{backend=\"b1\",region=\"US-EAST\"}") == 0.0
+        }),
+        "proxy-a still routes to b1:\n{}",
+        a.metrics()
     );
     let load = calls(&a, 4, "1s");
     assert!(wait_until(Duration::from_secs(4), || placed(&a, "b2") == 4.0));

@@ -673,20 +673,34 @@ fn every_metric_named_in_deploy_is_exported_by_voxgate() {
             "--total",
             "2",
             "--hold",
-            "2s",
+            "4s",
         ])
     });
     let answered = wait_until(Duration::from_secs(5), || {
         proxy.metric("voxgate_sessions_active") == 1.0
     });
     assert!(answered, "no call up:\n{}", proxy.metrics());
-    // Once the call's media has latched, junk on every relay port is dropped (strict source or
-    // malformed) without disturbing the call.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the call's media has latched (packets relayed both ways, counted about once a second),
+    // junk on every relay port is dropped (strict source or malformed) without disturbing the call.
+    let latched = wait_until(Duration::from_secs(3), || {
+        ["caller_to_backend", "backend_to_caller"]
+            .iter()
+            .all(|direction| {
+                proxy.counter(&format!(
+                    "voxgate_rtp_packets_total{{direction=\"{direction}\"}}"
+                )) > 0.0
+            })
+    });
+    assert!(latched, "no media relayed:\n{}", proxy.metrics());
     let stray = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     for port in proxy.media.0..=proxy.media.1 {
         let _ = stray.send_to(b"junk", ("127.0.0.1", port));
     }
+    assert_eq!(
+        proxy.metric("voxgate_sessions_active"),
+        1.0,
+        "the call ended before the junk was sent"
+    );
     let (_, report) = load.join().unwrap();
     assert_eq!(field(&report, &["calls", "answered"]), 1, "{report:#}");
     assert_eq!(

@@ -9,11 +9,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use common::{
-    Running, binary, field, field_f64, free_udp_port, run_calls, sip_exchange, wait_for_sip,
+    Running, backend_status, binary, field, field_f64, lease_port, run_calls, sip_exchange,
+    wait_for_sip, wait_until,
 };
 
 fn start_backend(name: &str, max_sessions: u32) -> (Running, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], lease_port()));
     let backend = Running::start(
         name,
         &binary("voxgate-loadgen"),
@@ -25,6 +26,8 @@ fn start_backend(name: &str, max_sessions: u32) -> (Running, SocketAddr) {
             &max_sessions.to_string(),
             "--retry-after",
             "7s",
+            "--status-every",
+            "100ms",
         ],
     );
     wait_for_sip(addr, Duration::from_secs(10));
@@ -71,7 +74,7 @@ fn calls_complete_with_media_echoed() {
 
 #[test]
 fn backend_cap_answers_503_with_retry_after() {
-    let (_backend, addr) = start_backend("echo-cap", 3);
+    let (backend, addr) = start_backend("echo-cap", 3);
     let (output, report) = run_calls(&[
         "--target",
         &addr.to_string(),
@@ -107,7 +110,16 @@ fn backend_cap_answers_503_with_retry_after() {
             "3s",
         ])
     });
-    std::thread::sleep(Duration::from_millis(1200));
+    // Full again once the held calls are answered (3 answered before them) and up.
+    let full = wait_until(Duration::from_secs(5), || {
+        let log = backend.log();
+        backend_status(&log, "answered") == Some(6) && backend_status(&log, "active") == Some(3)
+    });
+    assert!(
+        full,
+        "the held calls never filled the cap:\n{}",
+        backend.log()
+    );
     let response = sip_exchange(
         "127.0.0.1",
         addr,

@@ -14,7 +14,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{
-    Proxy, backend_toml, binary, field, field_f64, free_udp_port, scratch_dir, start_backend,
+    Proxy, backend_toml, binary, field, field_f64, scratch_dir, start_backend, unique_suffix,
 };
 
 /// A Proxy capped at 10 sessions in front of `backends`; a Backend that does not answer an INVITE
@@ -37,9 +37,9 @@ fn soak(proxy: &Proxy, seed: &str, extra: &[&str]) -> (Output, serde_json::Value
     (output.clone(), report_of(&output, &report))
 }
 
-/// A scratch file named after this process and a fresh port number.
+/// A scratch file of its own.
 fn scratch_file(what: &str) -> PathBuf {
-    scratch_dir().join(format!("{what}-{}-{}", std::process::id(), free_udp_port()))
+    scratch_dir().join(format!("{what}-{}", unique_suffix()))
 }
 
 /// The `soak` command of [`soak`], and where its report goes.

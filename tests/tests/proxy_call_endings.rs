@@ -28,7 +28,10 @@ fn ended(proxy: &Proxy, cause: &str) -> f64 {
 
 #[test]
 fn cancel_before_answer_gets_487_and_cancels_the_backend() {
-    let (mut backend, addr) = start_backend("cancel-b1", &["--answer-delay", "3s"]);
+    let (mut backend, addr) = start_backend(
+        "cancel-b1",
+        &["--answer-delay", "3s", "--status-every", "100ms"],
+    );
     let proxy = proxy_for("cancel-proxy", addr, "60s");
     let mut uac = Uac::new("127.0.0.1", proxy.sip);
     uac.send_invite();
@@ -49,8 +52,17 @@ fn cancel_before_answer_gets_487_and_cancels_the_backend() {
     assert_eq!(ended(&proxy, "cancelled"), 1.0, "{}", proxy.metrics());
     assert_eq!(proxy.counter("voxgate_sessions_started_total"), 0.0);
 
-    // Past the Backend's answer delay: had the CANCEL not reached it, it would have answered.
-    std::thread::sleep(Duration::from_millis(3200));
+    // The CANCEL reached the Backend within its 3 s answer delay and the call ended there
+    // unanswered: it cannot be answered any more.
+    let cancelled = wait_until(Duration::from_secs(3), || {
+        let log = backend.log();
+        backend_status(&log, "cancelled") == Some(1) && backend_status(&log, "ended") == Some(1)
+    });
+    assert!(
+        cancelled,
+        "the Backend has not seen the CANCEL:\n{}",
+        backend.log()
+    );
     assert!(
         backend.terminate(Duration::from_secs(10)),
         "{}",
@@ -58,6 +70,7 @@ fn cancel_before_answer_gets_487_and_cancels_the_backend() {
     );
     let log = backend.log();
     assert_eq!(backend_status(&log, "answered"), Some(0), "{log}");
+    assert_eq!(backend_status(&log, "cancelled"), Some(1), "{log}");
     assert_eq!(backend_status(&log, "ended"), Some(1), "{log}");
     assert!(
         uac.recv_request(rsip::Method::Bye, Duration::from_millis(100))
@@ -106,15 +119,18 @@ fn a_cancel_right_behind_its_invite_is_never_answered_481_nor_the_call_set_up() 
         proxy.metrics()
     );
     assert_eq!(proxy.counter("voxgate_sessions_started_total"), 0.0);
-    // Past the Backend's answer delay: no call was answered, on either side.
-    std::thread::sleep(Duration::from_millis(2200));
-    for uac in &mut uacs {
-        assert!(
-            uac.recv_request(rsip::Method::Bye, Duration::from_millis(10))
-                .is_none(),
-            "a cancelled call was answered and hung up"
-        );
-    }
+    // Every INVITE forwarded to the Backend has had its final answer there: the proxy holds a
+    // Backend's lease until then (a 200 crossing a CANCEL included).
+    let settled = wait_until(Duration::from_secs(5), || {
+        proxy.metric("voxgate_backend_sessions_active{backend=\"b1\",region=\"US-EAST\"}") == 0.0
+    });
+    assert!(
+        settled,
+        "INVITEs still out to the Backend:\n{}",
+        proxy.metrics()
+    );
+    // Stopping the Backend waits for its calls (up to 5 s, past the 2 s answer delay), so its
+    // last status line counts every call it got: none answered, each one cancelled.
     assert!(
         backend.terminate(Duration::from_secs(10)),
         "{}",
@@ -122,6 +138,19 @@ fn a_cancel_right_behind_its_invite_is_never_answered_481_nor_the_call_set_up() 
     );
     let log = backend.log();
     assert_eq!(backend_status(&log, "answered"), Some(0), "{log}");
+    assert_eq!(
+        backend_status(&log, "cancelled"),
+        backend_status(&log, "ended"),
+        "{log}"
+    );
+    // Nothing was answered, so nothing was hung up on either side.
+    for uac in &mut uacs {
+        assert!(
+            uac.recv_request(rsip::Method::Bye, Duration::from_millis(10))
+                .is_none(),
+            "a cancelled call was answered and hung up"
+        );
+    }
 }
 
 #[test]

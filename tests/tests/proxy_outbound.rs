@@ -8,14 +8,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Proxy, field, free_udp_port, run_calls, start_backend};
+use common::{Proxy, field, lease_port, run_calls, start_backend};
 
 #[test]
 fn a_backend_calls_out_through_its_trunk() {
     // The "carrier" behind the trunk is an echo Backend; the Backend placing the outbound call
     // is a loadgen caller bound to the address voxgate knows as backend b1.
     let (mut carrier, carrier_addr) = start_backend("outbound-carrier", &[]);
-    let backend_port = free_udp_port();
+    let backend_port = lease_port();
     let config = format!(
         "[[backends]]\nid = \"b1\"\naddress = \"127.0.0.1:{backend_port}\"\nmax_sessions = 10\n\n\
          [[trunks]]\nname = \"carrier\"\noutbound = \"{carrier_addr}\"\nhosts = [\"127.0.0.1\"]\n"
@@ -54,7 +54,7 @@ fn a_backend_calls_out_through_its_trunk() {
 
 #[test]
 fn an_outbound_call_with_no_trunk_gets_404() {
-    let backend_port = free_udp_port();
+    let backend_port = lease_port();
     let config = format!(
         "[[backends]]\nid = \"b1\"\naddress = \"127.0.0.1:{backend_port}\"\nmax_sessions = 10\n"
     );

@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    Proxy, SilentPeer, backend_toml, field, field_f64, run_calls, start_backend, wait_until,
+    Proxy, SilentPeer, backend_status, backend_toml, field, field_f64, run_calls, start_backend,
+    wait_until,
 };
 
 fn active(proxy: &Proxy, backend: &str) -> f64 {
@@ -119,8 +120,17 @@ fn stopped_backend_is_marked_down_and_gets_no_calls() {
 
 #[test]
 fn backend_503_cools_down_for_its_retry_after() {
-    let (mut busy, busy_addr) =
-        start_backend("cool-busy", &["--max-sessions", "0", "--retry-after", "3s"]);
+    let (mut busy, busy_addr) = start_backend(
+        "cool-busy",
+        &[
+            "--max-sessions",
+            "0",
+            "--retry-after",
+            "3s",
+            "--status-every",
+            "100ms",
+        ],
+    );
     let (_good, good_addr) = start_backend("cool-good", &[]);
     let config = format!(
         "[health]\ninterval = \"1s\"\n{}{}",
@@ -130,7 +140,7 @@ fn backend_503_cools_down_for_its_retry_after() {
     let proxy = Proxy::start("cool-proxy", &config);
     let target = proxy.sip.to_string();
     let burst = |total: &str, hold: &str| {
-        run_calls(&[
+        let (output, report) = run_calls(&[
             "--target",
             &target,
             "--concurrency",
@@ -143,32 +153,49 @@ fn backend_503_cools_down_for_its_retry_after() {
             hold,
             "--max-failure-rate",
             "0",
-        ])
+        ]);
+        assert!(output.status.success(), "{report:#}");
+        assert_eq!(
+            field(&report, &["calls", "completed"]),
+            total.parse::<u64>().unwrap(),
+            "{report:#}"
+        );
     };
-    // A burst well inside the Retry-After: every call is answered by the good Backend.
-    let (output, report) = burst("6", "500ms");
-    assert!(output.status.success(), "{report:#}");
-    assert_eq!(field(&report, &["calls", "completed"]), 6, "{report:#}");
-    // After the Retry-After the busy Backend is eligible again: of two held calls, one goes to
-    // the less utilized, i.e. it is tried again (and fails over again).
-    std::thread::sleep(Duration::from_millis(3300));
-    let (output, report) = burst("2", "1s");
-    assert!(output.status.success(), "{report:#}");
-    assert_eq!(field(&report, &["calls", "completed"]), 2, "{report:#}");
+    let rejected = |busy: &common::Running| backend_status(&busy.log(), "rejected").unwrap_or(0);
+    // A burst well inside the Retry-After: every call is answered by the good Backend, the busy
+    // one having been tried (and failed over from) once.
+    let started = std::time::Instant::now();
+    burst("6", "500ms");
+    assert!(
+        wait_until(Duration::from_secs(2), || rejected(&busy) >= 1),
+        "the busy Backend was never tried:\n{}",
+        busy.log()
+    );
+    // Of two held calls one goes to the less utilized Backend, so a pair of calls tries the busy
+    // one whenever it is eligible: pairs until it is tried again, which must not be before its
+    // Retry-After has run out.
+    let retried = wait_until(Duration::from_secs(15), || {
+        burst("2", "300ms");
+        rejected(&busy) >= 2
+    });
+    let waited = started.elapsed();
+    assert!(
+        retried,
+        "the busy Backend was never tried again:\n{}",
+        busy.log()
+    );
+    assert!(
+        waited >= Duration::from_secs(3),
+        "the busy Backend was tried again {waited:?} after the first 503, inside its 3 s Retry-After"
+    );
     proxy.assert_idle(Duration::from_secs(5));
 
     assert!(busy.terminate(Duration::from_secs(10)), "{}", busy.log());
-    let log = busy.log();
-    let rejected = log
-        .lines()
-        .rev()
-        .find_map(|l| l.split("rejected=").nth(1))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("no status line in the busy Backend's log:\n{log}"));
     assert_eq!(
-        rejected, 2,
-        "busy Backend should be tried once per Retry-After window"
+        rejected(&busy),
+        2,
+        "busy Backend should be tried once per Retry-After window:\n{}",
+        busy.log()
     );
 }
 

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
-use common::{Proxy, backend_toml, free_tcp_port, start_backend};
+use common::{Proxy, backend_toml, lease_port, start_backend};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rsip::SipMessage;
@@ -98,7 +98,7 @@ impl TcpCaller {
 fn a_tcp_caller_is_answered_and_hung_up_on_its_connection() {
     // The Backend hangs up after 1 s without media from the proxy's side of the call.
     let (_backend, backend) = start_backend("tcp-b1", &["--media-timeout", "1s"]);
-    let tcp_port = free_tcp_port();
+    let tcp_port = lease_port();
     let proxy = Proxy::start_with_env(
         "tcp-proxy",
         &backend_toml("b1", backend, 10, None),
@@ -150,7 +150,7 @@ fn a_tcp_caller_is_answered_and_hung_up_on_its_connection() {
 #[test]
 fn a_tcp_caller_can_hang_up() {
     let (_backend, backend) = start_backend("tcp-b2", &[]);
-    let tcp_port = free_tcp_port();
+    let tcp_port = lease_port();
     let proxy = Proxy::start_with_env(
         "tcp-proxy-2",
         &backend_toml("b1", backend, 10, None),

@@ -16,8 +16,8 @@ use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::RegionId;
 use voxgate_endpoint::Route;
 use voxgate_session::{
-    TransferMode,
     CallerSpec, Dialled, End, EndCause, Inbound, Input, MediaCommand, Output, Progress, Session,
+    TransferMode,
 };
 use voxgate_sip::{Event, TransactionKey, Transport};
 
@@ -192,9 +192,16 @@ pub async fn originate(
         mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
-    SipSession::new(gateway, driver, relay, slot, Some(progress), Some(trunk_name))
-        .run()
-        .await;
+    SipSession::new(
+        gateway,
+        driver,
+        relay,
+        slot,
+        Some(progress),
+        Some(trunk_name),
+    )
+    .run()
+    .await;
 }
 
 /// A SIP session's task: the engine's driver and what the session holds until its end.

@@ -42,7 +42,11 @@ pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<B
     })?;
     let address = trunk.outbound?;
     let host = match host {
-        "" => trunk.hosts.first().cloned().unwrap_or_else(|| address.to_string()),
+        "" => trunk
+            .hosts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| address.to_string()),
         host => host.to_owned(),
     };
     Some(Target {

@@ -1,14 +1,17 @@
 //! The Redis registry against a real redis-server: two registries sharing state, status expiry,
 //! concurrent changes, safe deletion, reseeding, audit, corrupt state, outages.
 //!
-//! Each test starts its own `redis-server` on a free port of 127.0.0.1 (no persistence) and kills it
-//! when done. Redis expires keys on its own clock, so these tests sleep for real rather than pausing
-//! tokio's clock.
+//! Each test starts its own `redis-server` on a port of 127.0.0.1 leased to this test process (no
+//! persistence) and kills it when done. Redis expires keys on its own clock, so these tests wait
+//! for real rather than pausing tokio's clock.
 
 mod common;
+// The end-to-end tests' port leases, so that test processes running at once never share a port.
+#[path = "../../../tests/tests/common/ports.rs"]
+mod ports;
 
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,12 +33,9 @@ struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port and waits until it accepts connections.
+    /// Starts a server on a leased port and waits until it accepts connections.
     async fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|listener| listener.local_addr())
-            .expect("a free port")
-            .port();
+        let port = ports::lease_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let mut server = Self {
             child: None,
@@ -165,6 +165,22 @@ fn unavailable<T: std::fmt::Debug>(result: Result<T, RegistryError>) -> String {
     }
 }
 
+/// Polls `registry` until Redis holds no live status (every TTL ran out); the snapshot then.
+async fn expired(registry: &RedisRegistry) -> voxgate_proxy::registry::Snapshot {
+    let deadline = Instant::now() + TTL + Duration::from_secs(5);
+    loop {
+        let snapshot = registry.snapshot().await.expect("snapshot");
+        if snapshot.statuses.iter().count() == 0 {
+            return snapshot;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a status outlived its {TTL:?} TTL by 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn get(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<String> {
     redis::cmd("GET")
         .arg(key)
@@ -222,10 +238,8 @@ async fn a_status_published_by_one_is_online_for_the_other_until_its_ttl() {
     assert!(ttl_left > 0 && ttl_left <= 400, "ttl left {ttl_left}");
     assert!(!snapshot.statuses.is_online(&node("b1"), snapshot.now_ms));
 
-    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
-    let snapshot = two.snapshot().await.expect("snapshot");
+    let snapshot = expired(&two).await;
     assert!(!snapshot.statuses.is_online(&node("p1"), snapshot.now_ms));
-    assert_eq!(snapshot.statuses.iter().count(), 0);
 
     // A node that is not registered is told so, and leaves nothing behind.
     assert_eq!(
@@ -344,7 +358,7 @@ async fn a_node_is_deleted_only_after_its_status_expired() {
             .is_some()
     );
 
-    tokio::time::sleep(TTL + Duration::from_millis(200)).await;
+    expired(&two).await;
     one.apply(delete(), "alice").await.expect("deleted");
     let snapshot = two.snapshot().await.expect("snapshot");
     assert!(snapshot.state.node(&node("b1")).is_none());

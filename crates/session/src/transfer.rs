@@ -137,10 +137,7 @@ impl<L> Session<L> {
 
     /// Where the transfer target is, answering [`Output::Transfer`].
     pub(crate) fn on_transfer_target(&mut self, now: Instant, target: Option<Target<L>>) {
-        let pending = self
-            .transfer
-            .as_ref()
-            .is_some_and(|t| t.attempt.is_none());
+        let pending = self.transfer.as_ref().is_some_and(|t| t.attempt.is_none());
         if self.phase != Phase::Up || !pending {
             // A late answer: its lease is dropped here.
             return;
@@ -251,7 +248,10 @@ impl<L> Session<L> {
         let Some(answer) = answer else {
             // Nothing to send the caller's media to: the target is hung up, the call stays.
             let bye = attempt.leg.dialog.bye(&mut self.rng);
-            self.outputs.push_back(Output::Request { to: hop, request: bye });
+            self.outputs.push_back(Output::Request {
+                to: hop,
+                request: bye,
+            });
             self.transfer_failed(now, 488);
             return;
         };
@@ -354,17 +354,13 @@ impl<L> Session<L> {
             return;
         };
         let mut notify = leg.dialog.request(&mut rng, Method::Notify, None);
-        notify
-            .headers
-            .push(Header::Event("refer".into()));
+        notify.headers.push(Header::Event("refer".into()));
         let state = if last {
             "terminated;reason=noresource"
         } else {
             "active;expires=60"
         };
-        notify
-            .headers
-            .push(Header::SubscriptionState(state.into()));
+        notify.headers.push(Header::SubscriptionState(state.into()));
         let body = format!("SIP/2.0 {code} {}\r\n", reason_phrase(code)).into_bytes();
         message::set_body(&mut notify, body, Some("message/sipfrag;version=2.0"));
         let hop = leg.hop();
@@ -393,9 +389,11 @@ fn refer_to(request: &rsip::Request) -> Result<(String, bool), &'static str> {
     if !scheme_ok {
         return Err("Refer-To must be a sip:, sips: or tel: URI");
     }
-    let replaces = headers
-        .split('&')
-        .any(|h| h.split('=').next().is_some_and(|n| n.eq_ignore_ascii_case("Replaces")));
+    let replaces = headers.split('&').any(|h| {
+        h.split('=')
+            .next()
+            .is_some_and(|n| n.eq_ignore_ascii_case("Replaces"))
+    });
     Ok((uri.to_owned(), replaces))
 }
 
@@ -455,8 +453,13 @@ mod tests {
 
     #[test]
     fn refer_to_is_read_as_sent_without_its_headers() {
-        let found = refer_to(&refer("Refer-To: <sip:+15551234@carrier.example;user=phone>\r\n"));
-        assert_eq!(found, Ok(("sip:+15551234@carrier.example;user=phone".into(), false)));
+        let found = refer_to(&refer(
+            "Refer-To: <sip:+15551234@carrier.example;user=phone>\r\n",
+        ));
+        assert_eq!(
+            found,
+            Ok(("sip:+15551234@carrier.example;user=phone".into(), false))
+        );
         let found = refer_to(&refer("r: tel:+15551234\r\n"));
         assert_eq!(found, Ok(("tel:+15551234".into(), false)));
         let replaces = "Refer-To: <sip:bob@h?Replaces=abc%40h%3Bto-tag%3D1%3Bfrom-tag%3D2>\r\n";
@@ -469,7 +472,13 @@ mod tests {
 
     #[test]
     fn a_tel_target_is_dialled_as_a_sip_uri_at_the_trunk() {
-        assert_eq!(transfer_uri("tel:+15551234;phone-context=x", "sip.carrier"), "sip:+15551234@sip.carrier");
-        assert_eq!(transfer_uri("sip:agent@10.0.0.9:5080", "ignored"), "sip:agent@10.0.0.9:5080");
+        assert_eq!(
+            transfer_uri("tel:+15551234;phone-context=x", "sip.carrier"),
+            "sip:+15551234@sip.carrier"
+        );
+        assert_eq!(
+            transfer_uri("sip:agent@10.0.0.9:5080", "ignored"),
+            "sip:agent@10.0.0.9:5080"
+        );
     }
 }

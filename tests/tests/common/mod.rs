@@ -1,12 +1,14 @@
-//! Shared helpers for the end-to-end tests: building and starting the binaries, free ports, reports.
+//! Shared helpers for the end-to-end tests: building and starting the binaries, leased ports, reports.
 
 // Each test file uses a different subset of these blocking helpers, which run on a plain test
 // thread (real clock and sleeps) and may panic on setup failures.
 #![allow(dead_code, clippy::disallowed_methods, clippy::unwrap_used)]
 
+pub mod ports;
 pub mod sipp;
-
 pub mod uac;
+
+pub use ports::{lease_port, lease_port_range};
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -43,12 +45,6 @@ pub fn binary(name: &str) -> PathBuf {
     let path = target_dir().join("debug").join(name);
     assert!(path.exists(), "{} was not built", path.display());
     path
-}
-
-/// A loopback UDP port that was free a moment ago.
-pub fn free_udp_port() -> u16 {
-    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr").port()
 }
 
 /// A child process killed when dropped.
@@ -125,6 +121,13 @@ impl Drop for Running {
     }
 }
 
+/// `PID-N`, distinct for every call in this process, for file names in the scratch dir.
+pub fn unique_suffix() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{}-{n}", std::process::id())
+}
+
 /// A per-test scratch directory.
 pub fn scratch_dir() -> PathBuf {
     let dir = target_dir().join("e2e-scratch");
@@ -172,11 +175,7 @@ pub fn run_calls(args: &[&str]) -> (Output, serde_json::Value) {
 /// Runs `voxgate-loadgen SUBCOMMAND --quiet --report FILE args...` and returns its output and
 /// the parsed JSON report (panics with the output when there is none).
 pub fn run_loadgen(subcommand: &str, args: &[&str]) -> (Output, serde_json::Value) {
-    let report = scratch_dir().join(format!(
-        "report-{}-{}.json",
-        std::process::id(),
-        free_udp_port()
-    ));
+    let report = scratch_dir().join(format!("report-{}.json", unique_suffix()));
     let report_arg = report.to_string_lossy().into_owned();
     let mut all: Vec<&str> = vec![subcommand, "--quiet", "--report", &report_arg];
     all.extend_from_slice(args);
@@ -245,16 +244,10 @@ pub fn wait_until(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
 }
 
-/// A loopback TCP port that was free a moment ago.
-pub fn free_tcp_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Starts a `voxgate-loadgen backend` on a free loopback port with `extra` flags and waits until
+/// Starts a `voxgate-loadgen backend` on a leased loopback port with `extra` flags and waits until
 /// it answers OPTIONS.
 pub fn start_backend(name: &str, extra: &[&str]) -> (Running, SocketAddr) {
-    let addr: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], lease_port()));
     let listen = addr.to_string();
     let mut args = vec!["backend", "--listen", &listen];
     if !extra.contains(&"--status-every") {
@@ -279,19 +272,8 @@ pub fn backend_toml(
     )
 }
 
-/// Size of each proxy's media port range.
+/// Size of each proxy's media port range (from this process's leased ports, see [`ports`]).
 const MEDIA_RANGE: u16 = 200;
-
-/// A media port range in 10000-19999: below the kernel's ephemeral range (32768+) and outside
-/// voxgate's default 20000-29999 (a voxgate run elsewhere on the machine), distinct per proxy in
-/// this process and, by the pid, most likely distinct from other test processes running at once.
-fn media_range() -> (u16, u16) {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let slot = (std::process::id().wrapping_mul(7).wrapping_add(n) % 50) as u16;
-    let min = 10_000 + slot * MEDIA_RANGE;
-    (min, min + MEDIA_RANGE - 1)
-}
 
 /// A running `voxgate` on loopback with its own SIP, HTTP and media ports.
 pub struct Proxy {
@@ -329,11 +311,11 @@ impl Proxy {
     ) -> Self {
         let config = scratch_dir().join(format!("{name}-{}.toml", std::process::id()));
         std::fs::write(&config, toml).expect("write config");
-        let sip: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
-        let http: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let whip: SocketAddr = format!("127.0.0.1:{}", free_tcp_port()).parse().unwrap();
-        let webrtc_media = free_udp_port();
-        let media = media_range();
+        let sip = SocketAddr::from(([127, 0, 0, 1], lease_port()));
+        let http = SocketAddr::from(([127, 0, 0, 1], lease_port()));
+        let whip = SocketAddr::from(([127, 0, 0, 1], lease_port()));
+        let webrtc_media = lease_port();
+        let media = lease_port_range(MEDIA_RANGE);
         let mut env = vec![
             ("VOXGATE_SIP__LISTEN_UDP", sip.to_string()),
             ("VOXGATE_SIP__LISTEN_TCP", String::new()),
@@ -730,7 +712,7 @@ pub fn backend_status(log: &str, name: &str) -> Option<u64> {
     value.parse().ok()
 }
 
-/// A `redis-server` child process on a free loopback port (no persistence), killed on drop.
+/// A `redis-server` child process on a leased loopback port (no persistence), killed on drop.
 pub struct RedisServer {
     /// Its port on 127.0.0.1.
     pub port: u16,
@@ -741,7 +723,7 @@ impl RedisServer {
     /// Starts one and waits until it accepts connections. Fails (does not skip) without
     /// `redis-server`: `scripts/test.sh` installs it.
     pub fn start(name: &str) -> Self {
-        let port = free_tcp_port();
+        let port = lease_port();
         let program = PathBuf::from("redis-server");
         let found = Command::new("redis-server")
             .arg("--version")

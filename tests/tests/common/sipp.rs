@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use super::{Proxy, Running, backend_toml, free_udp_port, scratch_dir, wait_for_udp_bound};
+use super::{
+    Proxy, Running, backend_toml, lease_port, lease_port_range, scratch_dir, wait_for_udp_bound,
+};
 
 /// The sipp binary, or `None` after printing why `test` is skipped. Under CI (the variable `CI`
 /// set, to any value) a missing sipp fails the test instead: CI must run the SIPp tests.
@@ -18,10 +20,10 @@ pub fn sipp_or_skip(test: &str) -> Option<PathBuf> {
     found
 }
 
-/// Starts `sipp -sn uas -rtp_echo` on a free loopback port; returns it and that port.
+/// Starts `sipp -sn uas -rtp_echo` on a leased loopback port; returns it and that port.
 pub fn start_uas(name: &str, sipp: &Path) -> (Running, u16) {
-    let port = free_udp_port();
-    let (port_s, media_s) = (port.to_string(), free_udp_port().to_string());
+    let port = lease_port();
+    let (port_s, media_s) = (port.to_string(), media_port().to_string());
     let uas = Running::start(
         name,
         sipp,
@@ -49,7 +51,7 @@ pub fn start_uas(name: &str, sipp: &Path) -> (Running, u16) {
 /// Runs `sipp -sn uac` placing 10 calls (10/s, 500 ms each) to `target`, killed after `limit`;
 /// returns its exit status (0 only when every call succeeded) and stderr.
 pub fn run_uac(sipp: &Path, target: &str, limit: Duration) -> (ExitStatus, String) {
-    let (port, media) = (free_udp_port().to_string(), free_udp_port().to_string());
+    let (port, media) = (lease_port().to_string(), media_port().to_string());
     let timeout = limit.as_secs().saturating_sub(5).max(5).to_string();
     let mut uac = Command::new(sipp)
         .args([
@@ -93,10 +95,16 @@ pub fn run_uac(sipp: &Path, target: &str, limit: Duration) -> (ExitStatus, Strin
             let _ = uac.kill();
             panic!("sipp uac did not finish within {limit:?}");
         }
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     };
     let stderr = uac.wait_with_output().map(|o| o.stderr).unwrap_or_default();
     (status, String::from_utf8_lossy(&stderr).into_owned())
+}
+
+/// A base port for sipp's `-mp`: sipp takes it for audio RTP, the next for RTCP and the two above
+/// for video, so all four are leased.
+fn media_port() -> u16 {
+    lease_port_range(4).0
 }
 
 /// A scenario file of `tests/sipp/`.
@@ -156,16 +164,7 @@ impl ScenarioPeer {
     /// Starts `file` as a UAC placing one call to `target`. `relay` is voxgate's media port
     /// range: scenarios that check SDP rewriting get it as the globals `relay_min`, `relay_max`.
     pub fn uac(name: &str, sipp: &Path, file: &str, target: SocketAddr, relay: (u16, u16)) -> Self {
-        Self::spawn(
-            name,
-            sipp,
-            file,
-            Some(target),
-            free_udp_port(),
-            1,
-            relay,
-            &[],
-        )
+        Self::spawn(name, sipp, file, Some(target), lease_port(), 1, relay, &[])
     }
 
     // The one place every launch goes through: each argument is a different sipp flag.
@@ -199,7 +198,7 @@ impl ScenarioPeer {
                 "-mi",
                 "127.0.0.1",
                 "-mp",
-                &free_udp_port().to_string(),
+                &media_port().to_string(),
                 "-m",
                 &calls.to_string(),
                 "-nostdin",
@@ -362,7 +361,7 @@ impl SippBench {
     /// `None` after printing why `test` is skipped.
     pub fn start(test: &str, backends: &[SippBackend], config: &str) -> Option<Self> {
         let sipp = sipp_or_skip(test)?;
-        let ports: Vec<u16> = backends.iter().map(|_| free_udp_port()).collect();
+        let ports: Vec<u16> = backends.iter().map(|_| lease_port()).collect();
         let catchers: Vec<ProbeCatcher> = ports.iter().map(|p| ProbeCatcher::bind(*p)).collect();
         let mut toml = format!("{HEALTH}{config}");
         for (backend, port) in backends.iter().zip(&ports) {
