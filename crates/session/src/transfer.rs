@@ -255,10 +255,10 @@ impl<L> Session<L> {
             self.transfer_failed(now, 488);
             return;
         };
+        self.notify_transferor(200, true);
         let Some(transfer) = self.transfer.take() else {
             return;
         };
-        self.notify_transferor(200, true);
         if self.far.is_some() {
             self.bye(Side::Backend);
         }
@@ -399,29 +399,34 @@ fn refer_to(request: &rsip::Request) -> Result<(String, bool), &'static str> {
 
 /// The reason phrase of a status line in a sipfrag (RFC 3261 21).
 fn reason_phrase(code: u16) -> &'static str {
-    match code {
-        100 => "Trying",
-        180 => "Ringing",
-        181 => "Call Is Being Forwarded",
-        182 => "Queued",
-        183 => "Session Progress",
-        200 => "OK",
-        403 => "Forbidden",
-        404 => "Not Found",
-        408 => "Request Timeout",
-        480 => "Temporarily Unavailable",
-        486 => "Busy Here",
-        487 => "Request Terminated",
-        488 => "Not Acceptable Here",
-        500 => "Server Internal Error",
-        503 => "Service Unavailable",
-        600 => "Busy Everywhere",
-        603 => "Decline",
-        100..=199 => "Progress",
-        200..=299 => "Success",
-        300..=399 => "Redirection",
-        400..=499 => "Request Failure",
-        500..=599 => "Server Failure",
+    const KNOWN: [(u16, &str); 17] = [
+        (100, "Trying"),
+        (180, "Ringing"),
+        (181, "Call Is Being Forwarded"),
+        (182, "Queued"),
+        (183, "Session Progress"),
+        (200, "OK"),
+        (403, "Forbidden"),
+        (404, "Not Found"),
+        (408, "Request Timeout"),
+        (480, "Temporarily Unavailable"),
+        (486, "Busy Here"),
+        (487, "Request Terminated"),
+        (488, "Not Acceptable Here"),
+        (500, "Server Internal Error"),
+        (503, "Service Unavailable"),
+        (600, "Busy Everywhere"),
+        (603, "Decline"),
+    ];
+    if let Some((_, phrase)) = KNOWN.iter().find(|(known, _)| *known == code) {
+        return phrase;
+    }
+    match code / 100 {
+        1 => "Progress",
+        2 => "Success",
+        3 => "Redirection",
+        4 => "Request Failure",
+        5 => "Server Failure",
         _ => "Global Failure",
     }
 }

@@ -29,6 +29,7 @@ pub const CALLER: &str = "127.0.0.10:5060";
 pub const B1: &str = "127.0.0.21:5080";
 pub const B2: &str = "127.0.0.22:5080";
 pub const TRUNK: &str = "127.0.0.30:5060";
+pub const TARGET: &str = "127.0.0.40:5060";
 
 pub const INVITE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const RING_TIMEOUT: Duration = Duration::from_secs(120);
@@ -129,6 +130,10 @@ pub struct Harness {
     pub ended: Option<End>,
     pub ended_at: Option<Instant>,
     pub listened: Vec<String>,
+    /// Transfer targets asked for ([`Output::Transfer`]), in order.
+    pub transfers: Vec<String>,
+    /// Where a transfer target goes (with a lease of its own); `None`: nowhere.
+    pub transfer_to: Option<SocketAddr>,
 }
 
 impl Harness {
@@ -173,6 +178,8 @@ impl Harness {
             ended: None,
             ended_at: None,
             listened: Vec::new(),
+            transfers: Vec::new(),
+            transfer_to: Some(addr(TARGET)),
         };
         harness.pump();
         harness
@@ -243,6 +250,13 @@ impl Harness {
     pub fn input(&mut self, input: Input<Lease>) {
         self.session.handle(self.now, input);
         self.pump();
+    }
+
+    /// An operator transfers the caller to `to`.
+    pub fn transfer(&mut self, to: &str) -> Result<(), &'static str> {
+        let result = self.session.transfer(to.to_owned());
+        self.pump();
+        result
     }
 
     /// A peer at `from` sends `message` to the proxy.
@@ -334,6 +348,19 @@ impl Harness {
                     }
                 });
                 self.session.handle(now, Input::Target(target));
+            }
+            Output::Transfer { to } => {
+                self.transfers.push(to);
+                let target = self.transfer_to.map(|address| {
+                    self.live_leases.fetch_add(1, Ordering::SeqCst);
+                    Target {
+                        address,
+                        backend: None,
+                        host: None,
+                        lease: Some(Lease(self.live_leases.clone())),
+                    }
+                });
+                self.session.handle(now, Input::TransferTarget(target));
             }
             Output::CoolDown { backend, until } => self.cooldowns.push((backend, until)),
             Output::Media(command) => self.media.push(command),
