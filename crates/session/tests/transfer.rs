@@ -290,7 +290,9 @@ fn in_refer_mode_the_refer_and_its_notifies_cross_to_the_trunk() {
     assert_eq!(codes(&h.take(B1)), vec![202]);
 
     let mut notify = caller.request(Method::Notify, None);
-    notify.headers.push(Header::Other("Event".into(), "refer".into()));
+    notify
+        .headers
+        .push(Header::Other("Event".into(), "refer".into()));
     notify.headers.push(Header::Other(
         "Subscription-State".into(),
         "terminated;reason=noresource".into(),
@@ -331,8 +333,5 @@ fn an_operator_transfers_without_notifies() {
     // Not before the call is up.
     let (_, invite) = Ua::caller(40_000);
     let mut ringing = Harness::new(config(), Harness::inbound(&invite));
-    assert_eq!(
-        ringing.transfer(HUMAN),
-        Err("the session is not connected")
-    );
+    assert_eq!(ringing.transfer(HUMAN), Err("the session is not connected"));
 }

@@ -1,0 +1,148 @@
+//! A voice agent hands its caller to a person (blind transfer, RFC 3515 REFER), with SIPp peers
+//! as the Backend, the transfer target and the carrier: bridged by voxgate (the target dialled
+//! through a trunk, the caller's RTP reaching it, the Backend's leg ended), failing on a busy
+//! target (the caller stays with the Backend), and passed to a carrier that takes REFER
+//! (`transfer = "refer"`). The scenarios are in `tests/sipp/transfer_*.xml`, each with a header
+//! saying what it checks. Skipped with a printed reason where sipp is not installed; failed
+//! instead under CI.
+
+// A plain test thread drives real processes: real clock and sleeps; setup failures may panic.
+#![allow(clippy::disallowed_methods, clippy::unwrap_used)]
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::lease_port;
+use common::sipp::{ScenarioPeer, SippBackend, SippBench};
+use common::uac::{Uac, media_addr, sdp_of};
+
+/// The SSRC of the test caller's RTP.
+const SSRC: u32 = 0x5eed_0002;
+
+/// A trunk "pbx" that takes `sip:...@pbx.test` out to a SIPp UAS on `port` (the person).
+fn pbx_trunk(port: u16) -> String {
+    format!("[[trunks]]\nname = \"pbx\"\noutbound = \"127.0.0.1:{port}\"\nhosts = [\"pbx.test\"]\n")
+}
+
+/// The transfer target's scenario on `port`, echoing RTP when `echo`.
+fn target(bench: &SippBench, scenario: &str, port: u16, echo: bool) -> ScenarioPeer {
+    let flags: &[&str] = if echo { &["-rtp_echo"] } else { &[] };
+    ScenarioPeer::uas_with(
+        &format!("{}-target", bench.test),
+        &bench.sipp,
+        scenario,
+        port,
+        1,
+        bench.proxy.media,
+        flags,
+    )
+}
+
+/// Waits for the target scenario to exit 0; panics with every trace otherwise.
+fn target_passed(bench: &SippBench, target: &mut ScenarioPeer) {
+    let status = target.wait(Duration::from_secs(10));
+    if !status.is_some_and(|s| s.success()) {
+        bench.fail(&format!("target scenario {status:?}"), Some(target));
+    }
+}
+
+/// Sequence numbers of the RTP (with our SSRC) that came back to `uac` within `timeout`.
+fn echoed(uac: &Uac, timeout: Duration) -> BTreeSet<u16> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = BTreeSet::new();
+    let mut buf = [0u8; 2048];
+    uac.rtp
+        .set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while Instant::now() < deadline {
+        if let Ok(len) = uac.rtp.recv(&mut buf)
+            && len >= 12
+            && buf[8..12] == SSRC.to_be_bytes()
+        {
+            seen.insert(u16::from_be_bytes([buf[2], buf[3]]));
+        }
+    }
+    seen
+}
+
+#[test]
+fn a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend_leg() {
+    let test = "a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend_leg";
+    let port = lease_port();
+    // The Backend does not echo RTP: any echo the caller hears is the target's.
+    let backend = SippBackend::new("agent", "transfer_backend_uas.xml");
+    let Some(mut bench) = SippBench::start(test, &[backend], &pbx_trunk(port)) else {
+        return;
+    };
+    let mut person = target(&bench, "transfer_target_uas.xml", port, true);
+    let (mut uac, ok) = Uac::answered("127.0.0.1", bench.proxy.sip);
+    let relay = media_addr(&sdp_of(&ok.body));
+    // The Backend's scenario ends once voxgate has told it 200 OK and hung up its leg.
+    bench.wait_backends(None);
+
+    const SENT: u16 = 50;
+    uac.send_rtp(relay, SENT, SSRC);
+    let back = echoed(&uac, Duration::from_secs(3));
+    assert!(
+        back.len() >= usize::from(SENT) * 9 / 10,
+        "{} of {SENT} RTP packets reached the target and came back",
+        back.len()
+    );
+    let bye = uac
+        .in_dialog(rsip::Method::Bye, None, Duration::from_secs(5))
+        .expect("no answer to BYE");
+    assert_eq!(bye.status_code.code(), 200, "{bye}");
+    target_passed(&bench, &mut person);
+    bench.assert_ended_once("caller_bye");
+    assert_eq!(
+        bench
+            .proxy
+            .counter("voxgate_transfers_total{outcome=\"completed\"}"),
+        1.0,
+        "{}",
+        bench.proxy.metrics()
+    );
+}
+
+#[test]
+fn a_busy_target_leaves_the_caller_with_the_backend() {
+    let test = "a_busy_target_leaves_the_caller_with_the_backend";
+    let port = lease_port();
+    let backend = SippBackend::new("agent", "transfer_busy_backend_uas.xml");
+    let Some(mut bench) = SippBench::start(test, &[backend], &pbx_trunk(port)) else {
+        return;
+    };
+    let mut person = target(&bench, "transfer_busy_target_uas.xml", port, false);
+    let (mut uac, _ok) = Uac::answered("127.0.0.1", bench.proxy.sip);
+    // The target refused (its 486 ACKed); the Backend, told so, keeps the call until our BYE.
+    target_passed(&bench, &mut person);
+    let bye = uac
+        .in_dialog(rsip::Method::Bye, None, Duration::from_secs(5))
+        .expect("no answer to BYE");
+    assert_eq!(bye.status_code.code(), 200, "{bye}");
+    bench.wait_backends(None);
+    bench.assert_ended_once("caller_bye");
+    assert_eq!(
+        bench
+            .proxy
+            .counter("voxgate_transfers_total{outcome=\"busy\"}"),
+        1.0
+    );
+}
+
+#[test]
+fn a_carrier_that_takes_refer_gets_the_backends_refer_and_its_notify_reaches_the_backend() {
+    let test =
+        "a_carrier_that_takes_refer_gets_the_backends_refer_and_its_notify_reaches_the_backend";
+    let backend = SippBackend::new("agent", "transfer_refer_backend_uas.xml");
+    let trunk =
+        "[[trunks]]\nname = \"carrier\"\nsources = [\"127.0.0.1/32\"]\ntransfer = \"refer\"\n";
+    let Some(mut bench) = SippBench::start(test, &[backend], trunk) else {
+        return;
+    };
+    bench.call("transfer_carrier_uac.xml");
+    bench.assert_ended_once("caller_bye");
+    assert_eq!(bench.proxy.counter("voxgate_transfers_total"), 0.0);
+}
