@@ -387,6 +387,8 @@ mod tests {
             caller_up,
             connected,
             far_called: connected || cause == EndCause::NoBackend,
+            by: None,
+            caller_code: None,
         }
     }
 
