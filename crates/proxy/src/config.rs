@@ -241,6 +241,8 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     /// The cluster registry and the admin API.
     pub cluster: ClusterConfig,
+    /// Call records: the JSON-lines file and the webhook.
+    pub records: RecordsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -341,6 +343,7 @@ impl Config {
                 format!("not a tracing filter: {err}"),
             ));
         }
+        self.records.validate()?;
         self.validate_backends()?;
         let known = self.regions();
         self.validate_trunks(&known)?;
@@ -601,6 +604,7 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             webrtc: WebRtcConfig::default(),
             cluster: ClusterConfig::default(),
+            records: RecordsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -984,13 +988,104 @@ pub struct TrunkConfig {
     pub hosts: Vec<String>,
 }
 
+/// `[records]`: one call record per ended session, as a JSON line in a size-rotated file and,
+/// when `webhook` is set, POSTed there through an on-disk spool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// The JSON-lines file ("" writes no file).
+    pub path: PathBuf,
+    /// The file is rotated (`path.1`, `path.2`, ...) before a line would take it past this.
+    pub max_bytes: u64,
+    /// Rotated files kept; the oldest beyond them is deleted (0 keeps none).
+    pub keep: u32,
+    /// An `http://` URL each record is POSTed to as JSON ("" = no webhook).
+    pub webhook: String,
+    /// A POST not answered 2xx within this has failed.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Records not yet delivered ("" = `path` with `.spool` appended).
+    pub spool_dir: PathBuf,
+    /// The spool's bound; a record that would pass it is dropped and counted.
+    pub spool_max_bytes: u64,
+    /// First wait after a failed POST; doubled per failure up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl RecordsConfig {
+    /// The spool directory: `spool_dir`, else `path` + `.spool`.
+    pub fn spool(&self) -> PathBuf {
+        if self.spool_dir.as_os_str().is_empty() {
+            let mut dir = self.path.clone().into_os_string();
+            dir.push(".spool");
+            PathBuf::from(dir)
+        } else {
+            self.spool_dir.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: &str| Err(ConfigError::new(key, reason));
+        if self.max_bytes < 4096 {
+            return fail("records.max_bytes", "must be at least 4096");
+        }
+        if self.webhook.is_empty() {
+            return Ok(());
+        }
+        if let Err(reason) = crate::records::WebhookUrl::parse(&self.webhook) {
+            return Err(ConfigError::new("records.webhook", reason));
+        }
+        if self.path.as_os_str().is_empty() && self.spool_dir.as_os_str().is_empty() {
+            return fail(
+                "records.spool_dir",
+                "must be set when records.path is \"\" and records.webhook is set",
+            );
+        }
+        if self.webhook_timeout.is_zero() {
+            return fail("records.webhook_timeout", "must be more than 0s");
+        }
+        if self.spool_max_bytes < 4096 {
+            return fail("records.spool_max_bytes", "must be at least 4096");
+        }
+        if self.retry_min.is_zero() {
+            return fail("records.retry_min", "must be more than 0s");
+        }
+        if self.retry_max < self.retry_min {
+            return fail("records.retry_max", "must be at least records.retry_min");
+        }
+        Ok(())
+    }
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("voxgate-records.jsonl"),
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+            webhook: String::new(),
+            webhook_timeout: Duration::from_secs(5),
+            spool_dir: PathBuf::new(),
+            spool_max_bytes: 256 * 1024 * 1024,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,
-    /// `tracing` filter directives, e.g. `info,voxgate_proxy=debug`.
+    /// `tracing` filter directives, e.g. `info,voxgate_proxy=debug` (also accepted as
+    /// `log.level`); `RUST_LOG`, when set, replaces it.
+    #[serde(alias = "level")]
     pub filter: String,
 }
 

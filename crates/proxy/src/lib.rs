@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbound;
 pub mod probe;
+pub mod records;
 pub mod registry;
 pub mod relay;
 pub mod shutdown;
