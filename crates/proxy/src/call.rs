@@ -24,7 +24,11 @@ use crate::driver::{Destination, SessionDriver};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
 use crate::outbound::{self, CallRequest, Outcome, Stage};
+use crate::records::{self, Draft, EndedBy, Ending, SessionKind};
 use crate::relay::{Relay, RelayAlarm, RelaySockets, Side};
+
+/// How long a record waits for its relay's statistics before it is written without them.
+const STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A new call's INVITE as the dispatcher received it, with its dialog already routed to
 /// `events` (so that a CANCEL right behind it finds the call).
@@ -42,6 +46,12 @@ pub struct Caller {
     pub events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     /// The route of the INVITE's Call-ID.
     pub route: Route,
+    /// When the dispatcher took the INVITE.
+    pub arrived: Instant,
+    /// A trunk's (or softphone's) call in, or a Backend's call out.
+    pub kind: SessionKind,
+    /// The trunk, by name: the one the call came from (in), or goes through (out).
+    pub trunk: Option<String>,
 }
 
 /// Runs one inbound call from its INVITE to its end. `slot` is this call's share of the node
@@ -53,11 +63,30 @@ pub async fn run(
     region: RegionId,
     destination: Destination,
 ) {
+    let id = gateway.new_session_id();
+    let mut draft = Draft::new(
+        &gateway.records,
+        caller.kind,
+        Some(id),
+        &region,
+        caller.arrived,
+    );
+    draft.caller_invite(&caller.invite);
+    draft.trunk(caller.trunk.clone());
     let sockets = match RelaySockets::bind(&gateway.ports, gateway.config.media.bind_ip) {
         Ok(sockets) => sockets,
         Err(err) => {
             tracing::warn!(%err, "no media ports for a new call");
             metrics::session_rejected("media_ports");
+            let ending = Ending {
+                cause: "media_ports",
+                by: EndedBy::Node,
+                code: None,
+                caller_code: Some(503),
+            };
+            gateway
+                .records
+                .submit(draft.finish(ending, Instant::now(), None));
             let mut refusal = voxgate_sip::message::response_for(&caller.invite, 503, None);
             refusal.headers.push(gateway.retry_after_header());
             gateway.endpoint.respond(caller.key, refusal);
@@ -66,7 +95,6 @@ pub async fn run(
     };
     let ports = [sockets.port(Side::Caller), sockets.port(Side::Backend)];
     let relay = Relay::start(sockets, gateway.config.media.timeout);
-    let id = gateway.new_session_id();
     let caller_call_id = voxgate_sip::message::call_id(&caller.invite)
         .unwrap_or_default()
         .to_owned();
@@ -97,7 +125,7 @@ pub async fn run(
         caller.events,
         vec![caller.route],
     );
-    SipSession::new(gateway, driver, relay, slot, None)
+    SipSession::new(gateway, driver, relay, slot, None, draft)
         .run()
         .await;
 }
@@ -129,6 +157,15 @@ pub async fn originate(
     let relay = Relay::start(sockets, gateway.config.media.timeout);
     let id = gateway.new_session_id();
     progress.session(id);
+    let mut draft = Draft::new(
+        &gateway.records,
+        SessionKind::Originated,
+        Some(id),
+        &request.region,
+        Instant::now(),
+    );
+    draft.caller(None, Some(request.from.clone()), Some(request.to.clone()));
+    draft.trunk(Some(request.trunk.name.clone()));
     let mut config = SessionDriver::config(&gateway, id, ports);
     if progress.pinned() {
         // An operator's chosen Backend is that Backend or none.
@@ -176,7 +213,7 @@ pub async fn originate(
         mpsc::channel(voxgate_endpoint::DIALOG_QUEUE),
         Vec::new(),
     );
-    SipSession::new(gateway, driver, relay, slot, Some(progress))
+    SipSession::new(gateway, driver, relay, slot, Some(progress), draft)
         .run()
         .await;
 }
@@ -190,6 +227,8 @@ struct SipSession {
     progress: Option<outbound::Progress>,
     hang_up: Option<Arc<Notify>>,
     started: Instant,
+    /// The call record, until the end.
+    draft: Option<Draft>,
 }
 
 impl SipSession {
@@ -199,6 +238,7 @@ impl SipSession {
         relay: Relay,
         slot: SessionSlot,
         progress: Option<outbound::Progress>,
+        draft: Draft,
     ) -> Self {
         let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
         Self {
@@ -209,6 +249,7 @@ impl SipSession {
             progress,
             hang_up,
             started: Instant::now(),
+            draft: Some(draft),
         }
     }
 
@@ -233,7 +274,7 @@ impl SipSession {
                 Some(event) = self.driver.next_event() => self.driver.handle(Input::Sip(event)),
                 alarm = alarm(&mut self.relay), if live => match alarm {
                     RelayAlarm::Silent(side) => {
-                        tracing::info!(session = %self.driver.id, ?side, "media timeout: ending the call");
+                        tracing::debug!(session = %self.driver.id, ?side, "media timeout: ending the call");
                         self.driver.handle(Input::MediaTimeout(side));
                     }
                     RelayAlarm::Lost => {
@@ -250,6 +291,9 @@ impl SipSession {
 
     fn on_output(&mut self, output: Output) {
         let id = self.driver.id;
+        if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
+            draft.progress(progress, Instant::now());
+        }
         match output {
             Output::Media(MediaCommand::Peer(side, media)) => {
                 if let Some(relay) = &self.relay {
@@ -286,6 +330,14 @@ impl SipSession {
                     progress.stage(Stage::Connected);
                 }
             }
+            Output::Answered(answer) => {
+                // The relay carries one codec end to end: the far side's choice, on both legs.
+                if let Some(draft) = self.draft.as_mut() {
+                    let codec = records::first_audio(&answer.codecs);
+                    draft.codec(Side::Caller, codec);
+                    draft.codec(Side::Backend, codec);
+                }
+            }
             Output::Ended(end) => self.ended(end),
             _ => {}
         }
@@ -313,9 +365,27 @@ impl SipSession {
             },
         }
         self.gateway.remove_session(id);
-        self.relay = None;
+        let stats = self.relay.take().map(Relay::stop);
         self.slot = None;
-        tracing::debug!(session = %id, cause = end.cause.as_str(), code = ?end.code, "call ended");
+        if let Some(mut draft) = self.draft.take() {
+            // A dialled number's dialog is the first this session opened.
+            draft.caller_call_id_if_unset(self.driver.first_dialog());
+            let gateway = self.gateway.clone();
+            let ended = Instant::now();
+            // The relay's worker hands its statistics back within a wake-up; the record waits
+            // for them off this task.
+            tokio::spawn(async move {
+                let stats = match stats {
+                    Some(rx) => tokio::time::timeout(STATS_WAIT, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                let record = draft.finish(end.into(), ended, stats.as_ref());
+                gateway.records.submit(record);
+            });
+        }
     }
 }
 

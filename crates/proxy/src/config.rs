@@ -1098,6 +1098,52 @@ impl Default for LogConfig {
     }
 }
 
+/// Library log targets whose per-peer and per-connection INFO lines (the WebRTC stack writes
+/// several per peer) are held at WARN unless a directive names them.
+pub const QUIET_TARGETS: &[&str] = &[
+    "rtc",
+    "rtc_crypto",
+    "rtc_datachannel",
+    "rtc_dtls",
+    "rtc_ice",
+    "rtc_interceptor",
+    "rtc_mdns",
+    "rtc_media",
+    "rtc_rtcp",
+    "rtc_rtp",
+    "rtc_sctp",
+    "rtc_sdp",
+    "rtc_shared",
+    "rtc_srtp",
+    "rtc_stun",
+    "rtc_turn",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "redis",
+];
+
+/// `filter` with `target=warn` added for each of [`QUIET_TARGETS`] it does not name itself.
+pub fn log_directives(filter: &str) -> String {
+    let named = |target: &str| {
+        filter.split(',').any(|d| {
+            let name = d.trim().split(['=', '[']).next().unwrap_or("");
+            // A module of it (`rtc::peer_connection=info`) is more specific than `rtc=warn`
+            // and wins on its own.
+            name == target
+        })
+    };
+    let mut directives = filter.trim().to_owned();
+    for target in QUIET_TARGETS.iter().filter(|t| !named(t)) {
+        if !directives.is_empty() {
+            directives.push(',');
+        }
+        directives.push_str(target);
+        directives.push_str("=warn");
+    }
+    directives
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -1206,6 +1252,56 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    fn parse(toml: &str) -> Config {
+        parse_str("test.toml", toml, Vec::new()).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    #[test]
+    fn library_chatter_is_held_at_warn_unless_named() {
+        let d = log_directives("info");
+        assert!(d.starts_with("info,") && d.contains(",rtc_ice=warn") && d.contains(",rtc=warn"));
+        let d = log_directives("debug,rtc_ice=debug,rtc::peer_connection=info");
+        assert!(
+            !d.contains("rtc_ice=warn") && d.contains(",rtc=warn"),
+            "{d}"
+        );
+        assert!(d.contains("rtc_dtls=warn"));
+        for filter in ["info", "warn,voxgate_proxy=debug", ""] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_directives(filter)).is_ok());
+        }
+    }
+
+    #[test]
+    fn log_level_is_an_alias_of_filter() {
+        let config = parse("[log]\nlevel = \"debug\"\n");
+        assert_eq!(config.log.filter, "debug");
+    }
+
+    #[test]
+    fn records_keys_are_checked() {
+        let bad = |toml: &str, key: &str| {
+            let err = parse(toml).validate().expect_err(toml);
+            assert!(err.to_string().contains(key), "{err}");
+        };
+        bad("[records]\nwebhook = \"https://x/\"\n", "records.webhook");
+        bad("[records]\nwebhook = \"ftp://x\"\n", "records.webhook");
+        bad("[records]\nmax_bytes = 10\n", "records.max_bytes");
+        bad(
+            "[records]\nwebhook = \"http://x/\"\nretry_min = \"10s\"\nretry_max = \"1s\"\n",
+            "records.retry_max",
+        );
+        bad(
+            "[records]\npath = \"\"\nwebhook = \"http://x/\"\n",
+            "records.spool_dir",
+        );
+        let ok = parse("[records]\nwebhook = \"http://127.0.0.1:9000/cdr\"\n");
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            ok.records.spool(),
+            PathBuf::from("voxgate-records.jsonl.spool")
+        );
     }
 
     #[test]

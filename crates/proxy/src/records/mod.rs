@@ -319,6 +319,13 @@ impl Draft {
         self.record.callee = callee;
     }
 
+    /// The caller leg's Call-ID, unless it is known already.
+    pub fn caller_call_id_if_unset(&mut self, call_id: Option<&str>) {
+        if self.record.caller_call_id.is_none() {
+            self.record.caller_call_id = call_id.map(str::to_owned);
+        }
+    }
+
     /// The caller's identity and dialog from its INVITE: From URI, Request-URI, Call-ID.
     pub fn caller_invite(&mut self, invite: &rsip::Request) {
         let from = voxgate_sip::dialog::header_value(&invite.headers, "From")
@@ -475,6 +482,29 @@ impl Records {
     fn next_refusal(&self) -> u64 {
         self.refusals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records a session refused before it started (node cap, draining, no route, no
+    /// Backend): `reason` is the `voxgate_sessions_rejected_total` reason, `code` what the
+    /// caller got (SIP or HTTP status). `fill` adds the caller's identity.
+    pub fn refused(
+        &self,
+        kind: SessionKind,
+        region: &RegionId,
+        reason: &'static str,
+        code: u16,
+        fill: impl FnOnce(&mut Draft),
+    ) {
+        let now = Instant::now();
+        let mut draft = Draft::new(self, kind, None, region, now);
+        fill(&mut draft);
+        let ending = Ending {
+            cause: reason,
+            by: EndedBy::Node,
+            code: None,
+            caller_code: Some(code),
+        };
+        self.submit(draft.finish(ending, now, None));
     }
 
     /// Logs the record's key fields and hands it to the writer; never blocks (a full queue
