@@ -742,7 +742,7 @@ mod tests {
 
     #[test]
     fn an_opus_stream_jitter_is_in_its_own_clock() {
-        let t0 = std::time::Instant::now();
+        let t0 = Instant::now().into_std();
         let s = stats(50, &[], 48_000, t0);
         let record = StreamRecord::from_stats(&s, Some("opus"));
         assert_eq!(

@@ -124,10 +124,10 @@ impl RecordsTasks {
             let queue = queue.clone();
             // A full queue blocks this send for as long as the writer takes to make room.
             let sent = tokio::task::spawn_blocking(move || queue.send(Message::Close(done)));
-            if matches!(sent.await, Ok(Ok(()))) {
-                if tokio::time::timeout_at(deadline, flushed).await.is_err() {
-                    tracing::warn!("call records: the writer did not finish within {timeout:?}");
-                }
+            if matches!(sent.await, Ok(Ok(())))
+                && tokio::time::timeout_at(deadline, flushed).await.is_err()
+            {
+                tracing::warn!("call records: the writer did not finish within {timeout:?}");
             }
         }
         let _ = self.stop_webhook.send(true);
