@@ -277,7 +277,7 @@ fn describe() {
     describe_counter!(
         "voxgate_records_dropped_total",
         Unit::Count,
-        "Call records lost to a destination, by reason: queue_full (never built into a line), write_failed (not in the file), spool_full and webhook_rejected (in the file, never POSTed)."
+        "Call records lost to a destination, by reason: queue_full (the writer's queue was full), closed (ended after the shutdown closed the writer), write_failed (not in the file), spool_full and webhook_rejected (in the file, never POSTed)."
     );
     describe_counter!(
         "voxgate_records_webhook_delivered_total",
@@ -492,8 +492,8 @@ pub fn record_written() {
     counter!("voxgate_records_written_total").increment(1);
 }
 
-/// A call record missed a destination; `reason`: `queue_full`, `write_failed`, `spool_full`,
-/// `webhook_rejected`.
+/// A call record missed a destination; `reason`: `queue_full`, `closed`, `write_failed`,
+/// `spool_full`, `webhook_rejected`.
 pub fn record_dropped(reason: &'static str) {
     counter!("voxgate_records_dropped_total", "reason" => reason).increment(1);
 }

@@ -62,6 +62,29 @@ pub enum EndedBy {
     Node,
 }
 
+impl SessionKind {
+    /// As in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionKind::Sip => "sip",
+            SessionKind::SipOutbound => "sip_outbound",
+            SessionKind::Originated => "originated",
+            SessionKind::Webrtc => "webrtc",
+        }
+    }
+}
+
+impl EndedBy {
+    /// As in the record.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::Caller => "caller",
+            EndedBy::Backend => "backend",
+            EndedBy::Node => "node",
+        }
+    }
+}
+
 impl From<Option<Side>> for EndedBy {
     fn from(side: Option<Side>) -> Self {
         match side {
@@ -517,8 +540,8 @@ impl Records {
         match queue.try_send(writer::Message::Record(Box::new(record))) {
             Ok(()) => {}
             Err(std_mpsc::TrySendError::Full(_)) => metrics::record_dropped("queue_full"),
-            // The writer is gone (shutdown): nothing left to write to.
-            Err(std_mpsc::TrySendError::Disconnected(_)) => metrics::record_dropped("queue_full"),
+            // The writer is gone (a session that ended after the shutdown closed it).
+            Err(std_mpsc::TrySendError::Disconnected(_)) => metrics::record_dropped("closed"),
         }
     }
 
@@ -535,12 +558,12 @@ pub use writer::RecordsTasks;
 fn log_line(r: &CallRecord) {
     tracing::info!(
         session = r.session_id,
-        kind = ?r.kind,
+        kind = r.kind.as_str(),
         caller = r.caller.as_deref().unwrap_or("-"),
         callee = r.callee.as_deref().unwrap_or("-"),
         backend = r.backend.as_deref().unwrap_or("-"),
         cause = %r.cause,
-        ended_by = ?r.ended_by,
+        ended_by = r.ended_by.as_str(),
         code = ?r.caller_code,
         setup_ms = ?r.setup_ms,
         duration_ms = r.duration_ms,
