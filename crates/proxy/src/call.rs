@@ -25,8 +25,12 @@ use crate::driver::{Destination, SessionDriver};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
 use crate::outbound::{self, CallRequest, Outcome, Stage};
+use crate::records::{self, Draft, EndedBy, Ending, SessionKind};
 use crate::relay::{Relay, RelayAlarm, RelaySockets, Side};
 use crate::transfer;
+
+/// How long a record waits for its relay's statistics before it is written without them.
+const STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A new call's INVITE as the dispatcher received it, with its dialog already routed to
 /// `events` (so that a CANCEL right behind it finds the call).
@@ -44,6 +48,12 @@ pub struct Caller {
     pub events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     /// The route of the INVITE's Call-ID.
     pub route: Route,
+    /// When the dispatcher took the INVITE.
+    pub arrived: Instant,
+    /// A trunk's (or softphone's) call in, or a Backend's call out.
+    pub kind: SessionKind,
+    /// The trunk, by name: the one the call came from (in), or goes through (out).
+    pub trunk: Option<String>,
 }
 
 /// Runs one inbound call from its INVITE to its end. `slot` is this call's share of the node
@@ -55,11 +65,30 @@ pub async fn run(
     region: RegionId,
     destination: Destination,
 ) {
+    let id = gateway.new_session_id();
+    let mut draft = Draft::new(
+        &gateway.records,
+        caller.kind,
+        Some(id),
+        &region,
+        caller.arrived,
+    );
+    draft.caller_invite(&caller.invite);
+    draft.trunk(caller.trunk.clone());
     let sockets = match RelaySockets::bind(&gateway.ports, gateway.config.media.bind_ip) {
         Ok(sockets) => sockets,
         Err(err) => {
             tracing::warn!(%err, "no media ports for a new call");
             metrics::session_rejected("media_ports");
+            let ending = Ending {
+                cause: "media_ports",
+                by: EndedBy::Node,
+                code: None,
+                caller_code: Some(503),
+            };
+            gateway
+                .records
+                .submit(draft.finish(ending, Instant::now(), None));
             let mut refusal = voxgate_sip::message::response_for(&caller.invite, 503, None);
             refusal.headers.push(gateway.retry_after_header());
             gateway.endpoint.respond(caller.key, refusal);
@@ -68,7 +97,6 @@ pub async fn run(
     };
     let ports = [sockets.port(Side::Caller), sockets.port(Side::Backend)];
     let relay = Relay::start(sockets, gateway.config.media.timeout);
-    let id = gateway.new_session_id();
     let caller_call_id = voxgate_sip::message::call_id(&caller.invite)
         .unwrap_or_default()
         .to_owned();
@@ -111,7 +139,7 @@ pub async fn run(
         caller.events,
         vec![caller.route],
     );
-    SipSession::new(gateway, driver, relay, slot, None, trunk)
+    SipSession::new(gateway, driver, relay, slot, None, trunk, draft)
         .run()
         .await;
 }
@@ -143,6 +171,15 @@ pub async fn originate(
     let relay = Relay::start(sockets, gateway.config.media.timeout);
     let id = gateway.new_session_id();
     progress.session(id);
+    let mut draft = Draft::new(
+        &gateway.records,
+        SessionKind::Originated,
+        Some(id),
+        &request.region,
+        Instant::now(),
+    );
+    draft.caller(None, Some(request.from.clone()), Some(request.to.clone()));
+    draft.trunk(Some(request.trunk.name.clone()));
     let mut config = SessionDriver::config(&gateway, id, ports);
     if progress.pinned() {
         // An operator's chosen Backend is that Backend or none.
@@ -199,6 +236,7 @@ pub async fn originate(
         slot,
         Some(progress),
         Some(trunk_name),
+        draft,
     )
     .run()
     .await;
@@ -215,6 +253,8 @@ struct SipSession {
     started: Instant,
     /// The trunk the caller came through (or was dialled on): transfers may go out on it.
     trunk: Option<String>,
+    /// The call record, until the end.
+    draft: Option<Draft>,
 }
 
 impl SipSession {
@@ -225,6 +265,7 @@ impl SipSession {
         slot: SessionSlot,
         progress: Option<outbound::Progress>,
         trunk: Option<String>,
+        draft: Draft,
     ) -> Self {
         let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
         Self {
@@ -236,6 +277,7 @@ impl SipSession {
             hang_up,
             started: Instant::now(),
             trunk,
+            draft: Some(draft),
         }
     }
 
@@ -260,7 +302,7 @@ impl SipSession {
                 Some(event) = self.driver.next_event() => self.driver.handle(Input::Sip(event)),
                 alarm = alarm(&mut self.relay), if live => match alarm {
                     RelayAlarm::Silent(side) => {
-                        tracing::info!(session = %self.driver.id, ?side, "media timeout: ending the call");
+                        tracing::debug!(session = %self.driver.id, ?side, "media timeout: ending the call");
                         self.driver.handle(Input::MediaTimeout(side));
                     }
                     RelayAlarm::Lost => {
@@ -277,6 +319,9 @@ impl SipSession {
 
     fn on_output(&mut self, output: Output) {
         let id = self.driver.id;
+        if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
+            draft.progress(progress, Instant::now());
+        }
         match output {
             Output::Media(MediaCommand::Peer(side, media)) => {
                 if let Some(relay) = &self.relay {
@@ -321,8 +366,20 @@ impl SipSession {
                 tracing::debug!(session = %id, %to, "transferring the caller");
             }
             Output::Progress(Progress::Transferred { to, code }) => {
-                metrics::transfer_ended(transfer::outcome(code));
+                let outcome = transfer::outcome(code);
+                metrics::transfer_ended(outcome);
                 tracing::info!(session = %id, %to, code, "transfer ended");
+                if let Some(draft) = self.draft.as_mut() {
+                    draft.transfer(to, outcome.to_owned());
+                }
+            }
+            Output::Answered(answer) => {
+                // The relay carries one codec end to end: the far side's choice, on both legs.
+                if let Some(draft) = self.draft.as_mut() {
+                    let codec = records::first_audio(&answer.codecs);
+                    draft.codec(Side::Caller, codec);
+                    draft.codec(Side::Backend, codec);
+                }
             }
             Output::Ended(end) => self.ended(end),
             _ => {}
@@ -351,9 +408,27 @@ impl SipSession {
             },
         }
         self.gateway.remove_session(id);
-        self.relay = None;
+        let stats = self.relay.take().map(Relay::stop);
         self.slot = None;
-        tracing::debug!(session = %id, cause = end.cause.as_str(), code = ?end.code, "call ended");
+        if let Some(mut draft) = self.draft.take() {
+            // A dialled number's dialog is the first this session opened.
+            draft.caller_call_id_if_unset(self.driver.first_dialog());
+            let gateway = self.gateway.clone();
+            let ended = Instant::now();
+            // The relay's worker hands its statistics back within a wake-up; the record waits
+            // for them off this task.
+            tokio::spawn(async move {
+                let stats = match stats {
+                    Some(rx) => tokio::time::timeout(STATS_WAIT, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok),
+                    None => None,
+                };
+                let record = draft.finish(end.into(), ended, stats.as_ref());
+                gateway.records.submit(record);
+            });
+        }
     }
 }
 
@@ -425,6 +500,8 @@ mod tests {
             caller_up,
             connected,
             far_called: connected || cause == EndCause::NoBackend,
+            by: None,
+            caller_code: None,
         }
     }
 

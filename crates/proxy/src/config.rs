@@ -241,6 +241,8 @@ pub struct Config {
     pub webrtc: WebRtcConfig,
     /// The cluster registry and the admin API.
     pub cluster: ClusterConfig,
+    /// Call records: the JSON-lines file and the webhook.
+    pub records: RecordsConfig,
     /// Logging.
     pub log: LogConfig,
 }
@@ -341,6 +343,7 @@ impl Config {
                 format!("not a tracing filter: {err}"),
             ));
         }
+        self.records.validate()?;
         self.validate_backends()?;
         let known = self.regions();
         self.validate_trunks(&known)?;
@@ -602,6 +605,7 @@ impl Default for Config {
             outbound: OutboundConfig::default(),
             webrtc: WebRtcConfig::default(),
             cluster: ClusterConfig::default(),
+            records: RecordsConfig::default(),
             log: LogConfig::default(),
         }
     }
@@ -989,13 +993,104 @@ pub struct TrunkConfig {
     pub transfer: TrunkTransfer,
 }
 
+/// `[records]`: one call record per ended session, as a JSON line in a size-rotated file and,
+/// when `webhook` is set, POSTed there through an on-disk spool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RecordsConfig {
+    /// The JSON-lines file ("" writes no file).
+    pub path: PathBuf,
+    /// The file is rotated (`path.1`, `path.2`, ...) before a line would take it past this.
+    pub max_bytes: u64,
+    /// Rotated files kept; the oldest beyond them is deleted (0 keeps none).
+    pub keep: u32,
+    /// An `http://` URL each record is POSTed to as JSON ("" = no webhook).
+    pub webhook: String,
+    /// A POST not answered 2xx within this has failed.
+    #[serde(with = "humantime_serde")]
+    pub webhook_timeout: Duration,
+    /// Records not yet delivered ("" = `path` with `.spool` appended).
+    pub spool_dir: PathBuf,
+    /// The spool's bound; a record that would pass it is dropped and counted.
+    pub spool_max_bytes: u64,
+    /// First wait after a failed POST; doubled per failure up to `retry_max`.
+    #[serde(with = "humantime_serde")]
+    pub retry_min: Duration,
+    /// Longest wait between retries.
+    #[serde(with = "humantime_serde")]
+    pub retry_max: Duration,
+}
+
+impl RecordsConfig {
+    /// The spool directory: `spool_dir`, else `path` + `.spool`.
+    pub fn spool(&self) -> PathBuf {
+        if self.spool_dir.as_os_str().is_empty() {
+            let mut dir = self.path.clone().into_os_string();
+            dir.push(".spool");
+            PathBuf::from(dir)
+        } else {
+            self.spool_dir.clone()
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |key: &str, reason: &str| Err(ConfigError::new(key, reason));
+        if self.max_bytes < 4096 {
+            return fail("records.max_bytes", "must be at least 4096");
+        }
+        if self.webhook.is_empty() {
+            return Ok(());
+        }
+        if let Err(reason) = crate::records::WebhookUrl::parse(&self.webhook) {
+            return Err(ConfigError::new("records.webhook", reason));
+        }
+        if self.path.as_os_str().is_empty() && self.spool_dir.as_os_str().is_empty() {
+            return fail(
+                "records.spool_dir",
+                "must be set when records.path is \"\" and records.webhook is set",
+            );
+        }
+        if self.webhook_timeout.is_zero() {
+            return fail("records.webhook_timeout", "must be more than 0s");
+        }
+        if self.spool_max_bytes < 4096 {
+            return fail("records.spool_max_bytes", "must be at least 4096");
+        }
+        if self.retry_min.is_zero() {
+            return fail("records.retry_min", "must be more than 0s");
+        }
+        if self.retry_max < self.retry_min {
+            return fail("records.retry_max", "must be at least records.retry_min");
+        }
+        Ok(())
+    }
+}
+
+impl Default for RecordsConfig {
+    fn default() -> Self {
+        Self {
+            path: PathBuf::from("voxgate-records.jsonl"),
+            max_bytes: 100 * 1024 * 1024,
+            keep: 5,
+            webhook: String::new(),
+            webhook_timeout: Duration::from_secs(5),
+            spool_dir: PathBuf::new(),
+            spool_max_bytes: 256 * 1024 * 1024,
+            retry_min: Duration::from_secs(1),
+            retry_max: Duration::from_secs(60),
+        }
+    }
+}
+
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LogConfig {
     /// Line format.
     pub format: LogFormat,
-    /// `tracing` filter directives, e.g. `info,voxgate_proxy=debug`.
+    /// `tracing` filter directives, e.g. `info,voxgate_proxy=debug` (also accepted as
+    /// `log.level`); `RUST_LOG`, when set, replaces it.
+    #[serde(alias = "level")]
     pub filter: String,
 }
 
@@ -1006,6 +1101,52 @@ impl Default for LogConfig {
             filter: "info".to_owned(),
         }
     }
+}
+
+/// Library log targets whose per-peer and per-connection INFO lines (the WebRTC stack writes
+/// several per peer) are held at WARN unless a directive names them.
+pub const QUIET_TARGETS: &[&str] = &[
+    "rtc",
+    "rtc_crypto",
+    "rtc_datachannel",
+    "rtc_dtls",
+    "rtc_ice",
+    "rtc_interceptor",
+    "rtc_mdns",
+    "rtc_media",
+    "rtc_rtcp",
+    "rtc_rtp",
+    "rtc_sctp",
+    "rtc_sdp",
+    "rtc_shared",
+    "rtc_srtp",
+    "rtc_stun",
+    "rtc_turn",
+    "hyper",
+    "hyper_util",
+    "h2",
+    "redis",
+];
+
+/// `filter` with `target=warn` added for each of [`QUIET_TARGETS`] it does not name itself.
+pub fn log_directives(filter: &str) -> String {
+    let named = |target: &str| {
+        filter.split(',').any(|d| {
+            let name = d.trim().split(['=', '[']).next().unwrap_or("");
+            // A module of it (`rtc::peer_connection=info`) is more specific than `rtc=warn`
+            // and wins on its own.
+            name == target
+        })
+    };
+    let mut directives = filter.trim().to_owned();
+    for target in QUIET_TARGETS.iter().filter(|t| !named(t)) {
+        if !directives.is_empty() {
+            directives.push(',');
+        }
+        directives.push_str(target);
+        directives.push_str("=warn");
+    }
+    directives
 }
 
 /// How log lines are written.
@@ -1116,6 +1257,56 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    fn parse(toml: &str) -> Config {
+        parse_str("test.toml", toml, Vec::new()).unwrap_or_else(|err| panic!("{err}"))
+    }
+
+    #[test]
+    fn library_chatter_is_held_at_warn_unless_named() {
+        let d = log_directives("info");
+        assert!(d.starts_with("info,") && d.contains(",rtc_ice=warn") && d.contains(",rtc=warn"));
+        let d = log_directives("debug,rtc_ice=debug,rtc::peer_connection=info");
+        assert!(
+            !d.contains("rtc_ice=warn") && d.contains(",rtc=warn"),
+            "{d}"
+        );
+        assert!(d.contains("rtc_dtls=warn"));
+        for filter in ["info", "warn,voxgate_proxy=debug", ""] {
+            assert!(tracing_subscriber::EnvFilter::try_new(log_directives(filter)).is_ok());
+        }
+    }
+
+    #[test]
+    fn log_level_is_an_alias_of_filter() {
+        let config = parse("[log]\nlevel = \"debug\"\n");
+        assert_eq!(config.log.filter, "debug");
+    }
+
+    #[test]
+    fn records_keys_are_checked() {
+        let bad = |toml: &str, key: &str| {
+            let err = parse(toml).validate().expect_err(toml);
+            assert!(err.to_string().contains(key), "{err}");
+        };
+        bad("[records]\nwebhook = \"https://x/\"\n", "records.webhook");
+        bad("[records]\nwebhook = \"ftp://x\"\n", "records.webhook");
+        bad("[records]\nmax_bytes = 10\n", "records.max_bytes");
+        bad(
+            "[records]\nwebhook = \"http://x/\"\nretry_min = \"10s\"\nretry_max = \"1s\"\n",
+            "records.retry_max",
+        );
+        bad(
+            "[records]\npath = \"\"\nwebhook = \"http://x/\"\n",
+            "records.spool_dir",
+        );
+        let ok = parse("[records]\nwebhook = \"http://127.0.0.1:9000/cdr\"\n");
+        assert!(ok.validate().is_ok());
+        assert_eq!(
+            ok.records.spool(),
+            PathBuf::from("voxgate-records.jsonl.spool")
+        );
     }
 
     #[test]

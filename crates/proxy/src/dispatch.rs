@@ -19,6 +19,7 @@ use crate::call;
 use crate::driver::Destination;
 use crate::gateway::Gateway;
 use crate::metrics;
+use crate::records::SessionKind;
 
 /// Methods the gateway implements, for `Allow`: those of a session.
 pub const ALLOW: &str = voxgate_session::ALLOW;
@@ -82,17 +83,37 @@ fn on_request(
     match method {
         rsip::Method::Invite if to_tag(&request).is_some() => reply(481, Vec::new()),
         rsip::Method::Invite => {
+            let outbound = gateway.is_backend(source);
+            let refused = |reason: &'static str, code: u16| {
+                let (kind, region, trunk) = if outbound {
+                    (SessionKind::SipOutbound, gateway.region().clone(), None)
+                } else {
+                    let trunk = gateway.trunks.inbound(source.ip());
+                    let region =
+                        trunk.map_or_else(|| gateway.region().clone(), |t| t.region.clone());
+                    (SessionKind::Sip, region, trunk.map(|t| t.name.clone()))
+                };
+                gateway
+                    .records
+                    .refused(kind, &region, reason, code, |draft| {
+                        draft.caller_invite(&request);
+                        draft.trunk(trunk);
+                    });
+            };
             if let Some(reason) = gateway.refusal() {
                 metrics::session_rejected(reason);
+                refused(reason, 503);
                 reply(503, retry_after());
                 return;
             }
             let Some(slot) = gateway.slots.try_reserve() else {
                 metrics::session_rejected("capacity");
+                refused("capacity", 503);
                 reply(503, retry_after());
                 return;
             };
-            let (region, destination) = if gateway.is_backend(source) {
+            let arrived = tokio::time::Instant::now();
+            let (region, destination, kind, trunk) = if outbound {
                 let trunk_name =
                     voxgate_sip::dialog::header_value(&request.headers, "X-Voxgate-Trunk");
                 let host = request.uri.host_with_port.host.to_string();
@@ -102,24 +123,34 @@ fn on_request(
                             address: trunk.outbound,
                             host,
                         };
-                        (trunk.region.clone(), destination)
+                        let name = Some(trunk.name.clone());
+                        (
+                            trunk.region.clone(),
+                            destination,
+                            SessionKind::SipOutbound,
+                            name,
+                        )
                     }
                     None => {
                         metrics::session_rejected("no_route");
+                        refused("no_route", 404);
                         reply(404, Vec::new());
                         return;
                     }
                 }
             } else {
-                let region = gateway
-                    .trunks
-                    .inbound(source.ip())
-                    .map_or_else(|| gateway.region().clone(), |t| t.region.clone());
+                let trunk = gateway.trunks.inbound(source.ip());
+                let region = trunk.map_or_else(|| gateway.region().clone(), |t| t.region.clone());
                 let destination = Destination::Backend {
                     region: region.clone(),
                     first: None,
                 };
-                (region, destination)
+                (
+                    region,
+                    destination,
+                    SessionKind::Sip,
+                    trunk.map(|t| t.name.clone()),
+                )
             };
             let call_id = voxgate_sip::message::call_id(&request).unwrap_or_default();
             let claim = claimed.claim(&gateway.endpoint, call_id);
@@ -132,6 +163,9 @@ fn on_request(
                     invite: request,
                     events: (claim.sender, claim.events),
                     route: claim.route,
+                    arrived,
+                    kind,
+                    trunk,
                 };
                 call::run(gateway, slot, caller, region, destination).await;
             });

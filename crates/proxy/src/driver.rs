@@ -52,6 +52,9 @@ pub struct SessionDriver {
     events: mpsc::Receiver<Event>,
     routes: Vec<Route>,
     trunk_used: bool,
+    /// The Call-ID of the first dialog the session opened (a dialled number's, else the
+    /// first far INVITE's).
+    first_dialog: Option<String>,
 }
 
 impl SessionDriver {
@@ -100,7 +103,13 @@ impl SessionDriver {
             events,
             routes,
             trunk_used: false,
+            first_dialog: None,
         }
+    }
+
+    /// The Call-ID of the first dialog the session opened itself.
+    pub fn first_dialog(&self) -> Option<&str> {
+        self.first_dialog.as_deref()
     }
 
     /// The next SIP event of the session's dialogs (`None` once the endpoint stopped).
@@ -147,6 +156,7 @@ impl SessionDriver {
         let endpoint = &self.endpoint;
         match output {
             Output::Listen(call_id) => {
+                self.first_dialog.get_or_insert_with(|| call_id.clone());
                 let route = endpoint.route(&call_id, self.events_tx.clone());
                 self.routes.push(route);
             }

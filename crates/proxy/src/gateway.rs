@@ -20,6 +20,7 @@ use crate::config::Config;
 use crate::http::Health;
 use crate::metrics;
 use crate::outbound::OutboundQueue;
+use crate::records::Records;
 
 /// User-Agent and Server header value of the gateway's SIP messages.
 pub const USER_AGENT: &str = concat!("voxgate/", env!("CARGO_PKG_VERSION"));
@@ -75,6 +76,8 @@ pub struct Gateway {
     pub cluster: ClusterLink,
     /// Originate requests (`POST /v1/calls`) and what became of them.
     pub outbound: Arc<OutboundQueue>,
+    /// Where every ended session's call record goes.
+    pub records: Records,
     /// Backend SIP addresses: an INVITE from one of them is an outbound call.
     backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
     next_session: AtomicU64,
@@ -90,7 +93,13 @@ pub struct Gateway {
 
 impl Gateway {
     /// Builds the state from `config` around a bound `endpoint`.
-    pub fn new(config: Config, endpoint: Endpoint, ports: PortPool, cluster: ClusterLink) -> Self {
+    pub fn new(
+        config: Config,
+        endpoint: Endpoint,
+        ports: PortPool,
+        cluster: ClusterLink,
+        records: Records,
+    ) -> Self {
         let seed = config.routing.seed.unwrap_or_else(rand::random);
         let picker = Arc::new(BackendPicker::new(
             config.backend_specs(),
@@ -111,6 +120,7 @@ impl Gateway {
             )),
             picker,
             ports,
+            records,
             sip_addr,
             endpoint,
             sessions: DashMap::new(),

@@ -21,6 +21,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbound;
 pub mod probe;
+pub mod records;
 pub mod registry;
 pub mod relay;
 pub mod shutdown;
@@ -115,7 +116,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         "voxgate listening"
     );
 
-    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster));
+    let (records, records_tasks) =
+        records::Records::start(config.node.id.as_str(), &config.records)?;
+    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster, records));
     // The registry's view (this node's lifecycle, the Backends) applies before the first call.
     if let Err(err) = fleet::sync(&gateway).await {
         tracing::warn!(%err, "first cluster registry sync failed");
@@ -151,8 +154,14 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
     if let Some(whip_server) = whip_server {
         let _ = whip_server.await;
     }
+    // Every session has ended and handed in its record: write them all out; what the webhook
+    // has not taken stays in its spool for the next start.
+    gateway.records.close(records_tasks, RECORDS_GRACE).await;
     Ok(())
 }
+
+/// How long the shutdown waits for the records writer and the webhook's POST in flight.
+const RECORDS_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long the drain waits for calls to end after hanging them up.
 const HANG_UP_GRACE: std::time::Duration = std::time::Duration::from_secs(10);

@@ -136,10 +136,19 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr: text (ANSI colours only on a terminal) or JSON lines.
+/// Logs to stderr: text (ANSI colours only on a terminal) or JSON lines, filtered by `RUST_LOG`
+/// when set, else `log.filter`; the libraries' own chatter kept at WARN unless a directive
+/// names its target.
 fn init_tracing(log: &LogConfig) {
-    // Validated with the config, so the fallback only guards against a filter changed since.
-    let filter = EnvFilter::try_new(&log.filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let rust_log = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let directives = config::log_directives(rust_log.as_deref().unwrap_or(&log.filter));
+    let filter = EnvFilter::try_new(&directives).unwrap_or_else(|err| {
+        // RUST_LOG is not validated with the config: say so rather than log nothing.
+        eprintln!("voxgate: ignoring the log filter {directives:?}: {err}");
+        EnvFilter::new(config::log_directives("info"))
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -269,6 +269,31 @@ fn describe() {
         "voxgate_build_info",
         "Always 1; the version label names the build."
     );
+    describe_counter!(
+        "voxgate_records_written_total",
+        Unit::Count,
+        "Call records written to the records file."
+    );
+    describe_counter!(
+        "voxgate_records_dropped_total",
+        Unit::Count,
+        "Call records lost to a destination, by reason: queue_full (the writer's queue was full), closed (ended after the shutdown closed the writer), write_failed (not in the file), spool_full and webhook_rejected (in the file, never POSTed)."
+    );
+    describe_counter!(
+        "voxgate_records_webhook_delivered_total",
+        Unit::Count,
+        "Call records the webhook answered 2xx."
+    );
+    describe_counter!(
+        "voxgate_records_webhook_failures_total",
+        Unit::Count,
+        "Webhook POSTs that failed (no connection, timeout, 5xx, 408, 429) and will be retried."
+    );
+    describe_gauge!(
+        "voxgate_records_spool_bytes",
+        Unit::Bytes,
+        "Bytes of call records waiting in the webhook spool."
+    );
 }
 
 /// Whether a SIP message was received or sent by this node.
@@ -466,6 +491,32 @@ pub fn rtp_packets(direction: RtpDirection, packets: u64, bytes: u64) {
 /// `no_destination`, `send_failed`.
 pub fn rtp_dropped(reason: &'static str, count: u64) {
     counter!("voxgate_rtp_dropped_total", "reason" => reason).increment(count);
+}
+
+/// A call record went into the records file.
+pub fn record_written() {
+    counter!("voxgate_records_written_total").increment(1);
+}
+
+/// A call record missed a destination; `reason`: `queue_full`, `closed`, `write_failed`,
+/// `spool_full`, `webhook_rejected`.
+pub fn record_dropped(reason: &'static str) {
+    counter!("voxgate_records_dropped_total", "reason" => reason).increment(1);
+}
+
+/// The webhook took a record.
+pub fn record_delivered() {
+    counter!("voxgate_records_webhook_delivered_total").increment(1);
+}
+
+/// A webhook POST failed and will be retried.
+pub fn record_webhook_failed() {
+    counter!("voxgate_records_webhook_failures_total").increment(1);
+}
+
+/// Sets `voxgate_records_spool_bytes`.
+pub fn record_spool(bytes: u64) {
+    gauge!("voxgate_records_spool_bytes").set(bytes as f64);
 }
 
 /// Sets `voxgate_media_ports_in_use` and `_capacity` (port pairs).

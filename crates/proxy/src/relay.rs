@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use voxgate_media::coalesce::Coalescer;
 use voxgate_media::pool::{PortLease, PortPool};
 use voxgate_media::relay::{PacketKind, RelayLeg};
+use voxgate_media::stats::StreamStats;
 
 use crate::metrics::{self, RtpDirection};
 
@@ -309,7 +310,7 @@ impl WorkerLoop {
                     relay.armed_at = Some(now);
                 }
             }
-            Command::Stop { id } => {
+            Command::Stop { id, report } => {
                 let Some(slot) = self.slots.remove(&id) else {
                     return;
                 };
@@ -318,6 +319,10 @@ impl WorkerLoop {
                         let _ = self.epoll.delete(socket);
                     }
                     self.free.push(slot);
+                    if let Some(report) = report {
+                        let [caller, backend] = relay.state;
+                        let _ = report.send([caller.stats, backend.stats]);
+                    }
                 }
                 // The last packets of the call show in the metrics when it ends, as tests expect.
                 self.tally.flush();
@@ -469,8 +474,14 @@ enum Command {
     },
     Stop {
         id: u64,
+        /// Hears the receive statistics of both sides (caller, Backend) once the relay is gone.
+        report: Option<oneshot::Sender<MediaStats>>,
     },
 }
+
+/// What a relay received and forwarded on each side (indexed by [`Side::index`]): RTP packets,
+/// bytes, loss and jitter (RFC 3550), at the clock rate of the side's announced codec.
+pub type MediaStats = [StreamStats; 2];
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -478,7 +489,7 @@ impl std::fmt::Debug for Command {
             Command::Start { id, .. } => write!(f, "Start({id})"),
             Command::Peer { id, side, .. } => write!(f, "Peer({id}, {side:?})"),
             Command::Arm { id } => write!(f, "Arm({id})"),
-            Command::Stop { id } => write!(f, "Stop({id})"),
+            Command::Stop { id, .. } => write!(f, "Stop({id})"),
         }
     }
 }
@@ -536,6 +547,19 @@ impl Relay {
         }
     }
 
+    /// Stops the relay (as dropping it does) and hands back what it received on each side;
+    /// the receiver hears nothing if the relay was lost.
+    pub fn stop(mut self) -> oneshot::Receiver<MediaStats> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(worker) = self.worker.take() {
+            worker.send(Command::Stop {
+                id: self.id,
+                report: Some(tx),
+            });
+        }
+        rx
+    }
+
     /// Resolves with the side that went silent for the media timeout, or with the relay lost
     /// (no worker took it, or its worker died); pending forever once it reported.
     pub async fn alarm(&mut self) -> RelayAlarm {
@@ -563,7 +587,10 @@ pub enum RelayAlarm {
 impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(worker) = self.worker {
-            worker.send(Command::Stop { id: self.id });
+            worker.send(Command::Stop {
+                id: self.id,
+                report: None,
+            });
         }
     }
 }
@@ -630,6 +657,8 @@ struct SideState {
     rtp_leg: RelayLeg,
     rtcp_leg: RelayLeg,
     peer: Option<PeerMedia>,
+    /// RTP received from this side's peer and forwarded, for the call record.
+    stats: StreamStats,
 }
 
 impl SideState {
@@ -638,6 +667,7 @@ impl SideState {
             rtp_leg: RelayLeg::new(None, now),
             rtcp_leg: RelayLeg::new(None, now),
             peer: None,
+            stats: StreamStats::new(8000),
         }
     }
 
@@ -647,6 +677,11 @@ impl SideState {
         if moved {
             self.rtp_leg.renegotiate(Some(media.rtp), now);
             self.rtcp_leg.renegotiate(Some(media.rtcp), now);
+        }
+        // Jitter is counted in the codec's timestamp units; a stream that already started (early
+        // media) keeps the clock it started with.
+        if self.stats.packets() == 0 {
+            self.stats = StreamStats::new(media.clock_rate);
         }
         self.peer = Some(media);
     }
@@ -788,9 +823,21 @@ fn forward(
             let i = from_side.index();
             tally.packets[i] += 1;
             tally.bytes[i] += packet.len() as u64;
+            if let Some((sequence, timestamp)) = rtp_header(packet) {
+                state[i]
+                    .stats
+                    .record(now, sequence, timestamp, packet.len());
+            }
         }
         Err(_) => tally.send_failed += 1,
     }
+}
+
+/// Sequence number and timestamp of an RTP packet; `None` for RTCP (muxed RTCP parses as RTP
+/// with payload types 72-76, RFC 5761 4) and for anything else.
+fn rtp_header(packet: &[u8]) -> Option<(u16, u32)> {
+    let rtp = voxgate_media::rtp::RtpPacket::parse(packet).ok()?;
+    (!(72..=76).contains(&rtp.payload_type())).then(|| (rtp.sequence(), rtp.timestamp()))
 }
 
 #[cfg(test)]
@@ -825,6 +872,7 @@ mod tests {
             rtcp: addr(rtcp),
             mux,
             sends: true,
+            clock_rate: 8000,
         }
     }
 

@@ -133,6 +133,7 @@ impl<L> Session<L> {
             host,
             ring_timeout,
         } = dialled;
+        self.caller.dialled = true;
         let public_ip = self.config.public_ip;
         let mut dialog = Dialog::outgoing(
             &mut self.rng,

@@ -1,5 +1,7 @@
 //! Why a session ended, and what the end reports.
 
+use crate::media::Side;
+
 /// Why a session ended: the `cause` label of `voxgate_sessions_ended_total`.
 #[non_exhaustive]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,4 +82,11 @@ pub struct End {
     pub connected: bool,
     /// A far INVITE was sent (a Backend, or a trunk for a Backend's outbound call).
     pub far_called: bool,
+    /// Who ended it: the side that hung up, cancelled or refused; `None` when this node did
+    /// (a timeout, no Backend, an unusable SDP, an operator, the shutdown).
+    pub by: Option<Side>,
+    /// The final status of the caller leg: what an inbound caller was answered (200, or the
+    /// refusal), what a dialled number answered; `None` for a WebRTC client and for a number
+    /// that never answered finally.
+    pub caller_code: Option<u16>,
 }

@@ -171,6 +171,7 @@ impl<L> Session<L> {
                 }
                 self.prack_if_reliable(&response);
                 if code > 100 {
+                    self.ringing();
                     self.early_response(now, code, &response);
                 }
             }
@@ -178,6 +179,7 @@ impl<L> Session<L> {
                 let Some(mut attempt) = self.attempt.take() else {
                     return;
                 };
+                self.attempted(attempt.backend.clone(), Some(code));
                 let cseq = attempt.cseq();
                 let offer = self.late.then(|| parse_sdp(&response.body)).flatten();
                 if self.late && offer.is_some() {
@@ -206,6 +208,7 @@ impl<L> Session<L> {
                 let before = timer::session_expires(&attempt.invite.headers).map_or(0, |(s, _)| s);
                 let asked = timer::min_se(&response.headers).unwrap_or(0);
                 if asked <= before || asked > timer::MAX_INTERVAL {
+                    self.attempted(attempt.backend, Some(code));
                     self.pick(now);
                     return;
                 }
@@ -221,6 +224,7 @@ impl<L> Session<L> {
                 let Some(attempt) = self.attempt.take() else {
                     return;
                 };
+                self.attempted(attempt.backend.clone(), Some(code));
                 if let Some(backend) = attempt.backend {
                     let cooldown = retry_after(&response).unwrap_or(self.config.default_cooldown);
                     self.outputs.push_back(Output::CoolDown {
@@ -231,11 +235,15 @@ impl<L> Session<L> {
                 self.pick(now);
             }
             408 | 500..=599 => {
-                self.attempt = None;
+                if let Some(attempt) = self.attempt.take() {
+                    self.attempted(attempt.backend, Some(code));
+                }
                 self.pick(now);
             }
             _ => {
-                self.attempt = None;
+                if let Some(attempt) = self.attempt.take() {
+                    self.attempted(attempt.backend, Some(code));
+                }
                 // Redirects would reveal the far side's contacts: the caller sees 480.
                 let mapped = map_failure(code);
                 self.end(
@@ -243,10 +251,24 @@ impl<L> Session<L> {
                     EndCause::Rejected,
                     Some(code),
                     Some((mapped, Vec::new())),
-                    None,
+                    Some(Side::Backend),
                 );
             }
         }
+    }
+
+    /// Reports the first ringing answer of the session.
+    pub(crate) fn ringing(&mut self) {
+        if !self.ringing {
+            self.ringing = true;
+            self.outputs.push_back(Output::Progress(Progress::Ringing));
+        }
+    }
+
+    /// Reports the outcome of a far INVITE.
+    pub(crate) fn attempted(&mut self, backend: Option<voxgate_core::NodeId>, code: Option<u16>) {
+        self.outputs
+            .push_back(Output::Progress(Progress::Attempted { backend, code }));
     }
 
     /// PRACKs a reliable provisional of the far INVITE (RFC 3262), once per RSeq.
@@ -397,6 +419,9 @@ impl<L> Session<L> {
                 if let Some(dialling) = self.caller.dialling.as_mut() {
                     dialling.provisional = true;
                 }
+                if code > 100 {
+                    self.ringing();
+                }
             }
             200..=299 => {
                 let Some(mut dialling) = self.caller.dialling.take() else {
@@ -425,7 +450,13 @@ impl<L> Session<L> {
             }
             _ => {
                 self.caller.dialling = None;
-                self.end(now, EndCause::Rejected, Some(code), None, None);
+                self.end(
+                    now,
+                    EndCause::Rejected,
+                    Some(code),
+                    None,
+                    Some(Side::Caller),
+                );
             }
         }
     }

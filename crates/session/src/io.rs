@@ -127,6 +127,18 @@ pub enum Progress {
         /// The far dialog's Call-ID.
         call_id: String,
     },
+    /// The far INVITE (or a dialled number's) got its first ringing answer (180 or 183);
+    /// reported once per session.
+    Ringing,
+    /// A far INVITE of [`Progress::Calling`] has its outcome: the final status it got (408
+    /// when its transaction timed out), or `None` when the session gave up on it first
+    /// (silence, or the session ended while it was out).
+    Attempted {
+        /// The Backend, when the far side is one.
+        backend: Option<NodeId>,
+        /// Its final status.
+        code: Option<u16>,
+    },
     /// The dialled number answered; the Backend is being called.
     Bridging,
     /// Both legs are up.

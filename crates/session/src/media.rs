@@ -43,6 +43,9 @@ pub struct PeerMedia {
     pub mux: bool,
     /// The peer will send media (its direction is sendrecv or sendonly), so silence means trouble.
     pub sends: bool,
+    /// RTP clock rate of its first audio codec (8000 when it names none): the unit of its
+    /// timestamps, for jitter.
+    pub clock_rate: u32,
 }
 
 /// The media a peer announced in `sdp`.
@@ -54,6 +57,11 @@ pub fn peer_media(sdp: &AudioSdp) -> PeerMedia {
         rtcp: SocketAddr::new(sdp.connection, rtcp_port),
         mux: sdp.rtcp_mux,
         sends: sdp.port != 0 && matches!(sdp.direction, Direction::SendRecv | Direction::SendOnly),
+        clock_rate: sdp
+            .codecs
+            .iter()
+            .find(|c| c.kind != CodecKind::TelephoneEvent)
+            .map_or(8000, |c| c.clock_rate),
     }
 }
 

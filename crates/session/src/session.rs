@@ -95,6 +95,8 @@ pub(crate) struct Caller<L> {
     pub(crate) dial_ring: Duration,
     /// A WebRTC client.
     pub(crate) webrtc: bool,
+    /// A number we dial.
+    pub(crate) dialled: bool,
     pub(crate) up: bool,
     /// The From and To users the far side sees.
     pub(crate) from_user: String,
@@ -178,6 +180,8 @@ pub struct Session<L> {
     pub(crate) caller_invite_key: Option<TransactionKey>,
     pub(crate) outputs: VecDeque<Output>,
     pub(crate) end: Option<End>,
+    /// [`crate::Progress::Ringing`] was reported.
+    pub(crate) ringing: bool,
 }
 
 impl<L> Session<L> {
@@ -196,6 +200,7 @@ impl<L> Session<L> {
                 dialling: None,
                 dial_ring: Duration::ZERO,
                 webrtc: false,
+                dialled: false,
                 up: false,
                 from_user: String::new(),
                 to_user: String::new(),
@@ -224,6 +229,7 @@ impl<L> Session<L> {
             caller_invite_key: None,
             outputs: VecDeque::new(),
             end: None,
+            ringing: false,
             config,
         };
         match caller {
@@ -329,6 +335,7 @@ impl<L> Session<L> {
                     let until = now + self.config.silent_cooldown;
                     self.outputs.push_back(Output::CoolDown { backend, until });
                 }
+                self.attempted(attempt.backend.clone(), None);
                 attempt.winding = Some(now);
                 self.winding.push(attempt);
                 self.pick(now);
@@ -659,7 +666,9 @@ impl<L> Session<L> {
     fn on_timeout(&mut self, now: Instant, key: &TransactionKey) {
         let branch = key.branch();
         if self.attempt.as_ref().is_some_and(|a| a.branch == branch) {
-            self.attempt = None;
+            if let Some(attempt) = self.attempt.take() {
+                self.attempted(attempt.backend, Some(408));
+            }
             self.pick(now);
         } else if self.is_transfer_branch(branch) {
             if let Some(transfer) = self.transfer.as_mut() {
@@ -714,6 +723,9 @@ impl<L> Session<L> {
             }
         }
         // Far INVITEs still out are cancelled (once provisional) and followed to their end.
+        if let Some(attempt) = &self.attempt {
+            self.attempted(attempt.backend.clone(), None);
+        }
         let transfer = self.transfer.take().and_then(|t| t.attempt);
         let pending = [self.attempt.take(), self.caller.dialling.take(), transfer];
         for mut attempt in pending.into_iter().flatten() {
@@ -726,8 +738,17 @@ impl<L> Session<L> {
             attempt.winding = Some(now);
             self.winding.push(attempt);
         }
+        let mut caller_code = if caller_up && !self.caller.webrtc {
+            Some(200)
+        } else if self.caller.dialled && cause == EndCause::Rejected {
+            // A dialled number's refusal (or its INVITE's timeout, 408).
+            code
+        } else {
+            None
+        };
         if let Some((key, invite)) = self.caller.invite.take() {
             let (status, extra) = refusal.unwrap_or((500, Vec::new()));
+            caller_code = Some(status);
             if let Some(leg) = &self.caller.leg {
                 let mut response = leg.dialog.response(&invite, status, None);
                 response.headers.extend(extra);
@@ -747,6 +768,8 @@ impl<L> Session<L> {
             caller_up,
             connected,
             far_called: self.attempts > 0,
+            by: gone,
+            caller_code,
         };
         self.end = Some(end);
         self.outputs.push_back(Output::Ended(end));

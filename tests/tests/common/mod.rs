@@ -135,6 +135,11 @@ pub fn scratch_dir() -> PathBuf {
     dir
 }
 
+/// The call-records file of the proxy `name` of this test process (in the scratch dir).
+pub fn records_path(name: &str) -> PathBuf {
+    scratch_dir().join(format!("{name}-{}-records.jsonl", std::process::id()))
+}
+
 fn log_path(name: &str) -> PathBuf {
     scratch_dir().join(format!("{name}-{}.log", std::process::id()))
 }
@@ -329,6 +334,10 @@ impl Proxy {
             ("VOXGATE_MEDIA__PUBLIC_IP", "127.0.0.1".to_owned()),
             ("VOXGATE_MEDIA__PORT_MIN", media.0.to_string()),
             ("VOXGATE_MEDIA__PORT_MAX", media.1.to_string()),
+            (
+                "VOXGATE_RECORDS__PATH",
+                records_path(name).to_string_lossy().into_owned(),
+            ),
             (
                 "VOXGATE_CLUSTER__STATE_FILE",
                 scratch_dir()

@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use voxgate_cluster::SessionSlot;
 use voxgate_core::{RegionId, SessionId};
+use voxgate_media::stats::StreamStats;
 use voxgate_session::{
     CallerSpec, EndCause, Input, MediaCommand, Output, Progress, Session, WebRtcCaller,
 };
@@ -32,6 +33,7 @@ use super::hub::PeerHub;
 use crate::driver::{Destination, SessionDriver};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
+use crate::records::{self, Draft, SessionKind};
 use crate::relay::Side;
 
 /// Payload types this node offers the Backend.
@@ -83,6 +85,19 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
     } = setup;
     let key = id.0;
     let _webrtc = gateway.webrtc_session();
+    let mut draft = Draft::new(
+        &gateway.records,
+        SessionKind::Webrtc,
+        Some(id),
+        &region,
+        started,
+    );
+    draft.caller(
+        Some(format!("whip:{resource}")),
+        Some("webrtc".to_owned()),
+        Some(to_user.clone()),
+    );
+    draft.codec(Side::Caller, Some(&Codec::opus(opus_pt)));
     let sockets = crate::relay::bind_pair(&gateway.ports, gateway.config.media.bind_ip)
         .map_err(|err| err.to_string())
         .and_then(|(rtp, rtcp, lease)| {
@@ -95,6 +110,15 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
         Err(err) => {
             tracing::warn!(%err, "no media ports for a WebRTC session");
             metrics::session_rejected("media_ports");
+            let ending = records::Ending {
+                cause: "media_ports",
+                by: records::EndedBy::Node,
+                code: None,
+                caller_code: None,
+            };
+            gateway
+                .records
+                .submit(draft.finish(ending, Instant::now(), None));
             hub.close(key);
             return;
         }
@@ -155,6 +179,8 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
         last_backend_rtp: None,
         slot: Some(slot),
         port_lease: Some(port_lease),
+        draft: Some(draft),
+        received: [StreamStats::new(48_000), StreamStats::new(8000)],
     };
     session.run().await;
 }
@@ -196,6 +222,10 @@ struct WebRtcSession {
     last_backend_rtp: Option<Instant>,
     slot: Option<SessionSlot>,
     port_lease: Option<voxgate_media::pool::PortLease>,
+    /// The call record, until the end.
+    draft: Option<Draft>,
+    /// RTP received from the client (Opus, 48 kHz) and from the Backend (its codec's clock).
+    received: [StreamStats; 2],
 }
 
 impl WebRtcSession {
@@ -236,7 +266,7 @@ impl WebRtcSession {
                 // within the WebRTC leg.
                 _ = self.rtcp.recv_from(&mut rtcp_buf), if live => {}
                 () = sleep_until(silence) => {
-                    tracing::info!(session = %self.driver.id, "no media from the backend: ending the WebRTC session");
+                    tracing::debug!(session = %self.driver.id, "no media from the backend: ending the WebRTC session");
                     self.driver.handle(Input::MediaTimeout(Side::Backend));
                 }
                 () = gateway.hang_up_requested(), if live => self.driver.handle(Input::Shutdown),
@@ -246,6 +276,9 @@ impl WebRtcSession {
     }
 
     fn on_output(&mut self, output: Output) {
+        if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
+            draft.progress(progress, Instant::now());
+        }
         match output {
             Output::Media(MediaCommand::Peer(Side::Backend, media)) => {
                 self.backend_media = Some(media.rtp);
@@ -260,6 +293,13 @@ impl WebRtcSession {
                     self.rng.random(),
                     self.rng.random(),
                 );
+                let codec = records::first_audio(&answer.codecs);
+                if let Some(draft) = self.draft.as_mut() {
+                    draft.codec(Side::Backend, codec);
+                }
+                if let Some(codec) = codec {
+                    self.received[Side::Backend.index()] = StreamStats::new(codec.clock_rate);
+                }
                 match bridge {
                     Some(bridge) => self.bridge = Some(bridge),
                     // Nothing this node can carry: hung up like a refusal.
@@ -289,8 +329,12 @@ impl WebRtcSession {
                 self.driver.handle(Input::TransferTarget(target));
             }
             Output::Progress(Progress::Transferred { to, code }) => {
-                metrics::transfer_ended(crate::transfer::outcome(code));
+                let outcome = crate::transfer::outcome(code);
+                metrics::transfer_ended(outcome);
                 tracing::info!(session = %self.driver.id, %to, code, "transfer ended");
+                if let Some(draft) = self.draft.as_mut() {
+                    draft.transfer(to, outcome.to_owned());
+                }
             }
             Output::Progress(Progress::Connected) if self.bridge.is_some() => {
                 metrics::session_started();
@@ -312,7 +356,15 @@ impl WebRtcSession {
                 self.gateway.remove_session(self.driver.id);
                 self.port_lease = None;
                 self.slot = None;
-                tracing::debug!(session = %self.driver.id, cause = cause.as_str(), "webrtc session ended");
+                if let Some(draft) = self.draft.take() {
+                    let ending = records::Ending {
+                        cause: cause.as_str(),
+                        ..end.into()
+                    };
+                    let media = self.bridge.is_some().then_some(&self.received);
+                    let record = draft.finish(ending, Instant::now(), media);
+                    self.gateway.records.submit(record);
+                }
             }
             _ => {}
         }
@@ -339,6 +391,12 @@ impl WebRtcSession {
                 let (Some(bridge), Some(to)) = (self.bridge.as_mut(), self.backend_media) else {
                     return;
                 };
+                if Some(payload_type) != self.event_pt {
+                    // The SRTP-decrypted packet: a 12-byte header (extensions not counted) and
+                    // its payload.
+                    let bytes = 12 + payload.len();
+                    self.received[Side::Caller.index()].record(now_std(), seq, timestamp, bytes);
+                }
                 let (before, _) = bridge.transcoded();
                 let rtp = &self.rtp;
                 bridge.from_client(payload_type, seq, timestamp, marker, &payload, |datagram| {
@@ -382,6 +440,14 @@ impl WebRtcSession {
         };
         self.backend_media = Some(from);
         self.last_backend_rtp = Some(Instant::now());
+        if let Ok(rtp) = voxgate_media::rtp::RtpPacket::parse(datagram) {
+            self.received[Side::Backend.index()].record(
+                now_std(),
+                rtp.sequence(),
+                rtp.timestamp(),
+                datagram.len(),
+            );
+        }
         let (_, before) = bridge.transcoded();
         let (hub, key) = (&self.hub, self.key);
         bridge.from_backend(datagram, |packet| {
@@ -409,6 +475,10 @@ async fn deleted(delete: &mut Option<oneshot::Receiver<()>>) -> bool {
     let result = rx.await.is_ok();
     *delete = None;
     result
+}
+
+fn now_std() -> std::time::Instant {
+    Instant::now().into_std()
 }
 
 /// Sleeps until `deadline`; never without one.

@@ -42,6 +42,7 @@ use super::session::{self, Setup};
 use crate::admin::same_key;
 use crate::gateway::Gateway;
 use crate::metrics;
+use crate::records::SessionKind;
 
 /// Path of the WHIP endpoint.
 pub const ENDPOINT: &str = "/whip";
@@ -239,12 +240,21 @@ async fn create(
             "`to` must be a SIP user part of 1-64 characters",
         );
     }
+    let refused = |reason: &'static str| {
+        gateway
+            .records
+            .refused(SessionKind::Webrtc, &region, reason, 503, |draft| {
+                draft.caller(None, Some("webrtc".into()), Some(to_user.clone()));
+            });
+    };
     if let Some(reason) = gateway.refusal() {
         metrics::session_rejected(reason);
+        refused(reason);
         return unavailable(gateway, "not_accepting", "this node takes no new sessions");
     }
     let Some(slot) = gateway.slots.try_reserve() else {
         metrics::session_rejected("capacity");
+        refused("capacity");
         return unavailable(gateway, "capacity", "this node is at its session cap");
     };
     // A Backend is leased only once the client has connected (the session engine asks for
@@ -256,6 +266,7 @@ async fn create(
         .is_err()
     {
         metrics::session_rejected("no_backend");
+        refused("no_backend");
         return unavailable(gateway, "no_backend", "no Backend has room in this region");
     }
     let mut rng = StdRng::from_os_rng();
