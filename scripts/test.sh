@@ -27,10 +27,12 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+echo "==> cargo build (binaries for the end-to-end tests)"
+cargo build --workspace --bins --locked
 echo "==> cargo build (a voxgate whose cap lets one session too many in, for the test that must catch it)"
 cargo build -p voxgate-proxy --features fault-over-cap --locked
 cp "${CARGO_TARGET_DIR:-target}/debug/voxgate" "${CARGO_TARGET_DIR:-target}/debug/voxgate-over-cap"
-echo "==> cargo build (binaries for the end-to-end tests)"
+# The normal binary back in place.
 cargo build --workspace --bins --locked
 echo "==> cargo test"
 log=$(mktemp)

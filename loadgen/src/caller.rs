@@ -131,7 +131,7 @@ pub struct CallRecord {
 }
 
 impl CallRecord {
-    /// The time it was up as its caller saw it (see [`crate::occupancy`]): from the 2xx to our
+    /// The time it was up as its caller saw it (see [`crate::occupancy`](mod@crate::occupancy)): from the 2xx to our
     /// BYE when it completed, else to its last sign of life.
     pub fn span(&self) -> Option<Span> {
         let up = self.answered_at?;

@@ -77,7 +77,7 @@ pub struct SoakPlan {
     /// WebRTC sessions mixed with the calls.
     pub webrtc: Option<WebrtcMix>,
     /// Where to write the sessions' up spans, for `voxgate-loadgen occupancy` to merge with other
-    /// processes' (see [`crate::occupancy`]).
+    /// processes' (see [`crate::occupancy`](mod@crate::occupancy)).
     pub up_log: Option<PathBuf>,
 }
 

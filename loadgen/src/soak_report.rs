@@ -169,7 +169,7 @@ impl SoakSessions {
 }
 
 /// Calls and WebRTC sessions answered and up at once, as their callers saw them (see
-/// [`crate::occupancy`]), against the cap and against the Proxy's own gauge.
+/// [`crate::occupancy`](mod@crate::occupancy)), against the cap and against the Proxy's own gauge.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct CallersSide {
     /// Sessions answered in this run.

@@ -395,6 +395,15 @@ fn a_cap_broken_by_one_is_caught_from_the_callers_side() {
         backend_toml("b2", a2, 50, None)
     );
     let proxy = Proxy::start_program("soak-broken-proxy", &broken, &config, &[]);
+    assert!(
+        proxy
+            .process
+            .log()
+            .contains("test build: admission lets one session past"),
+        "{} is not the broken-cap build:\n{}",
+        broken.display(),
+        proxy.process.log()
+    );
     let log = scratch_file("up-broken.jsonl");
     let log_arg = log.to_string_lossy().into_owned();
     let (output, report) = soak(&proxy, "23", &["--up-log", &log_arg]);

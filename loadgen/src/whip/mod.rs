@@ -269,7 +269,7 @@ impl WhipContext {
 }
 
 impl SessionRecord {
-    /// The time it was up as its client saw it (see [`crate::occupancy`]): from the `201` to the
+    /// The time it was up as its client saw it (see [`crate::occupancy`](mod@crate::occupancy)): from the `201` to the
     /// `DELETE` when it completed, else to its last sign of life.
     pub fn span(&self) -> Option<Span> {
         let up = self.answered_at?;
