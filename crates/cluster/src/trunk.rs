@@ -18,6 +18,8 @@ pub struct Trunk {
     pub outbound: Option<SocketAddr>,
     /// Request-URI hosts routed out through this trunk.
     pub hosts: Vec<String>,
+    /// Header names (globs) passed between the trunk's side and the Backend's, both ways.
+    pub pass_headers: Vec<String>,
 }
 
 /// The configured trunks, looked up by source address (inbound) or by name / Request-URI host
@@ -105,6 +107,7 @@ mod tests {
                 .collect(),
             outbound: outbound.map(|port| SocketAddr::from(([192, 0, 2, 1], port))),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
+            pass_headers: Vec::new(),
         }
     }
 

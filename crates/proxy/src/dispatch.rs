@@ -19,6 +19,7 @@ use crate::call;
 use crate::driver::Destination;
 use crate::gateway::Gateway;
 use crate::metrics;
+use crate::trust::{self, Decision};
 
 /// Methods the gateway implements, for `Allow`: those of a session.
 pub const ALLOW: &str = voxgate_session::ALLOW;
@@ -65,7 +66,7 @@ fn on_request(
         let mut response = response_for(&request, code, None);
         response
             .headers
-            .push(Header::Server(crate::gateway::USER_AGENT.into()));
+            .push(Header::Server(gateway.user_agent.into()));
         for header in extra {
             response.headers.push(header);
         }
@@ -73,12 +74,40 @@ fn on_request(
     };
     let retry_after = || vec![gateway.retry_after_header()];
     let allow = || vec![Header::Allow(ALLOW.into())];
-    // RFC 3261 8.2 checks first (483, 416, 420, 415, 406); ACK is never refused.
+    let method = request.method;
+    // Trust first: a request that could start something (out of any dialog, not ACK or
+    // CANCEL) must come from a Backend or belong to a trunk before it costs anything more.
+    let opens =
+        to_tag(&request).is_none() && !matches!(method, rsip::Method::Ack | rsip::Method::Cancel);
+    let mut trunk = None;
+    if opens && !gateway.is_backend(source) {
+        if method == rsip::Method::Invite {
+            let now = tokio::time::Instant::now().into_std();
+            let salt = rand::Rng::random(&mut gateway.call_rng());
+            match gateway.trust.invite(now, salt, source, &request) {
+                Decision::Admit(admitted) => trunk = Some(admitted),
+                Decision::Challenge(values) => {
+                    metrics::sip_challenge();
+                    reply(401, trust::challenge_headers(values));
+                    return;
+                }
+                Decision::Refuse(reason) => {
+                    metrics::sip_refused(reason);
+                    reply(403, Vec::new());
+                    return;
+                }
+            }
+        } else if gateway.trust.by_source(source.ip()).is_none() {
+            metrics::sip_refused("unknown_source");
+            reply(403, Vec::new());
+            return;
+        }
+    }
+    // RFC 3261 8.2 checks (483, 416, 420, 415, 406); ACK is never refused.
     if let Err(refusal) = voxgate_sip::validate::request(&request) {
         reply(refusal.code(), refusal.headers());
         return;
     }
-    let method = request.method;
     match method {
         rsip::Method::Invite if to_tag(&request).is_some() => reply(481, Vec::new()),
         rsip::Method::Invite => {
@@ -111,10 +140,7 @@ fn on_request(
                     }
                 }
             } else {
-                let region = gateway
-                    .trunks
-                    .inbound(source.ip())
-                    .map_or_else(|| gateway.region().clone(), |t| t.region.clone());
+                let region = trunk.map_or_else(|| gateway.region().clone(), |t| t.region.clone());
                 let destination = Destination::Backend {
                     region: region.clone(),
                     first: None,

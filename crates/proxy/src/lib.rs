@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod dialer;
 pub mod dispatch;
 pub mod driver;
+pub mod edge;
 pub mod fleet;
 pub mod gateway;
 pub mod http;
@@ -24,6 +25,7 @@ pub mod probe;
 pub mod registry;
 pub mod relay;
 pub mod shutdown;
+pub mod trust;
 pub mod webrtc;
 
 use std::sync::Arc;
@@ -61,9 +63,18 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         };
         format!("opening the cluster registry ({kind})")
     })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let trust = trust::Trust::new(
+        &config,
+        &env,
+        rand::random(),
+        tokio::time::Instant::now().into_std(),
+    )?;
+    let edge = Arc::new(edge::Edge::new(&config));
     let options = EndpointOptions {
         tcp: config.sip.listen_tcp,
         observer: Some(Arc::new(SipMetrics::default())),
+        guard: Some(edge.clone()),
         ..EndpointOptions::default()
     };
     let (endpoint, incoming) = Endpoint::bind_with(config.sip.listen_udp, options)
@@ -114,7 +125,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         "voxgate listening"
     );
 
-    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster));
+    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster, edge, trust));
     // The registry's view (this node's lifecycle, the Backends) applies before the first call.
     if let Err(err) = fleet::sync(&gateway).await {
         tracing::warn!(%err, "first cluster registry sync failed");

@@ -534,6 +534,7 @@ mod tests {
                 sources: Vec::new(),
                 outbound: Some("127.0.0.1:5060".parse().expect("addr")),
                 hosts: Vec::new(),
+                pass_headers: Vec::new(),
             },
             region,
             backend: None,
