@@ -946,8 +946,8 @@ pub struct FloodSettings {
     /// How long a source over the limit is banned (everything it sends is dropped).
     #[serde(with = "humantime_serde")]
     pub ban: Duration,
-    /// Sources never limited (CIDRs), e.g. a carrier sending more than `rate`. Backends are
-    /// never limited.
+    /// Sources never limited (CIDRs; loopback by default), e.g. a carrier sending more than
+    /// `rate`. Backends are never limited.
     #[serde(deserialize_with = "parsed::list")]
     pub exempt: Vec<IpNet>,
     /// Sources followed at once at most (memory bound); past it new sources pass unlimited.
@@ -961,7 +961,10 @@ impl Default for FloodSettings {
             rate: 200,
             burst: 400,
             ban: Duration::from_secs(300),
-            exempt: Vec::new(),
+            exempt: vec![
+                "127.0.0.0/8".parse().expect("valid literal"),
+                "::1/128".parse().expect("valid literal"),
+            ],
             max_sources: 65_536,
         }
     }
