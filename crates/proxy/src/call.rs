@@ -16,7 +16,8 @@ use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::RegionId;
 use voxgate_endpoint::Route;
 use voxgate_session::{
-    CallerSpec, Dialled, End, EndCause, Inbound, Input, MediaCommand, Output, Progress, Session,
+    CallerSpec, Dialled, End, EndCause, IdentityPolicy, Inbound, Input, MediaCommand, Output,
+    Progress, Session,
 };
 use voxgate_sip::{Event, TransactionKey, Transport};
 
@@ -42,6 +43,8 @@ pub struct Caller {
     pub events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     /// The route of the INVITE's Call-ID.
     pub route: Route,
+    /// What of the INVITE crosses to the far side (the trunk's identity policy).
+    pub identity: IdentityPolicy,
 }
 
 /// Runs one inbound call from its INVITE to its end. `slot` is this call's share of the node
@@ -70,7 +73,8 @@ pub async fn run(
     let caller_call_id = voxgate_sip::message::call_id(&caller.invite)
         .unwrap_or_default()
         .to_owned();
-    let config = SessionDriver::config(&gateway, id, ports);
+    let mut config = SessionDriver::config(&gateway, id, ports);
+    config.identity = caller.identity;
     let spec = CallerSpec::Inbound(Inbound {
         key: caller.key,
         source: caller.source,

@@ -1,6 +1,12 @@
-//! Requests that belong to no live call: new INVITEs (admission, then a call task), OPTIONS,
-//! and the RFC 3261 answers for everything else (481, 405, 501, and the refusals of
+//! Requests that belong to no live call: new INVITEs (trust, admission, then a call task),
+//! OPTIONS, and the RFC 3261 answers for everything else (481, 405, 501, and the refusals of
 //! `voxgate_sip::validate`).
+//!
+//! Trust comes first ([`crate::trust`]): a request out of any dialog from no Backend must belong
+//! to a trunk (by source, or an INVITE by digest credentials: 401 until it has them, 403 when
+//! they are wrong) before a slot is reserved or a Backend picked; others get 403 and count in
+//! `voxgate_sip_refused_total`. (With `sip.unknown_source = "drop"` the edge guard already
+//! dropped those it could tell by source alone.)
 //!
 //! A new INVITE's Call-ID is routed to its session before the session's task runs, and events of
 //! that Call-ID already queued here behind the INVITE (a CANCEL sent right after it) are
@@ -12,6 +18,7 @@ use std::sync::Arc;
 use rsip::Header;
 use tokio::sync::mpsc;
 use voxgate_endpoint::NewDialogs;
+use voxgate_session::IdentityPolicy;
 use voxgate_sip::message::{response_for, to_tag};
 use voxgate_sip::{Event, TransactionKey, Transport};
 
@@ -121,7 +128,7 @@ fn on_request(
                 reply(503, retry_after());
                 return;
             };
-            let (region, destination) = if gateway.is_backend(source) {
+            let (region, destination, identity) = if gateway.is_backend(source) {
                 let trunk_name =
                     voxgate_sip::dialog::header_value(&request.headers, "X-Voxgate-Trunk");
                 let host = request.uri.host_with_port.host.to_string();
@@ -131,7 +138,13 @@ fn on_request(
                             address: trunk.outbound,
                             host,
                         };
-                        (trunk.region.clone(), destination)
+                        // The carrier learns the Backend's identity headers, not ours.
+                        let identity = IdentityPolicy {
+                            identity: true,
+                            trunk: None,
+                            pass_headers: trunk.pass_headers.clone(),
+                        };
+                        (trunk.region.clone(), destination, identity)
                     }
                     None => {
                         metrics::session_rejected("no_route");
@@ -145,7 +158,12 @@ fn on_request(
                     region: region.clone(),
                     first: None,
                 };
-                (region, destination)
+                let identity = IdentityPolicy {
+                    identity: true,
+                    trunk: trunk.map(|t| t.name.clone()),
+                    pass_headers: trunk.map(|t| t.pass_headers.clone()).unwrap_or_default(),
+                };
+                (region, destination, identity)
             };
             let call_id = voxgate_sip::message::call_id(&request).unwrap_or_default();
             let claim = claimed.claim(&gateway.endpoint, call_id);
@@ -158,6 +176,7 @@ fn on_request(
                     invite: request,
                     events: (claim.sender, claim.events),
                     route: claim.route,
+                    identity,
                 };
                 call::run(gateway, slot, caller, region, destination).await;
             });

@@ -74,6 +74,7 @@ impl SessionDriver {
             session_expires: gateway.config.sip.session_expires,
             min_se: gateway.config.sip.min_se,
             far_headers: Vec::new(),
+            identity: voxgate_session::IdentityPolicy::default(),
             seed: rng.random(),
         }
     }

@@ -126,6 +126,10 @@ impl<L> Session<L> {
                 .headers
                 .push(Header::Other(name.clone(), value.clone()));
         }
+        // Who called and why, as the trunk's policy says (identity.rs).
+        if let Some((_, caller_invite)) = &self.caller.invite {
+            self.config.identity.apply(caller_invite, &mut invite);
+        }
         invite
     }
 

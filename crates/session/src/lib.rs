@@ -13,6 +13,7 @@
 //! Where things are: `session.rs` holds the state, the inputs and the end; `caller.rs` how a
 //! session starts from its caller; `far.rs` the far leg
 //! (target, INVITE, answers, failover, PRACK, the dialled number, wound-down INVITEs);
+//! `identity.rs` which of the caller's headers cross to the far INVITE;
 //! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
 //! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals).
 //!
@@ -39,6 +40,7 @@ mod caller;
 mod cause;
 mod exchange;
 mod far;
+mod identity;
 mod io;
 mod leg;
 mod media;
@@ -48,6 +50,7 @@ mod session;
 mod timer;
 
 pub use cause::{End, EndCause};
+pub use identity::{IDENTITY_HEADERS, IdentityPolicy};
 pub use io::{
     CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, WebRtcCaller,
 };

@@ -60,6 +60,8 @@ pub struct SessionConfig {
     pub min_se: Duration,
     /// Headers added to every far INVITE (name, value).
     pub far_headers: Vec<(String, String)>,
+    /// What of an inbound caller's INVITE crosses to the far INVITE (identity, trunk headers).
+    pub identity: crate::identity::IdentityPolicy,
     /// Seed of the session's tags, branches and Call-IDs.
     pub seed: u64,
 }

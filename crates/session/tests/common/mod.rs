@@ -64,6 +64,7 @@ pub fn config() -> SessionConfig {
         session_expires: Duration::from_secs(1800),
         min_se: Duration::from_secs(90),
         far_headers: Vec::new(),
+        identity: voxgate_session::IdentityPolicy::default(),
         seed: 42,
     }
 }
