@@ -469,10 +469,22 @@ impl DigestAuth {
     }
 }
 
-/// Whether the `uri` a client signed names the Request-URI (RFC 2617 3.2.2.5); compared
-/// case-insensitively, since equipment re-renders the scheme and host.
+/// Whether the `uri` a client signed names the Request-URI (RFC 2617 3.2.2.5): the same URI
+/// (ignoring case), or one with the same host and port, which is what much equipment signs
+/// (sipp signs `sip:host:port` for `sip:user@host:port`). The response covers the signed uri and
+/// a nonce cannot be replayed, so the looser form opens nothing.
 fn same_uri(signed: &str, request_uri: &str) -> bool {
-    signed.trim().eq_ignore_ascii_case(request_uri.trim())
+    let (signed, request_uri) = (signed.trim(), request_uri.trim());
+    if signed.eq_ignore_ascii_case(request_uri) {
+        return true;
+    }
+    let host_port = |uri: &str| -> Option<String> {
+        let rest = uri.split_once(':')?.1;
+        let rest = rest.rsplit('@').next()?;
+        let host_port = rest.split([';', '?']).next()?;
+        Some(host_port.to_ascii_lowercase())
+    };
+    matches!((host_port(signed), host_port(request_uri)), (Some(a), Some(b)) if a == b)
 }
 
 fn to_hex(bytes: &[u8]) -> String {
@@ -642,9 +654,15 @@ mod tests {
             Err(DigestError::Response)
         );
         assert_eq!(
-            auth.verify(t0, "INVITE", "sip:other@voxgate.example", &good),
+            auth.verify(t0, "INVITE", "sip:other@elsewhere.example", &good),
             Err(DigestError::Uri)
         );
+        assert!(same_uri("sip:127.0.0.1:5060", "sip:service@127.0.0.1:5060"));
+        assert!(same_uri("SIP:1@H", "sip:1@h"));
+        assert!(!same_uri(
+            "sip:127.0.0.1:5061",
+            "sip:service@127.0.0.1:5060"
+        ));
         let mut user = good.clone();
         user.username = "mallory".into();
         assert_eq!(
