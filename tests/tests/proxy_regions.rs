@@ -1,5 +1,5 @@
-//! Regions: a trunk's source network places its calls in its region; other callers go to the
-//! node's region; a full region spills over only where configured, else the caller gets 503.
+//! Regions: a trunk's source network places its calls in its region (the most specific prefix:
+//! the `local` trunk, of the node's region, takes the rest of loopback); a full region spills over only where configured, else the caller gets 503.
 
 // A plain test thread drives real processes: real clock and sleeps; setup failures may panic.
 #![allow(clippy::disallowed_methods, clippy::unwrap_used)]
@@ -19,7 +19,8 @@ fn config(de: SocketAddr, us: SocketAddr, spillover: bool) -> String {
         ""
     };
     format!(
-        "[node]\nregion = \"US-EAST\"\n[health]\ninterval = \"1s\"\n{spill}{}{}\n[[trunks]]\nname = \"frankfurt\"\nregion = \"DE-FRA\"\nsources = [\"127.0.0.2/32\"]\n",
+        "[node]\nregion = \"US-EAST\"\n[health]\ninterval = \"1s\"\n{spill}{}{}\n[[trunks]]\nname = \"frankfurt\"\nregion = \"DE-FRA\"\nsources = [\"127.0.0.2/32\"]\n\
+         [[trunks]]\nname = \"local\"\nsources = [\"127.0.0.0/8\"]\n",
         backend_toml("de", de, 1, Some("DE-FRA")),
         backend_toml("us", us, 10, Some("US-EAST")),
     )
@@ -62,7 +63,7 @@ fn trunk_region_routes_and_spills_over_when_full() {
     let (_us, us_addr) = start_backend("region-us", &[]);
     let proxy = Proxy::start("region-proxy", &config(de_addr, us_addr, true));
 
-    // Not from the trunk: the node's region, although DE-FRA has room.
+    // From the `local` trunk: the node's region, although DE-FRA has room.
     let first = held_call(&proxy, "127.0.0.1", "3s");
     wait_active(&proxy, 1.0);
     assert_eq!(

@@ -6,7 +6,8 @@
 //! the region has none; the [`picker::BackendLease`] it hands out gives the session back on drop.
 //! [`health::HealthTracker`] turns OPTIONS probe outcomes into up/down flips with hysteresis, and
 //! [`trunk::TrunkTable`] maps a caller's source address to its trunk (and so its region) and an
-//! outbound call to the trunk it leaves through.
+//! outbound call to the trunk it leaves through. [`flood::SourceLimiter`] is the edge's
+//! per-source request rate limit with a temporary ban (a `&mut` value: the proxy locks it).
 //!
 //! [`model`] describes regions and nodes with their operator lifecycle (enabled, disabled,
 //! maintenance), hashed API keys and live [`model::NodeStatus`] reports. [`state::ClusterState`]
@@ -26,6 +27,7 @@
 pub mod admission;
 pub mod advisor;
 pub mod backend;
+pub mod flood;
 pub mod health;
 pub mod model;
 pub mod picker;

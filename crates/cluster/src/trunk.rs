@@ -20,6 +20,8 @@ pub struct Trunk {
     pub hosts: Vec<String>,
     /// How a Backend's transfer (REFER) of this trunk's caller is carried out.
     pub transfer: TrunkTransfer,
+    /// Header names (globs) passed between the trunk's side and the Backend's, both ways.
+    pub pass_headers: Vec<String>,
 }
 
 /// How a trunk's callers are transferred when their Backend asks (REFER).
@@ -119,6 +121,7 @@ mod tests {
             outbound: outbound.map(|port| SocketAddr::from(([192, 0, 2, 1], port))),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             transfer: TrunkTransfer::Bridge,
+            pass_headers: Vec::new(),
         }
     }
 

@@ -15,7 +15,7 @@ use tokio::time::Instant;
 use voxgate_sip::{Event, TransactionKey, Transactions, Transport};
 
 use crate::tcp::{TcpConnection, TcpEvent, TcpTasks};
-use crate::{Command, EndpointCounters, MessageObserver, datagram_method};
+use crate::{Command, EdgeGuard, EndpointCounters, MessageObserver, datagram_method};
 
 /// How long a transaction key stays mapped to its Call-ID after its last request or response:
 /// longer than any RFC 3261 timer (64 * T1 plus Timer D), so that late timeouts still reach their
@@ -36,6 +36,7 @@ pub(crate) struct Driver {
     pub(crate) incoming: mpsc::Sender<Event>,
     pub(crate) counters: Arc<EndpointCounters>,
     pub(crate) observer: Option<Arc<dyn MessageObserver>>,
+    pub(crate) guard: Option<Arc<dyn EdgeGuard>>,
     pub(crate) tcp: TcpTasks,
     pub(crate) tcp_events: mpsc::Receiver<TcpEvent>,
     /// Open (or opening) TCP connections by peer address; at most one per peer is used.
@@ -91,6 +92,11 @@ impl Driver {
         self.counters.received.fetch_add(1, Ordering::Relaxed);
         if let Some(observer) = &self.observer {
             observer.on_message(false, datagram_method(bytes));
+        }
+        if let Some(guard) = &self.guard
+            && !guard.admit(source, bytes)
+        {
+            return;
         }
         let now = Instant::now().into_std();
         if let Err(err) = self

@@ -76,6 +76,8 @@ pub struct EndpointOptions {
     pub observer: Option<Arc<dyn MessageObserver>>,
     /// Bounds on TCP connections.
     pub tcp_limits: TcpLimits,
+    /// Judges every received message before the transaction layer sees it.
+    pub guard: Option<Arc<dyn EdgeGuard>>,
 }
 
 impl fmt::Debug for EndpointOptions {
@@ -85,6 +87,7 @@ impl fmt::Debug for EndpointOptions {
             .field("timers", &self.timers)
             .field("observer", &self.observer.as_ref().map(|_| "..."))
             .field("tcp_limits", &self.tcp_limits)
+            .field("guard", &self.guard.as_ref().map(|_| "..."))
             .finish()
     }
 }
@@ -93,6 +96,14 @@ impl fmt::Debug for EndpointOptions {
 pub trait MessageObserver: Send + Sync + 'static {
     /// One datagram or TCP message; `method` is the request method, or `None` for a response.
     fn on_message(&self, outbound: bool, method: Option<&str>);
+}
+
+/// Judges each received message before it is parsed or opens a transaction: what it refuses
+/// costs nothing more and gets no answer at all (not even `100 Trying`). Called on the endpoint
+/// task for every UDP datagram and TCP message, so it must be quick.
+pub trait EdgeGuard: Send + Sync + 'static {
+    /// Whether the message `bytes` from `source` goes on to the transaction layer.
+    fn admit(&self, source: SocketAddr, bytes: &[u8]) -> bool;
 }
 
 /// The request method of a datagram (its first token), `None` for a response or noise.
@@ -210,6 +221,7 @@ impl Endpoint {
             incoming: incoming_tx,
             counters: counters.clone(),
             observer: options.observer,
+            guard: options.guard,
             tcp,
             tcp_events,
             connections: HashMap::new(),

@@ -16,8 +16,8 @@ use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::RegionId;
 use voxgate_endpoint::Route;
 use voxgate_session::{
-    CallerSpec, Dialled, End, EndCause, Inbound, Input, MediaCommand, Output, Progress, Session,
-    TransferMode,
+    CallerSpec, Dialled, End, EndCause, IdentityPolicy, Inbound, Input, MediaCommand, Output,
+    Progress, Session, TransferMode,
 };
 use voxgate_sip::{Event, TransactionKey, Transport};
 
@@ -54,6 +54,8 @@ pub struct Caller {
     pub kind: SessionKind,
     /// The trunk, by name: the one the call came from (in), or goes through (out).
     pub trunk: Option<String>,
+    /// What of the INVITE crosses to the far side (the trunk's identity policy).
+    pub identity: IdentityPolicy,
 }
 
 /// Runs one inbound call from its INVITE to its end. `slot` is this call's share of the node
@@ -103,16 +105,14 @@ pub async fn run(
     let mut config = SessionDriver::config(&gateway, id, ports);
     // A Backend's own call out through a trunk transfers nobody; a trunk's caller as it says.
     let trunk = match &destination {
-        Destination::Backend { .. } => gateway
-            .trunks
-            .inbound(caller.source.ip())
-            .map(|trunk| trunk.name.clone()),
+        Destination::Backend { .. } => caller.trunk.clone(),
         Destination::Trunk { .. } => None,
     };
     config.transfer = match &destination {
         Destination::Backend { .. } => transfer::mode(&gateway, trunk.as_deref()),
         Destination::Trunk { .. } => TransferMode::Off,
     };
+    config.identity = caller.identity;
     let spec = CallerSpec::Inbound(Inbound {
         key: caller.key,
         source: caller.source,

@@ -271,6 +271,7 @@ impl Config {
         if self.sip.session_expires < self.sip.min_se {
             return fail("sip.session_expires", "must be at least sip.min_se");
         }
+        self.validate_sip_edge()?;
         if self.routing.max_attempts < 1 {
             return fail("routing.max_attempts", "must be at least 1");
         }
@@ -371,6 +372,50 @@ impl Config {
                     format!("unknown region {unknown} (no backend serves it)"),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    fn validate_sip_edge(&self) -> Result<(), ConfigError> {
+        let sip = &self.sip;
+        let fail = |key: &str, reason: &str| Err(ConfigError::new(key, reason));
+        if !is_quotable(&sip.user_agent) {
+            return fail(
+                "sip.user_agent",
+                "must be 1-64 printable characters without '\"' or '\\'",
+            );
+        }
+        if !is_quotable(&sip.realm) {
+            return fail(
+                "sip.realm",
+                "must be 1-64 printable characters without '\"' or '\\'",
+            );
+        }
+        if sip.nonce_ttl < Duration::from_secs(1) {
+            return fail("sip.nonce_ttl", "must be at least 1s");
+        }
+        if let Some(i) = sip
+            .scanner_user_agents
+            .iter()
+            .position(|s| s.trim().is_empty())
+        {
+            return Err(ConfigError::new(
+                format!("sip.scanner_user_agents[{i}]"),
+                "must not be empty",
+            ));
+        }
+        let flood = &sip.flood;
+        if flood.rate < 1 {
+            return fail("sip.flood.rate", "must be at least 1");
+        }
+        if flood.burst < 1 {
+            return fail("sip.flood.burst", "must be at least 1");
+        }
+        if flood.ban < Duration::from_secs(1) {
+            return fail("sip.flood.ban", "must be at least 1s");
+        }
+        if flood.max_sources < 1 {
+            return fail("sip.flood.max_sources", "must be at least 1");
         }
         Ok(())
     }
@@ -483,6 +528,7 @@ impl Config {
 
     fn validate_trunks(&self, known: &BTreeSet<RegionId>) -> Result<(), ConfigError> {
         let mut names = HashSet::new();
+        let mut credential_realms = HashSet::new();
         for (i, trunk) in self.trunks.iter().enumerate() {
             if trunk.name.is_empty() {
                 return Err(ConfigError::new(
@@ -504,16 +550,92 @@ impl Config {
                     format!("unknown region {region} (not node.region nor any backend's region)"),
                 ));
             }
-            if trunk.sources.is_empty() && trunk.outbound.is_none() {
+            if trunk.sources.is_empty() && trunk.outbound.is_none() && trunk.users.is_empty() {
                 return Err(ConfigError::new(
                     format!("trunks[{i}].sources"),
-                    "a trunk needs sources, an outbound address, or both",
+                    "a trunk needs sources, users, an outbound address, or some of them",
                 ));
+            }
+            self.validate_trunk_auth(i, trunk, &mut credential_realms)?;
+            for (j, pattern) in trunk.pass_headers.iter().enumerate() {
+                let ok = !pattern.is_empty()
+                    && pattern
+                        .bytes()
+                        .all(|b| b == b'*' || b == b'-' || b == b'_' || b.is_ascii_alphanumeric());
+                if !ok {
+                    return Err(ConfigError::new(
+                        format!("trunks[{i}].pass_headers[{j}]"),
+                        "must be a header name or a glob of one (letters, digits, '-', '_', '*')",
+                    ));
+                }
             }
             if let Some(j) = trunk.hosts.iter().position(|h| h.trim().is_empty()) {
                 return Err(ConfigError::new(
                     format!("trunks[{i}].hosts[{j}]"),
                     "must not be empty",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Digest settings of trunk `i`; `credential_realms` collects (realm, user) of trunks that
+    /// admit by credentials alone, which must name one trunk each.
+    fn validate_trunk_auth<'a>(
+        &'a self,
+        i: usize,
+        trunk: &'a TrunkConfig,
+        credential_realms: &mut HashSet<(&'a str, &'a str)>,
+    ) -> Result<(), ConfigError> {
+        let realm = trunk.realm.as_deref().unwrap_or(&self.sip.realm);
+        if !is_quotable(realm) {
+            return Err(ConfigError::new(
+                format!("trunks[{i}].realm"),
+                "must be 1-64 printable characters without '\"' or '\\'",
+            ));
+        }
+        if trunk.algorithms.is_empty() {
+            return Err(ConfigError::new(
+                format!("trunks[{i}].algorithms"),
+                "must name at least one of \"SHA-256\", \"MD5\"",
+            ));
+        }
+        for (j, name) in trunk.algorithms.iter().enumerate() {
+            if voxgate_sip::digest::Algorithm::parse(name).is_none() {
+                return Err(ConfigError::new(
+                    format!("trunks[{i}].algorithms[{j}]"),
+                    format!("unknown algorithm {name:?} (\"SHA-256\" or \"MD5\")"),
+                ));
+            }
+        }
+        let mut users = HashSet::new();
+        for (j, user) in trunk.users.iter().enumerate() {
+            let key = format!("trunks[{i}].users[{j}]");
+            if !is_quotable(&user.name) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    "must be 1-64 printable characters without '\"' or '\\'",
+                ));
+            }
+            if !users.insert(user.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!("duplicate user {:?}", user.name),
+                ));
+            }
+            if user.password.is_some() == user.password_env.is_some() {
+                return Err(ConfigError::new(
+                    key,
+                    "needs exactly one of password, password_env",
+                ));
+            }
+            if trunk.sources.is_empty() && !credential_realms.insert((realm, user.name.as_str())) {
+                return Err(ConfigError::new(
+                    format!("{key}.name"),
+                    format!(
+                        "user {:?} of realm {realm:?} is already another trunk's (trunks without sources are found by realm and user)",
+                        user.name
+                    ),
                 ));
             }
         }
@@ -567,6 +689,7 @@ impl Config {
                     outbound: t.outbound,
                     hosts: t.hosts.clone(),
                     transfer: t.transfer,
+                    pass_headers: t.pass_headers.clone(),
                 })
                 .collect(),
         )
@@ -600,7 +723,7 @@ impl Default for Config {
                 BackendConfig::local("backend-1", 5080),
                 BackendConfig::local("backend-2", 5081),
             ],
-            trunks: Vec::new(),
+            trunks: vec![TrunkConfig::local()],
             drain: DrainConfig::default(),
             outbound: OutboundConfig::default(),
             webrtc: WebRtcConfig::default(),
@@ -734,6 +857,14 @@ impl Default for ClusterConfig {
     }
 }
 
+/// Whether `text` can stand in a quoted SIP parameter and a header as it is.
+fn is_quotable(text: &str) -> bool {
+    (1..=64).contains(&text.chars().count())
+        && text
+            .chars()
+            .all(|c| (c.is_ascii_graphic() || c == ' ') && c != '"' && c != '\\')
+}
+
 /// Shortest admin or node API key accepted.
 pub const MIN_API_KEY_LEN: usize = 32;
 
@@ -779,7 +910,85 @@ pub struct SipConfig {
     /// least 90 s; lower values are for tests.
     #[serde(with = "humantime_serde")]
     pub min_se: Duration,
+    /// `User-Agent` of our requests and `Server` of our responses (no version by default: a
+    /// version is what scanners report back).
+    pub user_agent: String,
+    /// What a request from no trunk's sources, no Backend and with no trunk's credentials gets.
+    pub unknown_source: UnknownSource,
+    /// Default `realm` of trunks with digest users.
+    pub realm: String,
+    /// How long a digest nonce may be used after its challenge.
+    #[serde(with = "humantime_serde")]
+    pub nonce_ttl: Duration,
+    /// Drop requests whose User-Agent contains one of `scanner_user_agents`.
+    pub drop_scanners: bool,
+    /// User-Agent substrings of SIP scanners (case-insensitive).
+    pub scanner_user_agents: Vec<String>,
+    /// Per-source request rate limit with a temporary ban.
+    pub flood: FloodSettings,
 }
+
+/// What a request that belongs to no trunk, no Backend and no trunk's user gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSource {
+    /// `403 Forbidden`.
+    Reject,
+    /// Nothing at all (not even `100 Trying`): the port looks closed to a scanner.
+    Drop,
+}
+
+/// `[sip.flood]`: requests per second per source address, and the ban of a source over it.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FloodSettings {
+    /// Off: no source is limited.
+    pub enabled: bool,
+    /// Requests per second a source may keep sending.
+    pub rate: u32,
+    /// Requests a source may send at once above `rate`.
+    pub burst: u32,
+    /// How long a source over the limit is banned (everything it sends is dropped).
+    #[serde(with = "humantime_serde")]
+    pub ban: Duration,
+    /// Sources never limited (CIDRs; loopback by default), e.g. a carrier sending more than
+    /// `rate`. Backends are never limited.
+    #[serde(deserialize_with = "parsed::list")]
+    pub exempt: Vec<IpNet>,
+    /// Sources followed at once at most (memory bound); past it new sources pass unlimited.
+    pub max_sources: usize,
+}
+
+impl Default for FloodSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            rate: 200,
+            burst: 400,
+            ban: Duration::from_secs(300),
+            exempt: vec![
+                "127.0.0.0/8".parse().expect("valid literal"),
+                "::1/128".parse().expect("valid literal"),
+            ],
+            max_sources: 65_536,
+        }
+    }
+}
+
+/// User-Agent substrings of well-known SIP scanners (sipvicious, sipcli, SIPVicious' forks and
+/// the toll-fraud tools seen in honeypot logs).
+pub const SCANNER_USER_AGENTS: &[&str] = &[
+    "friendly-scanner",
+    "sipvicious",
+    "sipcli",
+    "sundayddr",
+    "vaxsipuseragent",
+    "sip-scan",
+    "sipsak",
+    "iWar",
+    "pplsip",
+    "smap",
+];
 
 impl SipConfig {
     /// Largest SIP message accepted on any transport (fixed, not configurable).
@@ -794,6 +1003,16 @@ impl Default for SipConfig {
             listen_tcp: Some(any),
             session_expires: Duration::from_secs(1800),
             min_se: Duration::from_secs(90),
+            user_agent: "voxgate".to_owned(),
+            unknown_source: UnknownSource::Reject,
+            realm: "voxgate".to_owned(),
+            nonce_ttl: Duration::from_secs(300),
+            drop_scanners: true,
+            scanner_user_agents: SCANNER_USER_AGENTS
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect(),
+            flood: FloodSettings::default(),
         }
     }
 }
@@ -991,6 +1210,87 @@ pub struct TrunkConfig {
     /// dials the target) or `"refer"` (the REFER goes to the trunk).
     #[serde(default)]
     pub transfer: TrunkTransfer,
+    /// Digest users: a caller must authenticate as one of them (from `sources` if any, else
+    /// from anywhere). None: `sources` alone admit.
+    #[serde(default)]
+    pub users: Vec<TrunkUser>,
+    /// Digest realm; `None` = `sip.realm`.
+    #[serde(default)]
+    pub realm: Option<String>,
+    /// Digest algorithms offered, preferred first (`SHA-256`, `MD5`).
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    /// Header names (globs such as `X-*`, case-insensitive) of the caller's INVITE passed on to
+    /// the Backend, and of a Backend's INVITE passed on to the carrier.
+    #[serde(default)]
+    pub pass_headers: Vec<String>,
+}
+
+impl TrunkConfig {
+    /// The embedded default's `local` trunk: callers on loopback (the loadgen, `scripts/run.sh`).
+    fn local() -> Self {
+        Self {
+            name: "local".to_owned(),
+            region: None,
+            sources: vec![
+                "127.0.0.0/8".parse().expect("valid literal"),
+                "::1/128".parse().expect("valid literal"),
+            ],
+            outbound: None,
+            hosts: Vec::new(),
+            transfer: TrunkTransfer::Bridge,
+            users: Vec::new(),
+            realm: None,
+            algorithms: default_algorithms(),
+            pass_headers: Vec::new(),
+        }
+    }
+
+    /// Whether callers must authenticate with digest credentials.
+    pub fn authenticates(&self) -> bool {
+        !self.users.is_empty()
+    }
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["SHA-256".to_owned(), "MD5".to_owned()]
+}
+
+/// One digest user of a trunk.
+#[derive(Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrunkUser {
+    /// The user name (`username` in the credentials).
+    pub name: String,
+    /// The password, in the file.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// The environment variable holding the password (preferred to `password`).
+    #[serde(default)]
+    pub password_env: Option<String>,
+}
+
+impl fmt::Debug for TrunkUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrunkUser")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_env", &self.password_env)
+            .finish()
+    }
+}
+
+impl TrunkUser {
+    /// The password, read from the environment for `password_env`.
+    pub fn resolve_password(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+        match (&self.password, &self.password_env) {
+            (_, Some(var)) => {
+                env(var).ok_or_else(|| format!("environment variable {var} is not set"))
+            }
+            (Some(password), None) => Ok(password.clone()),
+            (None, None) => Err("needs password or password_env".to_owned()),
+        }
+    }
 }
 
 /// `[records]`: one call record per ended session, as a JSON line in a size-rotated file and,

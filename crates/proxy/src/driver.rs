@@ -17,7 +17,7 @@ use voxgate_endpoint::{Endpoint, Route};
 use voxgate_session::{Input, Output, Session, SessionConfig, Target};
 use voxgate_sip::Event;
 
-use crate::gateway::{Gateway, USER_AGENT};
+use crate::gateway::Gateway;
 
 /// Where the far leg of a session goes.
 #[derive(Debug)]
@@ -67,7 +67,7 @@ impl SessionDriver {
             sip_addr: gateway.sip_addr,
             public_ip: gateway.config.media.public_ip,
             ports,
-            user_agent: USER_AGENT,
+            user_agent: gateway.user_agent,
             invite_timeout: routing.invite_timeout,
             ring_timeout: routing.ring_timeout,
             max_attempts: routing.max_attempts,
@@ -78,6 +78,7 @@ impl SessionDriver {
             min_se: gateway.config.sip.min_se,
             far_headers: Vec::new(),
             transfer: voxgate_session::TransferMode::Bridge,
+            identity: voxgate_session::IdentityPolicy::default(),
             seed: rng.random(),
         }
     }

@@ -1,7 +1,6 @@
 //! The gateway's shared state: configuration, the SIP endpoint, the node cap, the Backend picker,
 //! trunks, the media port pool and the table of live sessions.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,13 +16,12 @@ use voxgate_media::pool::PortPool;
 
 use crate::cluster::ClusterLink;
 use crate::config::Config;
+use crate::edge::Edge;
 use crate::http::Health;
 use crate::metrics;
 use crate::outbound::OutboundQueue;
 use crate::records::Records;
-
-/// User-Agent and Server header value of the gateway's SIP messages.
-pub const USER_AGENT: &str = concat!("voxgate/", env!("CARGO_PKG_VERSION"));
+use crate::trust::Trust;
 
 /// What the session table holds per live session.
 #[derive(Debug, Clone)]
@@ -78,8 +76,12 @@ pub struct Gateway {
     pub outbound: Arc<OutboundQueue>,
     /// Where every ended session's call record goes.
     pub records: Records,
-    /// Backend SIP addresses: an INVITE from one of them is an outbound call.
-    backend_addrs: std::sync::RwLock<HashSet<SocketAddr>>,
+    /// The edge guard: bans, scanners, unknown sources, and the Backends' addresses.
+    pub edge: Arc<Edge>,
+    /// Which trunk a new request belongs to (sources, digest users).
+    pub trust: Trust,
+    /// `User-Agent` and `Server` of our SIP messages (`sip.user_agent`).
+    pub user_agent: &'static str,
     next_session: AtomicU64,
     /// Sessions that are WebRTC peers (a subset of the slots in use).
     webrtc_active: AtomicU32,
@@ -92,13 +94,15 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Builds the state from `config` around a bound `endpoint`.
+    /// Builds the state from `config` around a bound `endpoint` guarded by `edge`.
     pub fn new(
         config: Config,
         endpoint: Endpoint,
         ports: PortPool,
         cluster: ClusterLink,
         records: Records,
+        edge: Arc<Edge>,
+        trust: Trust,
     ) -> Self {
         let seed = config.routing.seed.unwrap_or_else(rand::random);
         let picker = Arc::new(BackendPicker::new(
@@ -110,9 +114,10 @@ impl Gateway {
         Self {
             slots: SessionSlots::new(config.limits.max_sessions),
             trunks: config.trunk_table(),
-            backend_addrs: std::sync::RwLock::new(
-                config.backends.iter().map(|b| b.address).collect(),
-            ),
+            edge,
+            trust,
+            // Once per process: the engine and the SIP layer take the value as `&'static str`.
+            user_agent: Box::leak(config.sip.user_agent.clone().into_boxed_str()),
             cluster,
             outbound: Arc::new(OutboundQueue::new(
                 config.outbound.queue_size,
@@ -226,19 +231,12 @@ impl Gateway {
 
     /// Whether `source` is one of our Backends (its calls go out through a trunk).
     pub fn is_backend(&self, source: SocketAddr) -> bool {
-        self.backend_addrs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .contains(&source)
+        self.edge.is_backend(source)
     }
 
     /// Adds Backend addresses learnt from the cluster registry (config ones stay).
     pub fn add_backend_addrs(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
-        let mut known = self
-            .backend_addrs
-            .write()
-            .unwrap_or_else(|e| e.into_inner());
-        known.extend(addrs);
+        self.edge.add_backends(addrs);
     }
 
     /// Whether new sessions are taken: not draining and not in maintenance.
@@ -338,6 +336,7 @@ impl Health for Gateway {
             );
         }
         metrics::media_ports(self.ports.in_use(), self.ports.capacity());
+        metrics::sip_banned_sources(self.edge.banned(now));
         metrics::sip_shed(
             self.endpoint
                 .counters()

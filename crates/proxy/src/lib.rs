@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod dialer;
 pub mod dispatch;
 pub mod driver;
+pub mod edge;
 pub mod fleet;
 pub mod gateway;
 pub mod http;
@@ -26,6 +27,7 @@ pub mod registry;
 pub mod relay;
 pub mod shutdown;
 pub mod transfer;
+pub mod trust;
 pub mod webrtc;
 
 use std::sync::Arc;
@@ -63,9 +65,18 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         };
         format!("opening the cluster registry ({kind})")
     })?;
+    let env = |name: &str| std::env::var(name).ok();
+    let trust = trust::Trust::new(
+        &config,
+        &env,
+        rand::random(),
+        tokio::time::Instant::now().into_std(),
+    )?;
+    let edge = Arc::new(edge::Edge::new(&config));
     let options = EndpointOptions {
         tcp: config.sip.listen_tcp,
         observer: Some(Arc::new(SipMetrics::default())),
+        guard: Some(edge.clone()),
         ..EndpointOptions::default()
     };
     let (endpoint, incoming) = Endpoint::bind_with(config.sip.listen_udp, options)
@@ -118,7 +129,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
 
     let (records, records_tasks) =
         records::Records::start(config.node.id.as_str(), &config.records)?;
-    let gateway = Arc::new(Gateway::new(config, endpoint, ports, cluster, records));
+    let gateway = Arc::new(Gateway::new(
+        config, endpoint, ports, cluster, records, edge, trust,
+    ));
     // The registry's view (this node's lifecycle, the Backends) applies before the first call.
     if let Err(err) = fleet::sync(&gateway).await {
         tracing::warn!(%err, "first cluster registry sync failed");

@@ -129,6 +129,21 @@ fn describe() {
         "WebRTC media commands and peer events dropped because their queue was full."
     );
     describe_counter!(
+        "voxgate_sip_refused_total",
+        Unit::Count,
+        "SIP requests refused at the edge before admission, by reason (unknown_source, bad_credentials, banned, scanner)."
+    );
+    describe_counter!(
+        "voxgate_sip_challenges_total",
+        Unit::Count,
+        "401 digest challenges sent to callers of trunks with users."
+    );
+    describe_gauge!(
+        "voxgate_sip_banned_sources",
+        Unit::Count,
+        "Source addresses banned now for going over sip.flood's request rate."
+    );
+    describe_counter!(
         "voxgate_sip_shed_total",
         Unit::Count,
         "SIP commands and events dropped because their queue was full (load shed)."
@@ -374,6 +389,22 @@ pub fn region(
 /// Sets `voxgate_drain_remaining_sessions`.
 pub fn drain_remaining(sessions: u32) {
     gauge!("voxgate_drain_remaining_sessions").set(f64::from(sessions));
+}
+
+/// One SIP request refused at the edge (`unknown_source`, `bad_credentials`, `banned`,
+/// `scanner`).
+pub fn sip_refused(reason: &'static str) {
+    counter!("voxgate_sip_refused_total", "reason" => reason).increment(1);
+}
+
+/// One 401 digest challenge sent.
+pub fn sip_challenge() {
+    counter!("voxgate_sip_challenges_total").increment(1);
+}
+
+/// Sources banned now.
+pub fn sip_banned_sources(banned: usize) {
+    gauge!("voxgate_sip_banned_sources").set(banned as f64);
 }
 
 /// A session was admitted.

@@ -13,7 +13,7 @@ use voxgate_core::NodeId;
 use voxgate_sip::Event;
 use voxgate_sip::dialog::Dialog;
 
-use crate::gateway::{Gateway, USER_AGENT};
+use crate::gateway::Gateway;
 
 /// Probes every Backend the picker knows (the configured ones and those the cluster registry
 /// adds) once per interval until the process ends, except Backends that heartbeat through the
@@ -65,7 +65,7 @@ async fn probe(gateway: &Gateway, spec: &BackendSpec, wait: Duration) -> bool {
         gateway.sip_addr,
         format!("sip:probe@{}", gateway.sip_addr),
         format!("sip:{}", spec.address),
-        USER_AGENT,
+        gateway.user_agent,
     );
     let request = dialog.request(&mut rng, rsip::Method::Options, None);
     let mut events = gateway.endpoint.register(&dialog.call_id);

@@ -113,6 +113,10 @@ impl<L> Session<L> {
             "timer"
         };
         self.far_headers(&mut invite, supported, session_expires, min_se);
+        // Who called and why, as the trunk's policy says (identity.rs).
+        if let Some((_, caller_invite)) = &self.caller.invite {
+            self.config.identity.apply(caller_invite, &mut invite);
+        }
         invite
     }
 

@@ -14,6 +14,7 @@
 //! Where things are: `session.rs` holds the state, the inputs and the end; `caller.rs` how a
 //! session starts from its caller; `far.rs` the far leg
 //! (target, INVITE, answers, failover, PRACK, the dialled number, wound-down INVITEs);
+//! `identity.rs` which of the caller's headers cross to the far INVITE;
 //! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
 //! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals);
 //! `transfer.rs` the caller's transfer (REFER, bridged here or passed to the trunk).
@@ -41,6 +42,7 @@ mod caller;
 mod cause;
 mod exchange;
 mod far;
+mod identity;
 mod io;
 mod leg;
 mod media;
@@ -51,6 +53,7 @@ mod timer;
 mod transfer;
 
 pub use cause::{End, EndCause};
+pub use identity::{IDENTITY_HEADERS, IdentityPolicy};
 pub use io::{
     CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, WebRtcCaller,
 };

@@ -63,6 +63,8 @@ pub struct SessionConfig {
     pub far_headers: Vec<(String, String)>,
     /// How a Backend's REFER transfers the caller.
     pub transfer: TransferMode,
+    /// What of an inbound caller's INVITE crosses to the far INVITE (identity, trunk headers).
+    pub identity: crate::identity::IdentityPolicy,
     /// Seed of the session's tags, branches and Call-IDs.
     pub seed: u64,
 }

@@ -1,5 +1,6 @@
 //! SIP for voxgate, on rsip: bounded parsing and validation of messages, the RFC 3261 transaction
-//! layer (with the RFC 6026 Accepted states) and audio SDP offer/answer.
+//! layer (with the RFC 6026 Accepted states), audio SDP offer/answer, digest authentication
+//! (RFC 3261 22, RFC 8760) and the cheap look at a request the edge guard takes before parsing.
 //!
 //! Everything here is sans-I/O: no sockets, no tasks and no clock reads. Bytes and `now` go in
 //! through `handle_*`; datagrams to send, events for the transaction user and the next deadline
@@ -7,7 +8,9 @@
 //! transports (sockets, TCP framing) live above this crate.
 
 pub mod dialog;
+pub mod digest;
 pub mod message;
+pub mod peek;
 pub mod sdp;
 pub mod timer;
 pub mod transaction;

@@ -164,7 +164,28 @@ impl ScenarioPeer {
     /// Starts `file` as a UAC placing one call to `target`. `relay` is voxgate's media port
     /// range: scenarios that check SDP rewriting get it as the globals `relay_min`, `relay_max`.
     pub fn uac(name: &str, sipp: &Path, file: &str, target: SocketAddr, relay: (u16, u16)) -> Self {
-        Self::spawn(name, sipp, file, Some(target), lease_port(), 1, relay, &[])
+        Self::uac_with(name, sipp, file, target, relay, &[])
+    }
+
+    /// [`ScenarioPeer::uac`] with more sipp flags (e.g. `-au user -ap password`).
+    pub fn uac_with(
+        name: &str,
+        sipp: &Path,
+        file: &str,
+        target: SocketAddr,
+        relay: (u16, u16),
+        flags: &[&str],
+    ) -> Self {
+        Self::spawn(
+            name,
+            sipp,
+            file,
+            Some(target),
+            lease_port(),
+            1,
+            relay,
+            flags,
+        )
     }
 
     // The one place every launch goes through: each argument is a different sipp flag.
@@ -412,12 +433,18 @@ impl SippBench {
     /// Runs the caller scenario `uac` alone (the Backend scenarios keep running): panics as
     /// [`SippBench::call`] unless it exited 0; returns it and how long it ran.
     pub fn caller(&mut self, uac: &str) -> (ScenarioPeer, Duration) {
-        let mut caller = ScenarioPeer::uac(
+        self.caller_with(uac, &[])
+    }
+
+    /// [`SippBench::caller`] with more sipp flags for the caller.
+    pub fn caller_with(&mut self, uac: &str, flags: &[&str]) -> (ScenarioPeer, Duration) {
+        let mut caller = ScenarioPeer::uac_with(
             &format!("{}-uac", self.test),
             &self.sipp,
             uac,
             self.proxy.sip,
             self.proxy.media,
+            flags,
         );
         // A Backend scenario that failed leaves the caller waiting: give up a second later.
         let mut failed_at = None;

@@ -25,6 +25,7 @@
 //! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
 //! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
+//! | `GET /v1/bans` | SIP sources banned for flooding (`sip.flood`), with when the ban began and ends |
 //! | `POST /v1/calls` `{"to", "from"?, "trunk"?, "region"?, "backend"?}` | originate: 202 and the request (pending), 429 `QUEUE_FULL` + Retry-After when the queue is full |
 //! | `GET /v1/calls`, `GET`, `DELETE /v1/calls/{id}` | the queue and recent requests; one; cancel (pending: 200) or hang up (dialing or up: 202) |
 //!
@@ -86,6 +87,7 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
         .route("/v1/capacity", get(capacity))
         .route("/v1/sessions", get(sessions))
         .route("/v1/audit", get(audit))
+        .route("/v1/bans", get(bans))
         .route("/v1/calls", get(calls::list).post(calls::create))
         .route("/v1/calls/{id}", get(calls::get).delete(calls::cancel))
         .with_state(Admin { gateway, shutdown })
@@ -784,6 +786,29 @@ async fn audit(
     let limit = query.limit.unwrap_or(100).min(1000);
     let entries = admin.gateway.cluster.registry.audit(limit).await?;
     ok(json!({ "entries": entries }))
+}
+
+/// The SIP sources banned now for going over `sip.flood`'s rate, oldest ban first.
+async fn bans(State(admin): State<Admin>, headers: HeaderMap) -> ApiResult {
+    admin.authorize(&headers)?;
+    let now = tokio::time::Instant::now().into_std();
+    let wall = now_ms();
+    let ms = |d: std::time::Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let bans: Vec<Value> = admin
+        .gateway
+        .edge
+        .bans(now)
+        .into_iter()
+        .map(|ban| {
+            json!({
+                "source": ban.source.to_string(),
+                "since_ms": wall.saturating_sub(ms(now.saturating_duration_since(ban.since))),
+                "until_ms": wall.saturating_add(ms(ban.until.saturating_duration_since(now))),
+                "dropped": ban.dropped,
+            })
+        })
+        .collect();
+    ok(json!({ "bans": bans }))
 }
 
 #[derive(Debug, Deserialize)]

@@ -345,7 +345,7 @@ impl Sender {
             .uri(&self.url.path)
             .header(hyper::header::HOST, self.url.authority())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(hyper::header::USER_AGENT, crate::gateway::USER_AGENT);
+            .header(hyper::header::USER_AGENT, "voxgate");
         if let Some(id) = id {
             request = request.header("Idempotency-Key", id);
         }
