@@ -122,7 +122,10 @@ fn records_of_a_completed_a_refused_and_a_cancelled_call() {
     assert_eq!(done["kind"], "sip");
     assert_eq!(done["node"], "rec-node");
     assert_eq!(done["region"], "US-EAST");
-    assert!(done["trunk"].is_null());
+    assert_eq!(
+        done["trunk"], "local",
+        "the embedded trunk of loopback callers"
+    );
     assert_eq!(done["caller_call_id"].as_str(), call_id.as_deref());
     assert!(
         done["backend_call_id"]

@@ -14,16 +14,20 @@ mod common;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::lease_port;
 use common::sipp::{ScenarioPeer, SippBackend, SippBench};
 use common::uac::{Uac, media_addr, sdp_of};
+use common::{lease_port, records_path, wait_until};
 
 /// The SSRC of the test caller's RTP.
 const SSRC: u32 = 0x5eed_0002;
 
-/// A trunk "pbx" that takes `sip:...@pbx.test` out to a SIPp UAS on `port` (the person).
+/// Callers on loopback (the test's caller), and a trunk "pbx" that takes `sip:...@pbx.test` out
+/// to a SIPp UAS on `port` (the person).
 fn pbx_trunk(port: u16) -> String {
-    format!("[[trunks]]\nname = \"pbx\"\noutbound = \"127.0.0.1:{port}\"\nhosts = [\"pbx.test\"]\n")
+    format!(
+        "[[trunks]]\nname = \"local\"\nsources = [\"127.0.0.0/8\"]\n\
+         [[trunks]]\nname = \"pbx\"\noutbound = \"127.0.0.1:{port}\"\nhosts = [\"pbx.test\"]\n"
+    )
 }
 
 /// The transfer target's scenario on `port`, echoing RTP when `echo`.
@@ -46,6 +50,23 @@ fn target_passed(bench: &SippBench, target: &mut ScenarioPeer) {
     if !status.is_some_and(|s| s.success()) {
         bench.fail(&format!("target scenario {status:?}"), Some(target));
     }
+}
+
+/// The one call record of the proxy of `test`, once written.
+fn record(test: &str) -> serde_json::Value {
+    let path = records_path(test);
+    let mut lines = Vec::new();
+    let written = wait_until(Duration::from_secs(10), || {
+        lines = std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        !lines.is_empty()
+    });
+    assert!(written, "no record in {}", path.display());
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    serde_json::from_str(&lines[0]).expect("a record is JSON")
 }
 
 /// Sequence numbers of the RTP (with our SSRC) that came back to `uac` within `timeout`.
@@ -104,6 +125,21 @@ fn a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend
         "{}",
         bench.proxy.metrics()
     );
+    // One session, one record: both far INVITEs, and the transfer with its outcome.
+    let record = record(test);
+    assert_eq!(
+        record["transfer"]["target"], "sip:human@pbx.test",
+        "{record:#}"
+    );
+    assert_eq!(record["transfer"]["outcome"], "completed", "{record:#}");
+    let codes: Vec<u64> = record["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .filter_map(|a| a["code"].as_u64())
+        .collect();
+    assert_eq!(codes, [200, 200], "{record:#}");
+    assert_eq!(record["cause"], "caller_bye", "{record:#}");
 }
 
 #[test]
@@ -130,6 +166,8 @@ fn a_busy_target_leaves_the_caller_with_the_backend() {
             .counter("voxgate_transfers_total{outcome=\"busy\"}"),
         1.0
     );
+    let record = record(test);
+    assert_eq!(record["transfer"]["outcome"], "busy", "{record:#}");
 }
 
 #[test]

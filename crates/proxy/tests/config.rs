@@ -61,7 +61,20 @@ fn default_loads_with_documented_values() {
             .iter()
             .all(|b| b.region == config.node.region && b.enabled && b.max_sessions == 100)
     );
-    assert!(config.trunk_table().trunks().is_empty());
+    // The embedded `local` trunk: callers on loopback (scripts/run.sh, the loadgen).
+    let trunks = config.trunk_table();
+    let names: Vec<&str> = trunks.trunks().iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["local"]);
+    assert!(
+        trunks
+            .inbound("127.0.0.1".parse().expect("address"))
+            .is_some()
+    );
+    assert!(
+        trunks
+            .inbound("192.0.2.1".parse().expect("address"))
+            .is_none()
+    );
     assert!(
         config
             .spillover()

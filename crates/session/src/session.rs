@@ -673,9 +673,8 @@ impl<L> Session<L> {
             }
             self.pick(now);
         } else if self.is_transfer_branch(branch) {
-            if let Some(transfer) = self.transfer.as_mut() {
-                transfer.attempt = None;
-            }
+            let attempt = self.transfer.as_mut().and_then(|t| t.attempt.take());
+            self.attempted(attempt.and_then(|a| a.backend), Some(408));
             self.transfer_failed(now, 408);
         } else if self
             .caller
@@ -729,6 +728,9 @@ impl<L> Session<L> {
             self.attempted(attempt.backend.clone(), None);
         }
         let transfer = self.transfer.take().and_then(|t| t.attempt);
+        if let Some(attempt) = &transfer {
+            self.attempted(attempt.backend.clone(), None);
+        }
         let pending = [self.attempt.take(), self.caller.dialling.take(), transfer];
         for mut attempt in pending.into_iter().flatten() {
             if let Some(cancel) = attempt.cancel() {

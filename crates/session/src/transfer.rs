@@ -221,8 +221,14 @@ impl<L> Session<L> {
                     self.notify_transferor(code, false);
                 }
             }
-            200..=299 => self.transfer_answered(now, &response),
+            200..=299 => {
+                let backend = attempt.backend.clone();
+                self.attempted(backend, Some(code));
+                self.transfer_answered(now, &response);
+            }
             _ => {
+                let backend = attempt.backend.clone();
+                self.attempted(backend, Some(code));
                 if let Some(transfer) = self.transfer.as_mut() {
                     transfer.attempt = None;
                 }
@@ -313,6 +319,7 @@ impl<L> Session<L> {
         let Some(mut attempt) = self.transfer.as_mut().and_then(|t| t.attempt.take()) else {
             return;
         };
+        self.attempted(attempt.backend.clone(), None);
         if let Some(cancel) = attempt.cancel() {
             self.outputs.push_back(Output::Request {
                 to: attempt.leg.address,
