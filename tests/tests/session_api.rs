@@ -469,3 +469,68 @@ fn an_originated_call_gets_dtmf_toward_the_number_and_is_hung_up() {
     check_ended(&proxy, id);
     proxy.assert_idle(Duration::from_secs(5));
 }
+
+#[test]
+fn a_webrtc_session_can_be_viewed_and_hung_up() {
+    let (_backend, backend_addr) = start_backend("sessions-whip-backend", &[]);
+    let config = format!(
+        "[node]\nid = \"proxy-1\"\nregion = \"US-EAST\"\n{}",
+        backend_toml("b1", backend_addr, 10, None)
+    );
+    let proxy = start_proxy("sessions-whip", &config);
+    let mut client = std::process::Command::new(common::binary("voxgate-loadgen"))
+        .args([
+            "whip",
+            "--quiet",
+            "--target",
+            &format!("http://{}/whip", proxy.whip),
+        ])
+        .args(["--concurrency", "1", "--hold", "20s", "--bind", "127.0.0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut id = None;
+    assert!(wait_until(Duration::from_secs(10), || {
+        let list = api(&proxy, "GET", "/v1/sessions", None).1;
+        id = list["sessions"].as_array().and_then(|all| {
+            all.iter()
+                .find(|s| {
+                    s["caller_call_id"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("whip:"))
+                })
+                .and_then(|s| s["id"].as_u64())
+        });
+        id.is_some()
+    }));
+    let id = id.unwrap();
+    check_auth(&proxy, id);
+    let view = wait_view(&proxy, id, |v| v["state"] == "connected");
+    assert_eq!(view["kind"], "webrtc", "{view:#}");
+    assert_eq!(view["backend"], "b1", "{view:#}");
+    assert_eq!(view["legs"]["caller"]["codec"], "opus/48000", "{view:#}");
+    assert!(view["legs"]["backend"]["call_id"].is_string(), "{view:#}");
+    check_bad_input(&proxy, id);
+    // DTMF toward a WebRTC client is not sent by this node: refused, not dropped.
+    expect_error(
+        api(
+            &proxy,
+            "POST",
+            &format!("/v1/sessions/{id}/dtmf"),
+            Some(json!({"digits": "1"})),
+        ),
+        409,
+        "DTMF_UNAVAILABLE",
+    );
+
+    let (status, body) = api(&proxy, "DELETE", &format!("/v1/sessions/{id}"), None);
+    assert_eq!(status, 202, "{body}");
+    assert!(wait_until(Duration::from_secs(5), || {
+        api(&proxy, "GET", &format!("/v1/sessions/{id}"), None).0 == 409
+    }));
+    check_ended(&proxy, id);
+    proxy.assert_idle(Duration::from_secs(5));
+    let _ = client.kill();
+    let _ = client.wait();
+}
