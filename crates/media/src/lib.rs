@@ -9,11 +9,13 @@
 //! relay (symmetric-RTP latching, strict source, counters, media timeout) and [`PortPool`] hands
 //! out the RTP/RTCP port pairs that relay sockets bind. [`OpusToG711`] and [`G711ToOpus`]
 //! transcode between a WebRTC client's Opus and a SIP Backend's PCMU/PCMA (libopus at 8 kHz,
-//! loss concealment, 20 ms repacketization), and [`tone`] makes and detects test tones.
+//! loss concealment, 20 ms repacketization), [`dtmf`] detects and generates RFC 4733 events,
+//! and [`tone`] makes and detects test tones.
 //! This crate does no I/O: it opens no sockets, spawns no tasks and never reads a clock; receive
 //! times are arguments, and the transcoders know time only from RTP timestamps.
 
 pub mod coalesce;
+pub mod dtmf;
 pub mod g711;
 pub mod pool;
 pub mod relay;

@@ -10,17 +10,23 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use tokio::sync::{Notify, mpsc};
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::time::Instant;
 use voxgate_cluster::{BackendLease, SessionSlot};
 use voxgate_core::RegionId;
 use voxgate_endpoint::Route;
+use voxgate_media::dtmf::{DtmfGenerator, EventStream};
 use voxgate_session::{
     CallerSpec, Dialled, End, EndCause, IdentityPolicy, Inbound, Input, MediaCommand, Output,
     Progress, Session, TransferMode,
 };
+use voxgate_sip::sdp::CodecKind;
 use voxgate_sip::{Event, TransactionKey, Transport};
 
+use crate::control::{self, DtmfRefusal, LegView, MediaView, SessionCommand, SessionView};
 use crate::driver::{Destination, SessionDriver};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
@@ -30,7 +36,7 @@ use crate::relay::{Relay, RelayAlarm, RelaySockets, Side};
 use crate::transfer;
 
 /// How long a record waits for its relay's statistics before it is written without them.
-const STATS_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const STATS_WAIT: Duration = Duration::from_secs(2);
 
 /// A new call's INVITE as the dispatcher received it, with its dialog already routed to
 /// `events` (so that a CANCEL right behind it finds the call).
@@ -120,6 +126,7 @@ pub async fn run(
         invite: caller.invite,
     });
     let session = Session::new(config, spec, Instant::now().into_std());
+    let (commands, command_rx) = control::channel();
     gateway.add_session(
         id,
         SessionInfo {
@@ -128,6 +135,9 @@ pub async fn run(
             peer: None,
             region,
             ports: (ports[0], ports[1]),
+            kind: caller.kind,
+            trunk: caller.trunk.clone(),
+            commands,
         },
     );
     let driver = SessionDriver::new(
@@ -139,7 +149,7 @@ pub async fn run(
         caller.events,
         vec![caller.route],
     );
-    SipSession::new(gateway, driver, relay, slot, None, trunk, draft)
+    SipSession::new(gateway, driver, relay, slot, None, trunk, draft, command_rx)
         .run()
         .await;
 }
@@ -206,6 +216,7 @@ pub async fn originate(
         ring_timeout: gateway.config.outbound.ring_timeout,
     });
     let session = Session::new(config, spec, Instant::now().into_std());
+    let (commands, command_rx) = control::channel();
     gateway.add_session(
         id,
         SessionInfo {
@@ -214,6 +225,9 @@ pub async fn originate(
             peer: None,
             region: request.region.clone(),
             ports: (ports[0], ports[1]),
+            kind: SessionKind::Originated,
+            trunk: Some(trunk_name.clone()),
+            commands,
         },
     );
     let destination = Destination::Backend {
@@ -237,6 +251,7 @@ pub async fn originate(
         Some(progress),
         Some(trunk_name),
         draft,
+        command_rx,
     )
     .run()
     .await;
@@ -255,9 +270,32 @@ struct SipSession {
     trunk: Option<String>,
     /// The call record, until the end.
     draft: Option<Draft>,
+    /// Operator commands (`/v1/sessions/{id}`).
+    commands: mpsc::Receiver<SessionCommand>,
+    /// What an operator sees: `calling`, `ringing`, `connected`, ...
+    state: &'static str,
+    /// The codec both legs carry, once answered.
+    codec: Option<String>,
+    /// The telephone-event (payload type, clock rate) both legs carry, once answered.
+    event: Option<(u8, u32)>,
+    /// RFC 4733 events toward the caller, on an SSRC of their own, made on first use.
+    dtmf: Option<DtmfTrain>,
+}
+
+/// The DTMF stream this node sends toward a caller: its own SSRC (the relay forwards the
+/// Backend's RTP untouched, so continuing the Backend's sequence numbers would mean rewriting
+/// every later packet), timestamps that run on with the wall clock from a random origin.
+struct DtmfTrain {
+    generator: DtmfGenerator,
+    stream: EventStream,
+    origin: Instant,
+    base: u32,
+    /// When the digits queued so far have been sent.
+    busy_until: Instant,
 }
 
 impl SipSession {
+    #[allow(clippy::too_many_arguments)] // two call sites, each passing what it built
     fn new(
         gateway: Arc<Gateway>,
         driver: SessionDriver,
@@ -266,8 +304,14 @@ impl SipSession {
         progress: Option<outbound::Progress>,
         trunk: Option<String>,
         draft: Draft,
+        commands: mpsc::Receiver<SessionCommand>,
     ) -> Self {
         let hang_up = progress.as_ref().map(outbound::Progress::hang_up_signal);
+        let state = if progress.is_some() {
+            "dialing"
+        } else {
+            "calling"
+        };
         Self {
             gateway,
             driver,
@@ -278,6 +322,11 @@ impl SipSession {
             started: Instant::now(),
             trunk,
             draft: Some(draft),
+            commands,
+            state,
+            codec: None,
+            event: None,
+            dtmf: None,
         }
     }
 
@@ -311,14 +360,128 @@ impl SipSession {
                     }
                 },
                 () = signalled(self.hang_up.as_deref()), if live => self.driver.handle(Input::HangUp),
+                Some(command) = self.commands.recv() => self.on_command(command, live),
                 () = gateway.hang_up_requested(), if live => self.driver.handle(Input::Shutdown),
                 () = sleep_until(deadline) => self.driver.handle_timeout(),
             }
         }
     }
 
+    /// Carries out an operator's command (refused once the session is ending).
+    fn on_command(&mut self, command: SessionCommand, live: bool) {
+        match command {
+            SessionCommand::View { reply } => self.view(reply),
+            command if !live => control::refuse(command),
+            SessionCommand::HangUp => self.driver.handle(Input::HangUp),
+            SessionCommand::Transfer { to, reply } => {
+                let _ = reply.send(self.driver.session.transfer(to));
+            }
+            SessionCommand::Dtmf { digits, reply } => {
+                let _ = reply.send(self.dtmf(&digits));
+            }
+        }
+    }
+
+    /// Queues `digits` toward the caller as RFC 4733 events at the caller leg's event payload
+    /// type and clock, after any digits still being sent.
+    fn dtmf(&mut self, digits: &str) -> Result<(), DtmfRefusal> {
+        if self.state != "connected" {
+            return Err(DtmfRefusal::NotConnected);
+        }
+        let ((payload_type, clock_rate), Some(relay)) = (
+            self.event.ok_or(DtmfRefusal::Unavailable)?,
+            self.relay.as_ref(),
+        ) else {
+            return Err(DtmfRefusal::Unavailable);
+        };
+        let now = Instant::now();
+        let train = self.dtmf.get_or_insert_with(|| {
+            let mut rng = self.gateway.call_rng();
+            let stream = EventStream {
+                payload_type,
+                clock_rate,
+                ssrc: rng.random(),
+            };
+            DtmfTrain {
+                generator: DtmfGenerator::new(stream, rng.random(), 0),
+                stream,
+                origin: now,
+                base: rng.random(),
+                busy_until: now,
+            }
+        });
+        let start = train.busy_until.max(now);
+        let elapsed = start.duration_since(train.origin).as_micros();
+        let units = elapsed * u128::from(clock_rate) / 1_000_000;
+        // The timestamp field wraps, so only the low 32 bits of the clock count.
+        #[allow(clippy::cast_possible_truncation)]
+        let timestamp = train.base.wrapping_add(units as u32);
+        train.generator = DtmfGenerator::new(train.stream, train.generator.sequence(), timestamp);
+        let packets = train
+            .generator
+            .digits(digits)
+            .map_err(|_| DtmfRefusal::Unavailable)?;
+        let last = packets.last().map_or(Duration::ZERO, |p| p.offset);
+        train.busy_until = start + last + DtmfGenerator::GAP;
+        let injector = relay.injector();
+        tokio::spawn(async move {
+            for packet in packets {
+                tokio::time::sleep_until(start + packet.offset).await;
+                injector.send(Side::Caller, packet.packet);
+            }
+        });
+        Ok(())
+    }
+
+    /// Answers `reply` with the session as it is now, with the relay's counters (fetched off
+    /// this task: the worker answers within a wake-up).
+    fn view(&self, reply: oneshot::Sender<SessionView>) {
+        let info = self.gateway.session(self.driver.id);
+        let caller_call_id = info
+            .as_ref()
+            .map(|i| i.caller_call_id.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| self.driver.first_dialog().map(str::to_owned));
+        let mut view = SessionView {
+            state: self.state,
+            age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            caller: LegView {
+                call_id: caller_call_id,
+                codec: self.codec.clone(),
+                media: None,
+            },
+            backend: LegView {
+                call_id: info.and_then(|i| i.backend_call_id),
+                codec: self.codec.clone(),
+                media: None,
+            },
+        };
+        let Some(relay) = &self.relay else {
+            let _ = reply.send(view);
+            return;
+        };
+        let stats = relay.snapshot();
+        tokio::spawn(async move {
+            if let Ok(Ok([caller, backend])) = tokio::time::timeout(STATS_WAIT, stats).await {
+                view.caller.media = Some(MediaView::from(&caller));
+                view.backend.media = Some(MediaView::from(&backend));
+            }
+            let _ = reply.send(view);
+        });
+    }
+
     fn on_output(&mut self, output: Output) {
         let id = self.driver.id;
+        if let Output::Progress(progress) = &output {
+            self.state = match progress {
+                Progress::Ringing => "ringing",
+                Progress::Bridging => "bridging",
+                Progress::Connected => "connected",
+                Progress::Transferring { .. } => "transferring",
+                Progress::Transferred { .. } => "connected",
+                _ => self.state,
+            };
+        }
         if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
             draft.progress(progress, Instant::now());
         }
@@ -375,8 +538,18 @@ impl SipSession {
             }
             Output::Answered(answer) => {
                 // The relay carries one codec end to end: the far side's choice, on both legs.
+                let codec = records::first_audio(&answer.codecs);
+                self.codec = codec.map(control::codec_name);
+                self.event = codec.and_then(|audio| {
+                    answer
+                        .codecs
+                        .iter()
+                        .filter(|c| c.kind == CodecKind::TelephoneEvent)
+                        .find(|c| c.clock_rate == audio.clock_rate)
+                        .or_else(|| answer.telephone_event())
+                        .map(|c| (c.payload_type, c.clock_rate))
+                });
                 if let Some(draft) = self.draft.as_mut() {
-                    let codec = records::first_audio(&answer.codecs);
                     draft.codec(Side::Caller, codec);
                     draft.codec(Side::Backend, codec);
                 }
@@ -389,6 +562,7 @@ impl SipSession {
     /// Counts the end and releases the slot, the relay's ports and the table entry.
     fn ended(&mut self, end: End) {
         let id = self.driver.id;
+        self.state = "ending";
         match self.progress.take() {
             Some(progress) => {
                 let (outcome, code, cause) = outcome(end);

@@ -16,11 +16,12 @@ use voxgate_media::pool::PortPool;
 
 use crate::cluster::ClusterLink;
 use crate::config::Config;
+use crate::control::CommandSender;
 use crate::edge::Edge;
 use crate::http::Health;
 use crate::metrics;
 use crate::outbound::OutboundQueue;
-use crate::records::Records;
+use crate::records::{Records, SessionKind};
 use crate::trust::Trust;
 
 /// What the session table holds per live session.
@@ -36,6 +37,12 @@ pub struct SessionInfo {
     pub region: RegionId,
     /// Relay ports: caller side, Backend side.
     pub ports: (u16, u16),
+    /// What kind of session it is.
+    pub kind: SessionKind,
+    /// The trunk the caller came through or was dialled on.
+    pub trunk: Option<String>,
+    /// The session task's command queue (`/v1/sessions/{id}`).
+    pub commands: CommandSender,
 }
 
 /// One WebRTC session counted in [`Gateway::webrtc_sessions`]; dropping it uncounts it.
@@ -189,6 +196,17 @@ impl Gateway {
             .iter()
             .map(|entry| (*entry.key(), entry.value().clone()))
             .collect()
+    }
+
+    /// The live session `id`.
+    pub fn session(&self, id: SessionId) -> Option<SessionInfo> {
+        self.sessions.get(&id).map(|info| info.clone())
+    }
+
+    /// Whether `id` was handed out by this process (live or ended): ids come from one counter,
+    /// so an id below it that is not live has ended, with no list of ended ids to keep.
+    pub fn session_existed(&self, id: SessionId) -> bool {
+        id.0 >= 1 && id.0 < self.next_session.load(Ordering::Relaxed)
     }
 
     /// The session one of whose legs has dialog `call_id`.

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod call;
 pub mod cluster;
 pub mod config;
+pub mod control;
 pub mod ctl;
 pub mod dialer;
 pub mod dispatch;

@@ -310,6 +310,17 @@ impl WorkerLoop {
                     relay.armed_at = Some(now);
                 }
             }
+            Command::Snapshot { id, report } => {
+                if let Some(relay) = self.relay(id) {
+                    let [caller, backend] = &relay.state;
+                    let _ = report.send([caller.stats.clone(), backend.stats.clone()]);
+                }
+            }
+            Command::Inject { id, side, packet } => {
+                if let Some(relay) = self.relay(id) {
+                    relay.inject(side, &packet);
+                }
+            }
             Command::Stop { id, report } => {
                 let Some(slot) = self.slots.remove(&id) else {
                     return;
@@ -472,6 +483,17 @@ enum Command {
     Arm {
         id: u64,
     },
+    /// Hands out the receive statistics so far (the API's view of a live session).
+    Snapshot {
+        id: u64,
+        report: oneshot::Sender<MediaStats>,
+    },
+    /// Sends a packet made here (DTMF events) out of `side` to its peer.
+    Inject {
+        id: u64,
+        side: Side,
+        packet: Vec<u8>,
+    },
     Stop {
         id: u64,
         /// Hears the receive statistics of both sides (caller, Backend) once the relay is gone.
@@ -489,6 +511,8 @@ impl std::fmt::Debug for Command {
             Command::Start { id, .. } => write!(f, "Start({id})"),
             Command::Peer { id, side, .. } => write!(f, "Peer({id}, {side:?})"),
             Command::Arm { id } => write!(f, "Arm({id})"),
+            Command::Snapshot { id, .. } => write!(f, "Snapshot({id})"),
+            Command::Inject { id, side, .. } => write!(f, "Inject({id}, {side:?})"),
             Command::Stop { id, .. } => write!(f, "Stop({id})"),
         }
     }
@@ -547,6 +571,27 @@ impl Relay {
         }
     }
 
+    /// What the relay received on each side so far; the receiver hears nothing if the relay
+    /// is gone.
+    pub fn snapshot(&self) -> oneshot::Receiver<MediaStats> {
+        let (tx, rx) = oneshot::channel();
+        if let Some(worker) = self.worker {
+            worker.send(Command::Snapshot {
+                id: self.id,
+                report: tx,
+            });
+        }
+        rx
+    }
+
+    /// A handle that sends packets of this node's own out of the relay's sockets.
+    pub fn injector(&self) -> Injector {
+        Injector {
+            worker: self.worker,
+            id: self.id,
+        }
+    }
+
     /// Stops the relay (as dropping it does) and hands back what it received on each side;
     /// the receiver hears nothing if the relay was lost.
     pub fn stop(mut self) -> oneshot::Receiver<MediaStats> {
@@ -572,6 +617,28 @@ impl Relay {
         };
         self.silent = None;
         alarm
+    }
+}
+
+/// Sends packets made by this node (RFC 4733 events toward the caller) out of a relay's
+/// socket of one side, to the address that side's media goes to; a packet for a side with no
+/// known peer, or for a relay that stopped, is dropped.
+#[derive(Debug, Clone)]
+pub struct Injector {
+    worker: Option<&'static Worker>,
+    id: u64,
+}
+
+impl Injector {
+    /// Sends `packet` to the peer of `side`.
+    pub fn send(&self, side: Side, packet: Vec<u8>) {
+        if let Some(worker) = self.worker {
+            worker.send(Command::Inject {
+                id: self.id,
+                side,
+                packet,
+            });
+        }
     }
 }
 
@@ -634,6 +701,13 @@ impl RelayState {
 
     fn set_peer(&mut self, side: Side, media: PeerMedia, now: std::time::Instant) {
         self.state[side.index()].set_peer(media, now);
+    }
+
+    /// Sends a packet of our own to `side`'s peer (where relayed RTP for it goes).
+    fn inject(&self, side: Side, packet: &[u8]) {
+        if let Some(dest) = self.state[side.index()].rtp_leg.destination() {
+            let _ = self.sockets[side.index()].rtp.send_to(packet, dest);
+        }
     }
 
     fn check_silence(&mut self, now: std::time::Instant) {

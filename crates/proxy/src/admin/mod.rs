@@ -8,7 +8,11 @@
 //! `FORBIDDEN`, `INVALID_JSON`, `REASON_REQUIRED`, `NOT_THIS_NODE`, `REGISTRY_UNAVAILABLE`, and
 //! for `/v1/calls` `INVALID_NUMBER`, `INVALID_CALLER_ID`, `UNKNOWN_TRUNK`, `NO_TRUNK`,
 //! `UNKNOWN_BACKEND`, `NO_BACKEND_IN_REGION`, `QUEUE_FULL`, `NOT_ACCEPTING`, `CALL_NOT_FOUND`,
-//! `CALL_ENDED`.
+//! `CALL_ENDED`, and for `/v1/sessions/{id}` `SESSION_NOT_FOUND` (404), `SESSION_ENDED` (409: an
+//! id this process ran; ids come from one counter, so no list of ended ones is kept),
+//! `INVALID_JSON` (400 not JSON, 422 wrong fields), `INVALID_TARGET`, `INVALID_DIGITS` (422),
+//! `NOT_CONNECTED`, `TRANSFER_IN_PROGRESS`, `TRANSFER_NOT_ALLOWED`, `DTMF_UNAVAILABLE` (409) and
+//! `SESSION_BUSY` (503: the session task did not answer within 3 s).
 //!
 //! | method and path | what |
 //! |---|---|
@@ -24,6 +28,10 @@
 //! | `POST /v1/nodes/{id}/drain` | drain this node (as SIGTERM does) |
 //! | `GET /v1/capacity` | sessions, nodes online/registered and capacity per region and kind |
 //! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
+//! | `GET /v1/sessions/{id}` | one session (SIP in or out, originated, WebRTC): kind, trunk, region, Backend, state (`calling`, `dialing`, `ringing`, `bridging`, `connected`, `transferring`, `ending`), per leg its Call-ID, codec and RTP counters |
+//! | `DELETE /v1/sessions/{id}` | hang up: BYE both legs (CANCEL one still ringing); 202 |
+//! | `POST /v1/sessions/{id}/transfer` `{"to"}` | blind transfer of the caller to a `sip:`/`tel:` URI, as a Backend's REFER (the trunk's `transfer` mode); 202 |
+//! | `POST /v1/sessions/{id}/dtmf` `{"digits"}` | RFC 4733 events toward the caller (SIP sessions, at the caller leg's telephone-event type and clock, own SSRC); 202 once queued |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
 //! | `GET /v1/bans` | SIP sources banned for flooding (`sip.flood`), with when the ban began and ends |
 //! | `POST /v1/calls` `{"to", "from"?, "trunk"?, "region"?, "backend"?}` | originate: 202 and the request (pending), 429 `QUEUE_FULL` + Retry-After when the queue is full |
@@ -52,6 +60,7 @@ use voxgate_cluster::model::{NewNode, Node, NodeKind, NodeStatus, Reasons, Regio
 use voxgate_cluster::state::{Change, ClusterError, ErrorCode};
 use voxgate_core::{NodeId, RegionId, SessionId};
 
+use crate::control::{DtmfRefusal, SessionCommand};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::registry::{RegistryError, Snapshot, now_ms};
 use crate::shutdown::Shutdown;
@@ -86,6 +95,12 @@ pub fn router(gateway: Arc<Gateway>, shutdown: Shutdown) -> Router {
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/capacity", get(capacity))
         .route("/v1/sessions", get(sessions))
+        .route(
+            "/v1/sessions/{id}",
+            get(get_session).delete(hang_up_session),
+        )
+        .route("/v1/sessions/{id}/transfer", post(transfer_session))
+        .route("/v1/sessions/{id}/dtmf", post(dtmf_session))
         .route("/v1/audit", get(audit))
         .route("/v1/bans", get(bans))
         .route("/v1/calls", get(calls::list).post(calls::create))
@@ -857,4 +872,246 @@ async fn sessions(
         )
     })?;
     ok(session_json(id, &info))
+}
+
+/// How long a session task has to answer a command before the API gives up on it.
+const COMMAND_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// The live session of a path id; `SESSION_ENDED` for one this process ran that has ended,
+/// `SESSION_NOT_FOUND` for any other.
+fn live_session(admin: &Admin, text: &str) -> Result<(SessionId, SessionInfo), ApiError> {
+    let id = text.parse::<u64>().ok().map(SessionId);
+    let gateway = &admin.gateway;
+    match id {
+        Some(id) => match gateway.session(id) {
+            Some(info) => Ok((id, info)),
+            None if gateway.session_existed(id) => Err(session_ended()),
+            None => Err(session_not_found()),
+        },
+        None => Err(session_not_found()),
+    }
+}
+
+fn session_not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "SESSION_NOT_FOUND",
+        "no session with that id on this node",
+    )
+}
+
+fn session_ended() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "SESSION_ENDED",
+        "the session has ended",
+    )
+}
+
+/// Sends `command` to a session task and waits for its answer on `rx`.
+async fn ask<T>(
+    info: &SessionInfo,
+    command: SessionCommand,
+    rx: tokio::sync::oneshot::Receiver<T>,
+) -> Result<T, ApiError> {
+    let answer = tokio::time::timeout(COMMAND_WAIT, async {
+        info.commands.send(command).await.ok()?;
+        rx.await.ok()
+    })
+    .await;
+    match answer {
+        Ok(Some(answer)) => Ok(answer),
+        // The task dropped the command: it ended meanwhile.
+        Ok(None) => Err(session_ended()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SESSION_BUSY",
+            "the session did not answer in time",
+        )),
+    }
+}
+
+/// A JSON body of type `T`: 400 `INVALID_JSON` when it is not JSON, 422 when it is the wrong
+/// shape.
+fn json_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|err| {
+        let status = if err.is_data() {
+            StatusCode::UNPROCESSABLE_ENTITY
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, "INVALID_JSON", err.to_string())
+    })
+}
+
+/// `GET /v1/sessions/{id}`: the session's legs, Backend, trunk, region, state, codecs and
+/// media counters.
+async fn get_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let (id, info) = live_session(&admin, &id)?;
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let view = ask(&info, SessionCommand::View { reply }, rx).await?;
+    let mut body = session_json(id, &info);
+    if let Value::Object(map) = &mut body {
+        map.insert("kind".into(), json!(info.kind));
+        map.insert("trunk".into(), json!(info.trunk));
+        map.insert("backend".into(), json!(info.peer));
+        map.insert("state".into(), json!(view.state));
+        map.insert("age_ms".into(), json!(view.age_ms));
+        map.insert(
+            "legs".into(),
+            json!({"caller": view.caller, "backend": view.backend}),
+        );
+    }
+    ok(body)
+}
+
+/// `DELETE /v1/sessions/{id}`: hangs up both legs (BYE, or CANCEL while one is unanswered).
+async fn hang_up_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let (id, info) = live_session(&admin, &id)?;
+    let sent = tokio::time::timeout(COMMAND_WAIT, info.commands.send(SessionCommand::HangUp)).await;
+    match sent {
+        Ok(Ok(())) => {
+            tracing::info!(target: "voxgate::audit", session = %id, "hang-up by the admin API");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id.0, "state": "ending"})),
+            )
+                .into_response())
+        }
+        Ok(Err(_)) => Err(session_ended()),
+        Err(_) => Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "SESSION_BUSY",
+            "the session did not take the command in time",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TransferBody {
+    to: String,
+}
+
+/// Whether `to` is a transfer target voxgate passes on: a `sip:`, `sips:` or `tel:` URI of at
+/// most 256 characters, with nothing a header could be split on.
+fn valid_target(to: &str) -> bool {
+    let lower = to.to_ascii_lowercase();
+    let scheme = ["sip:", "sips:", "tel:"]
+        .iter()
+        .find(|s| lower.starts_with(*s));
+    scheme.is_some_and(|s| to.len() > s.len())
+        && to.len() <= 256
+        && to
+            .chars()
+            .all(|c| c.is_ascii_graphic() && !"<>\"".contains(c))
+}
+
+/// `POST /v1/sessions/{id}/transfer {"to"}`: a blind transfer of the caller, as a Backend's
+/// REFER would (without NOTIFYs).
+async fn transfer_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let (id, info) = live_session(&admin, &id)?;
+    let body: TransferBody = json_body(&body)?;
+    if !valid_target(&body.to) {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_TARGET",
+            "`to` must be a sip:, sips: or tel: URI of at most 256 characters",
+        ));
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let command = SessionCommand::Transfer {
+        to: body.to.clone(),
+        reply,
+    };
+    match ask(&info, command, rx).await? {
+        Ok(()) => {
+            tracing::info!(target: "voxgate::audit", session = %id, to = %body.to, "transfer by the admin API");
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id.0, "state": "transferring", "to": body.to})),
+            )
+                .into_response())
+        }
+        Err(reason) => {
+            let code = match reason {
+                "the session is not connected" => "NOT_CONNECTED",
+                "a transfer is already under way" => "TRANSFER_IN_PROGRESS",
+                _ => "TRANSFER_NOT_ALLOWED",
+            };
+            Err(ApiError::new(StatusCode::CONFLICT, code, reason))
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DtmfBody {
+    digits: String,
+}
+
+/// Digits one request may send.
+const MAX_DIGITS: usize = 32;
+
+/// `POST /v1/sessions/{id}/dtmf {"digits"}`: RFC 4733 events toward the caller.
+async fn dtmf_session(
+    State(admin): State<Admin>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    admin.authorize(&headers)?;
+    let (id, info) = live_session(&admin, &id)?;
+    let body: DtmfBody = json_body(&body)?;
+    let digits = body.digits;
+    if digits.is_empty()
+        || digits.chars().count() > MAX_DIGITS
+        || digits
+            .chars()
+            .any(|c| voxgate_media::dtmf::event_of(c).is_none())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "INVALID_DIGITS",
+            "`digits` must be 1-32 of 0-9 * # A-D",
+        ));
+    }
+    let (reply, rx) = tokio::sync::oneshot::channel();
+    let command = SessionCommand::Dtmf {
+        digits: digits.clone(),
+        reply,
+    };
+    match ask(&info, command, rx).await? {
+        Ok(()) => Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id.0, "digits": digits})),
+        )
+            .into_response()),
+        Err(DtmfRefusal::NotConnected) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "NOT_CONNECTED",
+            "the session is not connected",
+        )),
+        Err(DtmfRefusal::Unavailable) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "DTMF_UNAVAILABLE",
+            "the caller's media has no telephone-event (or the session is a WebRTC one)",
+        )),
+    }
 }

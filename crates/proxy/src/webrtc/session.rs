@@ -30,6 +30,7 @@ use voxgate_webrtc::PeerEvent;
 
 use super::bridge::MediaBridge;
 use super::hub::PeerHub;
+use crate::control::{self, DtmfRefusal, LegView, MediaView, SessionCommand, SessionView};
 use crate::driver::{Destination, SessionDriver};
 use crate::gateway::{Gateway, SessionInfo};
 use crate::metrics;
@@ -124,6 +125,7 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
         }
     };
     let port = port_lease.rtp();
+    let (commands, command_rx) = control::channel();
     gateway.add_session(
         id,
         SessionInfo {
@@ -132,6 +134,9 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
             peer: None,
             region: region.clone(),
             ports: (port, port),
+            kind: SessionKind::Webrtc,
+            trunk: None,
+            commands,
         },
     );
     let mut config = SessionDriver::config(&gateway, id, [port, port]);
@@ -181,6 +186,10 @@ pub async fn run(gateway: Arc<Gateway>, hub: PeerHub, setup: Setup) {
         port_lease: Some(port_lease),
         draft: Some(draft),
         received: [StreamStats::new(48_000), StreamStats::new(8000)],
+        commands: command_rx,
+        state: "calling",
+        caller_id: format!("whip:{resource}"),
+        backend_codec: None,
     };
     session.run().await;
 }
@@ -226,6 +235,14 @@ struct WebRtcSession {
     draft: Option<Draft>,
     /// RTP received from the client (Opus, 48 kHz) and from the Backend (its codec's clock).
     received: [StreamStats; 2],
+    /// Operator commands (`/v1/sessions/{id}`).
+    commands: mpsc::Receiver<SessionCommand>,
+    /// What an operator sees: `calling`, `connected`, ...
+    state: &'static str,
+    /// The caller leg's id, `whip:<resource>`.
+    caller_id: String,
+    /// The Backend's codec, once answered.
+    backend_codec: Option<String>,
 }
 
 impl WebRtcSession {
@@ -270,12 +287,67 @@ impl WebRtcSession {
                     self.driver.handle(Input::MediaTimeout(Side::Backend));
                 }
                 () = gateway.hang_up_requested(), if live => self.driver.handle(Input::Shutdown),
+                Some(command) = self.commands.recv() => self.on_command(command, live),
                 () = sleep_until(deadline) => self.driver.handle_timeout(),
             }
         }
     }
 
+    /// Carries out an operator's command. DTMF toward a WebRTC client is not sent by this node
+    /// (the client's events reach the Backend; the other way is refused as unavailable).
+    fn on_command(&mut self, command: SessionCommand, live: bool) {
+        match command {
+            SessionCommand::View { reply } => {
+                let media = |side: Side| {
+                    let stats = &self.received[side.index()];
+                    (stats.packets() > 0).then(|| MediaView::from(stats))
+                };
+                let view = SessionView {
+                    state: self.state,
+                    age_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    caller: LegView {
+                        call_id: Some(self.caller_id.clone()),
+                        codec: Some(control::codec_name(&Codec::opus(self.opus_pt))),
+                        media: media(Side::Caller),
+                    },
+                    backend: LegView {
+                        call_id: self
+                            .gateway
+                            .session(self.driver.id)
+                            .and_then(|info| info.backend_call_id),
+                        codec: self.backend_codec.clone(),
+                        media: media(Side::Backend),
+                    },
+                };
+                let _ = reply.send(view);
+            }
+            command if !live => control::refuse(command),
+            SessionCommand::HangUp => self.driver.handle(Input::HangUp),
+            SessionCommand::Transfer { to, reply } => {
+                let _ = reply.send(self.driver.session.transfer(to));
+            }
+            SessionCommand::Dtmf { reply, .. } => {
+                let refusal = if self.state == "connected" {
+                    DtmfRefusal::Unavailable
+                } else {
+                    DtmfRefusal::NotConnected
+                };
+                let _ = reply.send(Err(refusal));
+            }
+        }
+    }
+
     fn on_output(&mut self, output: Output) {
+        if let Output::Progress(progress) = &output {
+            self.state = match progress {
+                Progress::Ringing => "ringing",
+                Progress::Bridging => "bridging",
+                Progress::Connected => "connected",
+                Progress::Transferring { .. } => "transferring",
+                Progress::Transferred { .. } => "connected",
+                _ => self.state,
+            };
+        }
         if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
             draft.progress(progress, Instant::now());
         }
@@ -294,6 +366,7 @@ impl WebRtcSession {
                     self.rng.random(),
                 );
                 let codec = records::first_audio(&answer.codecs);
+                self.backend_codec = codec.map(control::codec_name);
                 if let Some(draft) = self.draft.as_mut() {
                     draft.codec(Side::Backend, codec);
                 }
@@ -341,6 +414,7 @@ impl WebRtcSession {
                 metrics::setup_time(self.started.elapsed());
             }
             Output::Ended(end) => {
+                self.state = "ending";
                 let cause = match end.cause {
                     // An answer without a codec the bridge carries.
                     EndCause::HungUp if !end.connected || self.bridge.is_none() => {
