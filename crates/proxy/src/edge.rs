@@ -109,7 +109,16 @@ impl Edge {
             return true;
         }
         let ip = canonical(source.ip());
+        // A Backend sending from another port (TCP, an ephemeral UDP port) is judged like any
+        // other source, but never rate limited: a ban would cut every call it carries.
+        let backend_ip = self
+            .backends
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|addr| canonical(addr.ip()) == ip);
         if let Some(limiter) = &self.limiter
+            && !backend_ip
             && !self.exempt.iter().any(|net| net.contains(&ip))
         {
             let verdict = limiter

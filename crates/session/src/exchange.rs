@@ -18,10 +18,14 @@ use crate::media::{Side, parse_sdp, peer_media};
 use crate::session::{HeldAck, Relayed, Session, map_failure, warning};
 use crate::timer::{self, Refresher};
 
-/// Headers a relayed request carries across, by method (the rest are per-hop or rebuilt).
-const CARRIED: [(Method, &[&str]); 2] = [
-    (Method::Refer, &["Refer-To", "Referred-By"]),
-    (Method::Notify, &["Event", "Subscription-State"]),
+/// Headers a relayed request carries across, by method, with their compact forms (the rest are
+/// per-hop or rebuilt).
+const CARRIED: [(Method, &[(&str, &str)]); 2] = [
+    (Method::Refer, &[("Refer-To", "r"), ("Referred-By", "b")]),
+    (
+        Method::Notify,
+        &[("Event", "o"), ("Subscription-State", "Subscription-State")],
+    ),
 ];
 
 impl<L> Session<L> {
@@ -93,8 +97,9 @@ impl<L> Session<L> {
             .iter()
             .filter(|(m, _)| *m == method)
             .flat_map(|(_, names)| names.iter())
-            .filter_map(|name| {
-                let value = dialog::header_value(&request.headers, name)?;
+            .filter_map(|(name, compact)| {
+                let value = dialog::header_value(&request.headers, name)
+                    .or_else(|| dialog::header_value(&request.headers, compact))?;
                 Some(Header::Other((*name).into(), value))
             })
             .collect();
@@ -124,6 +129,7 @@ impl<L> Session<L> {
             restore,
             offer,
             out,
+            orphan: false,
         });
     }
 
@@ -247,11 +253,18 @@ impl<L> Session<L> {
         response: rsip::Response,
     ) {
         let code = response.status_code.code();
+        let to = relayed.from.other();
+        if relayed.orphan {
+            if code / 100 == 2 && relayed.out.method == Method::Invite {
+                let cseq = message::cseq(&response).map_or(1, |(n, _)| n);
+                self.ack_relayed(to, cseq);
+            }
+            return;
+        }
         if code / 100 != 2 {
             self.relayed_failed(relayed, map_failure(code));
             return;
         }
-        let to = relayed.from.other();
         let method = relayed.request.method;
         if !matches!(method, Method::Invite | Method::Update) {
             // 200, or 202 to a REFER.
@@ -287,6 +300,10 @@ impl<L> Session<L> {
         }
         match (sdp, &relayed.offer) {
             (Some(answer), Some(offer)) => {
+                if to == Side::Backend {
+                    // What a transfer target is offered follows the far side's latest answer.
+                    self.far_sdp = Some(answer.clone());
+                }
                 self.set_media(to, peer_media(&answer));
                 let body = self.sdp.write_answer(relayed.from, &answer, offer);
                 self.respond_relayed_with(&relayed, 200, Some(body), extra);
@@ -319,6 +336,9 @@ impl<L> Session<L> {
     /// A relayed request failed with `code` (as the requester gets it): the media it re-pointed
     /// is restored.
     pub(crate) fn relayed_failed(&mut self, relayed: Relayed, code: u16) {
+        if relayed.orphan {
+            return;
+        }
         if let Some(previous) = relayed.restore {
             self.set_media(relayed.from, previous);
         }

@@ -123,6 +123,9 @@ pub(crate) struct Relayed {
     pub(crate) offer: Option<AudioSdp>,
     /// What we sent the other side (CANCELled if it is an INVITE we give up on).
     pub(crate) out: rsip::Request,
+    /// Its requester's leg was replaced by a transfer: the answer is ACKed if it must be, and
+    /// nobody is answered.
+    pub(crate) orphan: bool,
 }
 
 /// A 2xx to an offerless INVITE, answered with an offer whose answer comes in the other side's
@@ -265,8 +268,10 @@ impl<L> Session<L> {
                     self.end(now, cause, None, None, Some(Side::Caller));
                 }
             }
-            Input::MediaTimeout(_) => {
-                if self.phase == Phase::Up {
+            Input::MediaTimeout(side) => {
+                // While the caller waits for a transfer target, the far side may be silent.
+                let transferring = side == Side::Backend && self.transfer.is_some();
+                if self.phase == Phase::Up && !transferring {
                     self.end(now, EndCause::MediaTimeout, None, None, None);
                 }
             }
@@ -719,7 +724,7 @@ impl<L> Session<L> {
             self.ack_relayed(held.to, held.cseq);
         }
         for relayed in std::mem::take(&mut self.relayed) {
-            if Some(relayed.from) != gone {
+            if Some(relayed.from) != gone && !relayed.orphan {
                 self.respond_relayed(&relayed, 487, None);
             }
         }

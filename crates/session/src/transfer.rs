@@ -20,7 +20,7 @@ use crate::cause::EndCause;
 use crate::io::{Output, Progress, Target};
 use crate::leg::SipLeg;
 use crate::media::{Side, first_codec_only, parse_sdp, peer_media};
-use crate::session::{Phase, Session, warning};
+use crate::session::{Phase, Relayed, Session, warning};
 
 /// How a session transfers its caller.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -265,6 +265,7 @@ impl<L> Session<L> {
         let Some(transfer) = self.transfer.take() else {
             return;
         };
+        self.forget_far_exchanges();
         if self.far.is_some() {
             self.bye(Side::Backend);
         }
@@ -278,6 +279,35 @@ impl<L> Session<L> {
                 to: transfer.to,
                 code: 200,
             }));
+    }
+
+    /// The far leg is about to be replaced: what the caller asked of it is refused now (its media
+    /// restored), and what it asked of the caller is orphaned (ACKed when answered, answered to
+    /// nobody), so that no answer goes out on the new leg's dialog.
+    fn forget_far_exchanges(&mut self) {
+        for relayed in std::mem::take(&mut self.relayed) {
+            match relayed.from {
+                Side::Caller => {
+                    let mut reply = relayed;
+                    let retry = Header::RetryAfter("1".into());
+                    if let Some(previous) = reply.restore.take() {
+                        self.set_media(Side::Caller, previous);
+                    }
+                    self.respond_relayed_with(&reply, 500, None, vec![retry]);
+                }
+                Side::Backend => self.relayed.push(Relayed {
+                    orphan: true,
+                    ..relayed
+                }),
+            }
+        }
+        if self
+            .held_ack
+            .as_ref()
+            .is_some_and(|h| h.to == Side::Backend)
+        {
+            self.held_ack = None;
+        }
     }
 
     /// The transfer failed with `code`: the Backend is told and keeps the caller; if it hung up
@@ -303,8 +333,14 @@ impl<L> Session<L> {
         if let Some(transfer) = self.transfer.as_mut() {
             transfer.notify = false;
         }
+        self.forget_far_exchanges();
         self.far = None;
         self.timers[Side::Backend.index()] = None;
+        // Nobody sends on the far side until the target answers: its silence is no failure.
+        if let Some(mut media) = self.media[Side::Backend.index()] {
+            media.sends = false;
+            self.set_media(Side::Backend, media);
+        }
     }
 
     /// Acts on the target INVITE's deadlines: silence and the ring deadline fail the transfer.

@@ -335,3 +335,46 @@ fn an_operator_transfers_without_notifies() {
     let mut ringing = Harness::new(config(), Harness::inbound(&invite));
     assert_eq!(ringing.transfer(HUMAN), Err("the session is not connected"));
 }
+
+#[test]
+fn a_transferor_gone_quiet_is_not_a_media_timeout_while_the_target_rings() {
+    let (mut h, _caller, mut backend, invite) = transferring();
+    let bye = backend.request(Method::Bye, None);
+    h.deliver(B1, bye);
+    // The far side's media is marked silent on purpose, and its silence ends nothing.
+    assert!(!h.peer_of(Side::Backend).unwrap().sends);
+    h.input(voxgate_session::Input::MediaTimeout(Side::Backend));
+    assert!(h.ended.is_none());
+    let target = Ua::callee(TARGET, &invite);
+    h.deliver(TARGET, target.answer(200, Some(sdp("127.0.0.40", 60_000))));
+    assert!(h.peer_of(Side::Backend).unwrap().sends);
+    // Once connected again, silence counts.
+    h.input(voxgate_session::Input::MediaTimeout(Side::Backend));
+    assert_eq!(h.ended.unwrap().cause, EndCause::MediaTimeout);
+}
+
+#[test]
+fn a_caller_reinvite_in_flight_when_the_target_answers_is_refused_not_answered_on_the_new_leg() {
+    let (mut h, mut caller, _backend, invite) = transferring();
+    let reinvite = caller.request(Method::Invite, Some(sdp("127.0.0.10", 41_000)));
+    h.deliver(CALLER, reinvite);
+    assert_eq!(
+        requests(&h.take(B1), Method::Invite).len(),
+        1,
+        "relayed to the Backend"
+    );
+    let target = Ua::callee(TARGET, &invite);
+    h.deliver(TARGET, target.answer(200, Some(sdp("127.0.0.40", 60_000))));
+    let to_caller = h.take(CALLER);
+    let finals: Vec<u16> = codes(&to_caller)
+        .into_iter()
+        .filter(|c| *c >= 200)
+        .collect();
+    assert_eq!(finals, vec![500], "refused, to be retried");
+    // Its media re-pointing is undone; nothing for the caller's re-INVITE went to the target.
+    assert_eq!(
+        h.peer_of(Side::Caller).unwrap().rtp,
+        addr("127.0.0.10:40000")
+    );
+    assert!(requests(&h.take(TARGET), Method::Invite).is_empty());
+}
