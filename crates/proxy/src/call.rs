@@ -119,6 +119,14 @@ pub async fn run(
         Destination::Trunk { .. } => TransferMode::Off,
     };
     config.identity = caller.identity;
+    // A Backend's call out answers its trunk's challenges.
+    config.trunk_credentials = match &destination {
+        Destination::Trunk { .. } => caller
+            .trunk
+            .as_ref()
+            .and_then(|name| gateway.trunk_credentials.get(name).cloned()),
+        Destination::Backend { .. } => None,
+    };
     let spec = CallerSpec::Inbound(Inbound {
         key: caller.key,
         source: caller.source,
@@ -196,6 +204,7 @@ pub async fn originate(
         config.max_attempts = 1;
     }
     config.transfer = transfer::mode(&gateway, Some(&request.trunk.name));
+    config.trunk_credentials = gateway.trunk_credentials.get(&request.trunk.name).cloned();
     let trunk_name = request.trunk.name.clone();
     // Lets the Backend match the call to the API request that originated it.
     config

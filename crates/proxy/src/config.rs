@@ -9,7 +9,7 @@
 //! Precedence, lowest first: built-in defaults, the file, env variables, CLI flags (applied by the
 //! binary between [`parse`] and [`Config::validate`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -557,6 +557,27 @@ impl Config {
                 ));
             }
             self.validate_trunk_auth(i, trunk, &mut credential_realms)?;
+            if let Some(credentials) = &trunk.credentials {
+                let key = format!("trunks[{i}].credentials");
+                if !is_quotable(&credentials.name) {
+                    return Err(ConfigError::new(
+                        format!("{key}.name"),
+                        "must be 1-64 printable characters without '\"' or '\\'",
+                    ));
+                }
+                if credentials.password.is_some() == credentials.password_env.is_some() {
+                    return Err(ConfigError::new(
+                        key,
+                        "needs exactly one of password, password_env",
+                    ));
+                }
+                if trunk.outbound.is_none() {
+                    return Err(ConfigError::new(
+                        key,
+                        "answers a carrier's challenge on calls out: the trunk needs outbound",
+                    ));
+                }
+            }
             for (j, pattern) in trunk.pass_headers.iter().enumerate() {
                 let ok = !pattern.is_empty()
                     && pattern
@@ -675,6 +696,31 @@ impl Config {
                 .iter()
                 .map(|(region, next)| (region.clone(), next.clone())),
         )
+    }
+
+    /// Each trunk's account for the carrier's challenges, by trunk name, passwords read with
+    /// `env` (for `password_env`); a variable that is not set is an error naming the trunk.
+    pub fn trunk_credentials(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, voxgate_session::TrunkCredentials>, ConfigError> {
+        let mut out = HashMap::new();
+        for (i, trunk) in self.trunks.iter().enumerate() {
+            let Some(user) = &trunk.credentials else {
+                continue;
+            };
+            let password = user
+                .resolve_password(env)
+                .map_err(|reason| ConfigError::new(format!("trunks[{i}].credentials"), reason))?;
+            out.insert(
+                trunk.name.clone(),
+                voxgate_session::TrunkCredentials {
+                    username: user.name.clone(),
+                    password,
+                },
+            );
+        }
+        Ok(out)
     }
 
     /// The configured trunks, regions defaulted to `node.region`.
@@ -1224,6 +1270,10 @@ pub struct TrunkConfig {
     /// the Backend, and of a Backend's INVITE passed on to the carrier.
     #[serde(default)]
     pub pass_headers: Vec<String>,
+    /// The account this node answers the carrier's digest challenge (401/407) with, on calls out
+    /// through the trunk (a Backend's or `POST /v1/calls`).
+    #[serde(default)]
+    pub credentials: Option<TrunkUser>,
 }
 
 impl TrunkConfig {
@@ -1243,6 +1293,7 @@ impl TrunkConfig {
             realm: None,
             algorithms: default_algorithms(),
             pass_headers: Vec::new(),
+            credentials: None,
         }
     }
 

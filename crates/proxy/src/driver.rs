@@ -78,6 +78,7 @@ impl SessionDriver {
             min_se: gateway.config.sip.min_se,
             far_headers: Vec::new(),
             transfer: voxgate_session::TransferMode::Bridge,
+            trunk_credentials: None,
             identity: voxgate_session::IdentityPolicy::default(),
             seed: rng.random(),
         }

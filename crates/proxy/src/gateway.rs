@@ -1,6 +1,7 @@
 //! The gateway's shared state: configuration, the SIP endpoint, the node cap, the Backend picker,
 //! trunks, the media port pool and the table of live sessions.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -87,6 +88,8 @@ pub struct Gateway {
     pub edge: Arc<Edge>,
     /// Which trunk a new request belongs to (sources, digest users).
     pub trust: Trust,
+    /// What each trunk's digest challenges to our calls out are answered with, by trunk name.
+    pub trunk_credentials: HashMap<String, voxgate_session::TrunkCredentials>,
     /// `User-Agent` and `Server` of our SIP messages (`sip.user_agent`).
     pub user_agent: &'static str,
     next_session: AtomicU64,
@@ -123,6 +126,7 @@ impl Gateway {
             trunks: config.trunk_table(),
             edge,
             trust,
+            trunk_credentials: HashMap::new(),
             // Once per process: the engine and the SIP layer take the value as `&'static str`.
             user_agent: Box::leak(config.sip.user_agent.clone().into_boxed_str()),
             cluster,

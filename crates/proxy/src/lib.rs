@@ -73,6 +73,7 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
         rand::random(),
         tokio::time::Instant::now().into_std(),
     )?;
+    let trunk_credentials = config.trunk_credentials(&env)?;
     let edge = Arc::new(edge::Edge::new(&config));
     let options = EndpointOptions {
         tcp: config.sip.listen_tcp,
@@ -130,9 +131,9 @@ pub async fn run(config: config::Config) -> anyhow::Result<()> {
 
     let (records, records_tasks) =
         records::Records::start(config.node.id.as_str(), &config.records)?;
-    let gateway = Arc::new(Gateway::new(
-        config, endpoint, ports, cluster, records, edge, trust,
-    ));
+    let mut gateway = Gateway::new(config, endpoint, ports, cluster, records, edge, trust);
+    gateway.trunk_credentials = trunk_credentials;
+    let gateway = Arc::new(gateway);
     // The registry's view (this node's lifecycle, the Backends) applies before the first call.
     if let Err(err) = fleet::sync(&gateway).await {
         tracing::warn!(%err, "first cluster registry sync failed");

@@ -223,6 +223,18 @@ fn each_validation_error_names_its_key() {
         |extra: &str| format!("[[backends]]\nid = \"b1\"\naddress = \"127.0.0.1:5080\"\n{extra}");
     let cases: Vec<(String, &str)> = vec![
         ("[limits]\nmax_sessions = 0\n".into(), "limits.max_sessions"),
+        (
+            "[[trunks]]\nname = \"c\"\nsources = [\"10.0.0.0/8\"]\n\
+             [trunks.credentials]\nname = \"acct\"\npassword = \"p\"\n"
+                .into(),
+            "trunks[0].credentials",
+        ),
+        (
+            "[[trunks]]\nname = \"c\"\noutbound = \"10.0.0.1:5060\"\n\
+             [trunks.credentials]\nname = \"acct\"\n"
+                .into(),
+            "trunks[0].credentials",
+        ),
         ("[limits]\nhigh_water = 0.0\n".into(), "limits.high_water"),
         ("[limits]\nhigh_water = 1.5\n".into(), "limits.high_water"),
         ("[limits]\nhigh_water = nan\n".into(), "limits.high_water"),

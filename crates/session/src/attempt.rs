@@ -31,6 +31,8 @@ pub(crate) struct Attempt<L> {
     pub(crate) winding: Option<Instant>,
     /// The RSeq of the last reliable provisional PRACKed.
     pub(crate) last_rseq: Option<u32>,
+    /// It answers a digest challenge already: a second one is final.
+    pub(crate) authenticated: bool,
 }
 
 impl<L> Attempt<L> {
@@ -53,7 +55,19 @@ impl<L> Attempt<L> {
             cancelled: false,
             winding: None,
             last_rseq: None,
+            authenticated: false,
         }
+    }
+
+    /// Follows `invite`, sent at `now` in the same dialog instead of the INVITE it had (a new
+    /// transaction: nothing answered yet).
+    pub(crate) fn restart(&mut self, invite: rsip::Request, now: Instant) {
+        self.branch = voxgate_sip::message::top_branch(&invite).unwrap_or_default();
+        self.invite = invite;
+        self.provisional = false;
+        self.sent = now;
+        self.cancelled = false;
+        self.last_rseq = None;
     }
 
     /// The CSeq number of the INVITE.

@@ -245,7 +245,11 @@ impl<L> Session<L> {
                 self.pick(now);
             }
             _ => {
-                if let Some(attempt) = self.attempt.take() {
+                if let Some(mut attempt) = self.attempt.take() {
+                    if self.answer_challenge(now, &mut attempt, &response) {
+                        self.attempt = Some(attempt);
+                        return;
+                    }
                     self.attempted(attempt.backend, Some(code));
                 }
                 // Redirects would reveal the far side's contacts: the caller sees 480.
@@ -453,7 +457,12 @@ impl<L> Session<L> {
                 self.pick(now);
             }
             _ => {
-                self.caller.dialling = None;
+                if let Some(mut dialling) = self.caller.dialling.take()
+                    && self.answer_challenge(now, &mut dialling, &response)
+                {
+                    self.caller.dialling = Some(dialling);
+                    return;
+                }
                 self.end(
                     now,
                     EndCause::Rejected,

@@ -38,6 +38,7 @@
 //! over a WebSocket or QUIC media stream will implement.
 
 mod attempt;
+mod auth;
 mod caller;
 mod cause;
 mod exchange;
@@ -52,6 +53,7 @@ mod session;
 mod timer;
 mod transfer;
 
+pub use auth::TrunkCredentials;
 pub use cause::{End, EndCause};
 pub use identity::{IDENTITY_HEADERS, IdentityPolicy};
 pub use io::{

@@ -1,5 +1,7 @@
 //! Digest authentication of SIP requests (RFC 3261 section 22 on RFC 2617, with RFC 8760's
-//! SHA-256 beside MD5), as a server: challenges out, `Authorization` values checked, sans-I/O.
+//! SHA-256 beside MD5), sans-I/O. As a server: challenges out, `Authorization` values checked.
+//! As a client ([`Challenge`], [`Challenge::answer`]): a carrier's 401 or 407 answered with our
+//! trunk credentials.
 //!
 //! Nonces are stateless until used: each is the time it was issued (milliseconds since the
 //! verifier's `epoch`), a random salt and an HMAC-SHA-256 over both and the realm under a key
@@ -148,6 +150,107 @@ impl Credentials {
             *slot = value;
         }
         (username && realm && nonce && uri && response).then_some(credentials)
+    }
+}
+
+/// A challenge of a `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) header, as a client
+/// reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Challenge {
+    /// `realm`.
+    pub realm: String,
+    /// `nonce`.
+    pub nonce: String,
+    /// `algorithm` (absent means MD5).
+    pub algorithm: Algorithm,
+    /// The server offered `qop=auth` (then `nc` and `cnonce` are sent).
+    pub qop_auth: bool,
+    /// `opaque`, returned as it came.
+    pub opaque: Option<String>,
+}
+
+impl Challenge {
+    /// Parses a header value `Digest realm="...", nonce="...", ...`; `None` for another scheme,
+    /// a missing realm or nonce, an algorithm not supported (`-sess` ones included), or a `qop`
+    /// list without `auth`.
+    pub fn parse(value: &str) -> Option<Self> {
+        let value = value.trim();
+        let (scheme, rest) = value.split_once(char::is_whitespace)?;
+        if !scheme.eq_ignore_ascii_case("Digest") {
+            return None;
+        }
+        let (mut realm, mut nonce, mut algorithm, mut qop, mut opaque) =
+            (None, None, Algorithm::Md5, None, None);
+        for (name, value) in params(rest) {
+            match name.to_ascii_lowercase().as_str() {
+                "realm" => realm = Some(value),
+                "nonce" => nonce = Some(value),
+                "algorithm" => algorithm = Algorithm::parse(&value)?,
+                "qop" => qop = Some(value),
+                "opaque" => opaque = Some(value),
+                _ => {}
+            }
+        }
+        let qop_auth = match qop {
+            None => false,
+            Some(list) => {
+                let auth = list
+                    .split(',')
+                    .any(|q| q.trim().eq_ignore_ascii_case("auth"));
+                // Only auth-int offered: nothing we can answer.
+                if !auth {
+                    return None;
+                }
+                true
+            }
+        };
+        Some(Self {
+            realm: realm?,
+            nonce: nonce?,
+            algorithm,
+            qop_auth,
+            opaque,
+        })
+    }
+
+    /// The `Authorization` (or `Proxy-Authorization`) value answering this challenge for a
+    /// request `method` to `uri`, as `username` with `password`; `cnonce` is the client's
+    /// random nonce, `nc` the count of requests sent with this nonce (1 for the first).
+    pub fn answer(
+        &self,
+        username: &str,
+        password: &str,
+        method: &str,
+        uri: &str,
+        cnonce: &str,
+        nc: u32,
+    ) -> String {
+        let nc = format!("{nc:08x}");
+        let qop = self.qop_auth.then_some((nc.as_str(), cnonce));
+        let response = response(
+            self.algorithm,
+            username,
+            &self.realm,
+            password,
+            method,
+            uri,
+            &self.nonce,
+            qop,
+        );
+        let mut value = format!(
+            "Digest username=\"{username}\", realm=\"{}\", nonce=\"{}\", uri=\"{uri}\", \
+             response=\"{response}\", algorithm={}",
+            self.realm,
+            self.nonce,
+            self.algorithm.name()
+        );
+        if self.qop_auth {
+            let _ = write!(value, ", qop=auth, nc={nc}, cnonce=\"{cnonce}\"");
+        }
+        if let Some(opaque) = &self.opaque {
+            let _ = write!(value, ", opaque=\"{opaque}\"");
+        }
+        value
     }
 }
 
@@ -799,5 +902,53 @@ mod tests {
             Some(2),
         );
         assert_eq!(auth.verify(now, "INVITE", URI, &next), Ok(()));
+    }
+
+    #[test]
+    fn a_client_answers_a_challenge_as_rfc_2617_computes_it() {
+        // RFC 2617 3.5's exchange, put in a challenge.
+        let challenge = Challenge::parse(
+            "Digest realm=\"testrealm@host.com\", qop=\"auth,auth-int\", \
+             nonce=\"dcd98b7102dd2f0e8b11d0f600bfb0c093\", \
+             opaque=\"5ccc069c403ebaf9f0171e9517f40e41\"",
+        )
+        .unwrap();
+        assert_eq!(challenge.algorithm, Algorithm::Md5);
+        assert!(challenge.qop_auth);
+        let value = challenge.answer(
+            "Mufasa",
+            "Circle Of Life",
+            "GET",
+            "/dir/index.html",
+            "0a4f113b",
+            1,
+        );
+        assert!(
+            value.contains("response=\"6629fae49393a05397450978507c4ef1\""),
+            "{value}"
+        );
+        assert!(value.contains("nc=00000001"), "{value}");
+        assert!(
+            value.contains("opaque=\"5ccc069c403ebaf9f0171e9517f40e41\""),
+            "{value}"
+        );
+        // What we send, a server of ours accepts.
+        let parsed = Credentials::parse(&value).unwrap();
+        assert_eq!(parsed.username, "Mufasa");
+        assert_eq!(parsed.qop.as_deref(), Some("auth"));
+    }
+
+    #[test]
+    fn challenges_a_client_cannot_answer_are_refused() {
+        assert!(Challenge::parse("Basic realm=\"x\"").is_none());
+        assert!(Challenge::parse("Digest nonce=\"n\"").is_none());
+        assert!(Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=MD5-sess").is_none());
+        assert!(Challenge::parse("Digest realm=\"r\", nonce=\"n\", qop=\"auth-int\"").is_none());
+        let sha = Challenge::parse("Digest realm=\"r\", nonce=\"n\", algorithm=SHA-256").unwrap();
+        assert_eq!(sha.algorithm, Algorithm::Sha256);
+        assert!(!sha.qop_auth);
+        let value = sha.answer("u", "p", "INVITE", "sip:+1555@carrier", "c", 1);
+        assert!(!value.contains("qop"), "{value}");
+        assert!(value.contains("algorithm=SHA-256"), "{value}");
     }
 }

@@ -188,6 +188,18 @@ impl ScenarioPeer {
         )
     }
 
+    /// [`ScenarioPeer::uac`] sending from loopback `port` (e.g. a configured Backend's address).
+    pub fn uac_on(
+        name: &str,
+        sipp: &Path,
+        file: &str,
+        target: SocketAddr,
+        port: u16,
+        relay: (u16, u16),
+    ) -> Self {
+        Self::spawn(name, sipp, file, Some(target), port, 1, relay, &[])
+    }
+
     // The one place every launch goes through: each argument is a different sipp flag.
     #[allow(clippy::too_many_arguments)]
     fn spawn(

@@ -66,6 +66,7 @@ pub fn config() -> SessionConfig {
         min_se: Duration::from_secs(90),
         far_headers: Vec::new(),
         transfer: voxgate_session::TransferMode::Bridge,
+        trunk_credentials: None,
         identity: voxgate_session::IdentityPolicy::default(),
         seed: 42,
     }
