@@ -534,3 +534,50 @@ fn a_webrtc_session_can_be_viewed_and_hung_up() {
     let _ = client.kill();
     let _ = client.wait();
 }
+
+#[test]
+fn dtmf_reaches_a_caller_of_an_info_trunk_as_sip_info() {
+    let test = "dtmf_reaches_a_caller_of_an_info_trunk_as_sip_info";
+    let Some(sipp) = common::sipp::sipp_or_skip(test) else {
+        return;
+    };
+    let (_backend, addr) = start_backend("api-info-b1", &[]);
+    let config = format!(
+        "{}\n[[trunks]]\nname = \"carrier\"\nsources = [\"127.0.0.1/32\"]\ndtmf = \"info\"\n",
+        backend_toml("b1", addr, 10, None)
+    );
+    let proxy = start_proxy("api-info", &config);
+    // A SIPp caller from the trunk: it checks the three INFOs itself (dtmf_info_uac.xml).
+    let mut caller = common::sipp::ScenarioPeer::uac(
+        &format!("{test}-uac"),
+        &sipp,
+        "dtmf_info_uac.xml",
+        proxy.sip,
+        proxy.media,
+    );
+    let mut id = None;
+    let up = wait_until(Duration::from_secs(10), || {
+        let (_, list) = api(&proxy, "GET", "/v1/sessions", None);
+        id = list["sessions"][0]["id"].as_u64();
+        id.is_some_and(|id| {
+            api(&proxy, "GET", &format!("/v1/sessions/{id}"), None).1["state"] == "connected"
+        })
+    });
+    assert!(up, "no connected session:\n{}", proxy.process.log());
+    let id = id.unwrap();
+    let (status, body) = api(
+        &proxy,
+        "POST",
+        &format!("/v1/sessions/{id}/dtmf"),
+        Some(json!({ "digits": "12#" })),
+    );
+    assert_eq!(status, 202, "{body}");
+    let status = caller.wait(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "caller {status:?}\n{}\n==== voxgate log\n{}",
+        caller.report(),
+        proxy.process.log()
+    );
+    proxy.assert_idle(Duration::from_secs(5));
+}

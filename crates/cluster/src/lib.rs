@@ -46,4 +46,4 @@ pub use picker::{BackendLease, BackendPicker, PickError, Spillover};
 pub use state::{
     AuditEntry, Change, ClusterError, ClusterState, ErrorCode, RegionCapacity, Statuses,
 };
-pub use trunk::{Trunk, TrunkTable, TrunkTransfer};
+pub use trunk::{Trunk, TrunkDtmf, TrunkTable, TrunkTransfer};

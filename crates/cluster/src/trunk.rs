@@ -20,8 +20,21 @@ pub struct Trunk {
     pub hosts: Vec<String>,
     /// How a Backend's transfer (REFER) of this trunk's caller is carried out.
     pub transfer: TrunkTransfer,
+    /// How the session API's DTMF reaches this trunk's callers.
+    pub dtmf: TrunkDtmf,
     /// Header names (globs) passed between the trunk's side and the Backend's, both ways.
     pub pass_headers: Vec<String>,
+}
+
+/// How DTMF asked for through the session API reaches a trunk's callers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkDtmf {
+    /// RFC 4733 telephone-events in the media.
+    #[default]
+    Rfc4733,
+    /// SIP INFO, `application/dtmf-relay` (one per digit).
+    Info,
 }
 
 /// How a trunk's callers are transferred when their Backend asks (REFER).
@@ -121,6 +134,7 @@ mod tests {
             outbound: outbound.map(|port| SocketAddr::from(([192, 0, 2, 1], port))),
             hosts: hosts.iter().map(|h| (*h).to_owned()).collect(),
             transfer: TrunkTransfer::Bridge,
+            dtmf: TrunkDtmf::Rfc4733,
             pass_headers: Vec::new(),
         }
     }

@@ -397,6 +397,18 @@ impl SipSession {
         if self.state != "connected" {
             return Err(DtmfRefusal::NotConnected);
         }
+        if transfer::dtmf_by_info(&self.gateway, self.trunk.as_deref()) {
+            // One INFO per digit, in order, in the caller's dialog (the de facto
+            // application/dtmf-relay body: the digit and its duration in ms).
+            for digit in digits.chars() {
+                let body = format!("Signal={digit}\r\nDuration=160\r\n").into_bytes();
+                self.driver
+                    .session
+                    .info_to_caller("application/dtmf-relay", body)
+                    .map_err(|_| DtmfRefusal::Unavailable)?;
+            }
+            return Ok(());
+        }
         let ((payload_type, clock_rate), Some(relay)) = (
             self.event.ok_or(DtmfRefusal::Unavailable)?,
             self.relay.as_ref(),

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use voxgate_cluster::backend::BackendSpec;
 use voxgate_cluster::health::HealthConfig;
 use voxgate_cluster::picker::Spillover;
-use voxgate_cluster::trunk::{Trunk, TrunkTable, TrunkTransfer};
+use voxgate_cluster::trunk::{Trunk, TrunkDtmf, TrunkTable, TrunkTransfer};
 use voxgate_core::{NodeId, RegionId};
 
 /// The embedded default configuration (`config/voxgate.toml`), used when no file is given.
@@ -735,6 +735,7 @@ impl Config {
                     outbound: t.outbound,
                     hosts: t.hosts.clone(),
                     transfer: t.transfer,
+                    dtmf: t.dtmf,
                     pass_headers: t.pass_headers.clone(),
                 })
                 .collect(),
@@ -1256,6 +1257,10 @@ pub struct TrunkConfig {
     /// dials the target) or `"refer"` (the REFER goes to the trunk).
     #[serde(default)]
     pub transfer: TrunkTransfer,
+    /// How DTMF asked for through the session API reaches its callers: `"rfc4733"` (events in
+    /// the media) or `"info"` (SIP INFO, `application/dtmf-relay`).
+    #[serde(default)]
+    pub dtmf: TrunkDtmf,
     /// Digest users: a caller must authenticate as one of them (from `sources` if any, else
     /// from anywhere). None: `sources` alone admit.
     #[serde(default)]
@@ -1289,6 +1294,7 @@ impl TrunkConfig {
             outbound: None,
             hosts: Vec::new(),
             transfer: TrunkTransfer::Bridge,
+            dtmf: TrunkDtmf::Rfc4733,
             users: Vec::new(),
             realm: None,
             algorithms: default_algorithms(),

@@ -535,6 +535,7 @@ mod tests {
                 outbound: Some("127.0.0.1:5060".parse().expect("addr")),
                 hosts: Vec::new(),
                 transfer: voxgate_cluster::TrunkTransfer::Bridge,
+                dtmf: voxgate_cluster::TrunkDtmf::Rfc4733,
                 pass_headers: Vec::new(),
             },
             region,

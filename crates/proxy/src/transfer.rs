@@ -68,6 +68,17 @@ pub fn outcome(code: u16) -> &'static str {
     }
 }
 
+/// Whether the session API's DTMF reaches the callers of `trunk` (by name) as SIP INFO.
+pub fn dtmf_by_info(gateway: &Gateway, trunk: Option<&str>) -> bool {
+    trunk.is_some_and(|name| {
+        gateway
+            .trunks
+            .trunks()
+            .iter()
+            .any(|t| t.name == name && t.dtmf == voxgate_cluster::TrunkDtmf::Info)
+    })
+}
+
 /// The engine's transfer mode for a caller that came through `trunk` (by name).
 pub fn mode(gateway: &Gateway, trunk: Option<&str>) -> TransferMode {
     let configured = trunk.and_then(|name| {

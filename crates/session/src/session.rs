@@ -297,6 +297,31 @@ impl<L> Session<L> {
         self.transfer_by_operator(to)
     }
 
+    /// Sends the caller an INFO in its dialog carrying `body` of `content_type` (DTMF as
+    /// `application/dtmf-relay` where the trunk wants it so); its answer needs nothing. `Err` says
+    /// why not: the session is not connected, or its caller has no SIP dialog.
+    pub fn info_to_caller(
+        &mut self,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<(), &'static str> {
+        if self.phase != Phase::Up {
+            return Err("the session is not connected");
+        }
+        let mut rng = SmallRng::from_rng(&mut self.rng);
+        let Some(leg) = self.caller.leg.as_mut() else {
+            return Err("the caller has no SIP dialog");
+        };
+        let mut info = leg.dialog.request(&mut rng, Method::Info, None);
+        message::set_body(&mut info, body, Some(content_type));
+        let hop = leg.hop();
+        self.outputs.push_back(Output::Request {
+            to: hop,
+            request: info,
+        });
+        Ok(())
+    }
+
     /// Acts on every deadline up to `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.retransmit_reliable(now);

@@ -123,3 +123,30 @@ fn an_info_answer_is_mapped_back() {
     h.deliver(CALLER, caller_dialog.reply(&relayed, 503, None));
     assert_eq!(codes(&h.take(B1)).last(), Some(&500));
 }
+
+#[test]
+fn an_info_of_ours_goes_to_the_caller_in_its_dialog_and_needs_nothing_back() {
+    let (mut h, caller, _backend) = connected_call();
+    let _ = h.take(B1);
+    let body = "Signal=5\r\nDuration=160\r\n";
+    h.info_to_caller("application/dtmf-relay", body).unwrap();
+    let to_caller = h.take(CALLER);
+    let info = requests(&to_caller, Method::Info)[0].clone();
+    assert_eq!(String::from_utf8_lossy(&info.body), body);
+    assert_eq!(
+        voxgate_sip::dialog::header_value(&info.headers, "Content-Type").as_deref(),
+        Some("application/dtmf-relay")
+    );
+    assert_eq!(
+        voxgate_sip::message::call_id(&info),
+        caller.dialog.call_id.as_str().into()
+    );
+    h.deliver(CALLER, caller.reply(&info, 200, None));
+    assert!(h.take(B1).is_empty(), "the Backend hears nothing of it");
+    assert!(h.ended.is_none());
+
+    // Not before the caller is answered.
+    let (_, invite) = Ua::caller(40_000);
+    let mut ringing = Harness::new(config(), Harness::inbound(&invite));
+    assert!(ringing.info_to_caller("application/dtmf-relay", body).is_err());
+}

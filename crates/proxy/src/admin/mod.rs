@@ -30,8 +30,8 @@
 //! | `GET /v1/sessions[?call_id= \| ?port=]` | this node's live sessions, or the one with that dialog or relay port |
 //! | `GET /v1/sessions/{id}` | one session (SIP in or out, originated, WebRTC): kind, trunk, region, Backend, state (`calling`, `dialing`, `ringing`, `bridging`, `connected`, `transferring`, `ending`), per leg its Call-ID, codec and RTP counters |
 //! | `DELETE /v1/sessions/{id}` | hang up: BYE both legs (CANCEL one still ringing); 202 |
-//! | `POST /v1/sessions/{id}/transfer` `{"to"}` | blind transfer of the caller to a `sip:`/`tel:` URI, as a Backend's REFER (the trunk's `transfer` mode); 202 |
-//! | `POST /v1/sessions/{id}/dtmf` `{"digits"}` | RFC 4733 events toward the caller (SIP sessions, at the caller leg's telephone-event type and clock, own SSRC); 202 once queued |
+//! | `POST /v1/sessions/{id}/transfer` `{"to"}` | blind transfer of the caller to a `sip:`/`tel:` URI, bridged by this node as a Backend's REFER in `bridge` mode (whatever the trunk's mode), without NOTIFYs; 202 |
+//! | `POST /v1/sessions/{id}/dtmf` `{"digits"}` | RFC 4733 events toward the caller (SIP sessions, at the caller leg's telephone-event type and clock, own SSRC), or one SIP INFO per digit (`application/dtmf-relay`) where the caller's trunk has `dtmf = "info"`; 202 once queued |
 //! | `GET /v1/audit[?limit=]` | the audit trail, newest last |
 //! | `GET /v1/bans` | SIP sources banned for flooding (`sip.flood`), with when the ban began and ends |
 //! | `POST /v1/calls` `{"to", "from"?, "trunk"?, "region"?, "backend"?}` | originate: 202 and the request (pending), 429 `QUEUE_FULL` + Retry-After when the queue is full |

@@ -261,6 +261,15 @@ impl Harness {
         result
     }
 
+    /// An operator sends the caller an INFO with `body` of `content_type`.
+    pub fn info_to_caller(&mut self, content_type: &str, body: &str) -> Result<(), &'static str> {
+        let result = self
+            .session
+            .info_to_caller(content_type, body.as_bytes().to_vec());
+        self.pump();
+        result
+    }
+
     /// A peer at `from` sends `message` to the proxy.
     pub fn deliver(&mut self, from: &str, message: impl Into<SipMessage>) {
         let bytes = message.into().to_string().into_bytes();
