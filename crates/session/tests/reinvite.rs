@@ -148,5 +148,9 @@ fn an_info_of_ours_goes_to_the_caller_in_its_dialog_and_needs_nothing_back() {
     // Not before the caller is answered.
     let (_, invite) = Ua::caller(40_000);
     let mut ringing = Harness::new(config(), Harness::inbound(&invite));
-    assert!(ringing.info_to_caller("application/dtmf-relay", body).is_err());
+    assert!(
+        ringing
+            .info_to_caller("application/dtmf-relay", body)
+            .is_err()
+    );
 }
