@@ -1398,7 +1398,7 @@ impl RecordsConfig {
         if self.webhook.is_empty() {
             return Ok(());
         }
-        if let Err(reason) = crate::records::WebhookUrl::parse(&self.webhook) {
+        if let Err(reason) = crate::webhook_url::WebhookUrl::parse(&self.webhook) {
             return Err(ConfigError::new("records.webhook", reason));
         }
         if self.path.as_os_str().is_empty() && self.spool_dir.as_os_str().is_empty() {

@@ -29,6 +29,7 @@ pub mod relay;
 pub mod shutdown;
 pub mod transfer;
 pub mod trust;
+pub mod webhook_url;
 pub mod webrtc;
 
 use std::sync::Arc;

@@ -13,24 +13,6 @@ use crate::attempt::Attempt;
 use crate::io::Output;
 use crate::session::Session;
 
-/// What this node answers a trunk's challenge with.
-#[derive(Clone, PartialEq, Eq)]
-pub struct TrunkCredentials {
-    /// The account's user name.
-    pub username: String,
-    /// Its password.
-    pub password: String,
-}
-
-impl std::fmt::Debug for TrunkCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The password stays out of logs.
-        f.debug_struct("TrunkCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
 impl<L> Session<L> {
     /// Sends `attempt`'s INVITE again answering the challenge of `response` with the trunk's
     /// credentials, and makes `attempt` that new INVITE; `false` when there is nothing to

@@ -216,3 +216,21 @@ pub enum Output {
     /// [`crate::Session::is_finished`]).
     Ended(End),
 }
+
+/// What this node answers a trunk's challenge with.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TrunkCredentials {
+    /// The account's user name.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for TrunkCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The password stays out of logs.
+        f.debug_struct("TrunkCredentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}

@@ -17,7 +17,8 @@
 //! `identity.rs` which of the caller's headers cross to the far INVITE;
 //! `exchange.rs` what crosses a confirmed session (re-INVITE, UPDATE, INFO, held ACKs);
 //! `refresh.rs` what keeps each leg alive (session refreshes, reliable provisionals);
-//! `transfer.rs` the caller's transfer (REFER, bridged here or passed to the trunk).
+//! `transfer.rs` and `handover.rs` the caller's transfer (REFER, bridged here or passed to the
+//! trunk); `auth.rs` the answer to a trunk's digest challenge.
 //!
 //! The engine does no I/O and reads no clock, in the style of quinn-proto's `Connection` and
 //! str0m's `Rtc`: SIP events of the transaction layer, media events and operator commands go in
@@ -43,6 +44,7 @@ mod caller;
 mod cause;
 mod exchange;
 mod far;
+mod handover;
 mod identity;
 mod io;
 mod leg;
@@ -53,11 +55,11 @@ mod session;
 mod timer;
 mod transfer;
 
-pub use auth::TrunkCredentials;
 pub use cause::{End, EndCause};
 pub use identity::{IDENTITY_HEADERS, IdentityPolicy};
 pub use io::{
-    CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, WebRtcCaller,
+    CallerSpec, Dialled, Inbound, Input, MediaCommand, Output, Progress, Target, TrunkCredentials,
+    WebRtcCaller,
 };
 pub use media::{PeerMedia, Side, first_codec_only, parse_sdp, peer_media};
 pub use session::{ALLOW, SUPPORTED, Session, SessionConfig};

@@ -65,7 +65,7 @@ pub struct SessionConfig {
     pub transfer: TransferMode,
     /// What a trunk's digest challenge (401/407) to our INVITE is answered with: the far leg's
     /// for a Backend's call out, the dialled number's for an originated call.
-    pub trunk_credentials: Option<crate::auth::TrunkCredentials>,
+    pub trunk_credentials: Option<crate::io::TrunkCredentials>,
     /// What of an inbound caller's INVITE crosses to the far INVITE (identity, trunk headers).
     pub identity: crate::identity::IdentityPolicy,
     /// Seed of the session's tags, branches and Call-IDs.

@@ -28,7 +28,7 @@ use voxgate_media::stats::StreamStats;
 use voxgate_session::{End, Progress, Side};
 use voxgate_sip::sdp::{Codec, CodecKind};
 
-pub use webhook::WebhookUrl;
+pub use crate::webhook_url::WebhookUrl;
 
 use crate::config::RecordsConfig;
 use crate::metrics;
