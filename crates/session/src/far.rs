@@ -66,6 +66,19 @@ impl<L> Session<L> {
         let session_expires = self.config.session_expires.as_secs().max(1);
         let min_se = self.config.min_se.as_secs().max(1);
         let invite = self.far_invite(&mut dialog, session_expires, min_se);
+        self.attempt = Some(self.call_far(dialog, invite, target, now));
+        self.phase = Phase::Calling;
+    }
+
+    /// Sends `invite` (the first of `dialog`) to `target` and returns the attempt that follows
+    /// it: its dialog routed here, its progress reported.
+    pub(crate) fn call_far(
+        &mut self,
+        dialog: Dialog,
+        invite: rsip::Request,
+        target: Target<L>,
+        now: Instant,
+    ) -> Attempt<L> {
         self.outputs
             .push_back(Output::Listen(dialog.call_id.clone()));
         self.outputs.push_back(Output::Progress(Progress::Calling {
@@ -78,8 +91,19 @@ impl<L> Session<L> {
             request: invite.clone(),
         });
         let leg = SipLeg::new(dialog, target.address);
-        self.attempt = Some(Attempt::new(leg, invite, target.backend, target.lease, now));
-        self.phase = Phase::Calling;
+        Attempt::new(leg, invite, target.backend, target.lease, now)
+    }
+
+    /// Gives up on `attempt` at `now`: CANCELled once it may be, followed to its end.
+    pub(crate) fn wind_down(&mut self, mut attempt: Attempt<L>, now: Instant) {
+        if let Some(cancel) = attempt.cancel() {
+            self.outputs.push_back(Output::Request {
+                to: attempt.leg.address,
+                request: cancel,
+            });
+        }
+        attempt.winding = Some(now);
+        self.winding.push(attempt);
     }
 
     /// The far INVITE on `dialog`: our offer (none for a late-offer caller), the caller's

@@ -15,10 +15,8 @@ use voxgate_sip::TransactionKey;
 use voxgate_sip::dialog::{self, Dialog};
 use voxgate_sip::message;
 
-use crate::attempt::Attempt;
 use crate::cause::EndCause;
 use crate::io::{Output, Progress, Target};
-use crate::leg::SipLeg;
 use crate::media::{Side, first_codec_only, parse_sdp, peer_media};
 use crate::session::{Phase, Relayed, Session, warning};
 use crate::transfer::{Transfer, TransferMode, reason_phrase, refer_to, transfer_uri};
@@ -150,19 +148,7 @@ impl<L> Session<L> {
                 .headers
                 .push(Header::Other("Referred-By".into(), referred_by));
         }
-        self.outputs
-            .push_back(Output::Listen(dialog.call_id.clone()));
-        self.outputs.push_back(Output::Progress(Progress::Calling {
-            backend: target.backend.clone(),
-            address: target.address,
-            call_id: dialog.call_id.clone(),
-        }));
-        self.outputs.push_back(Output::Request {
-            to: target.address,
-            request: invite.clone(),
-        });
-        let leg = SipLeg::new(dialog, target.address);
-        let attempt = Attempt::new(leg, invite, target.backend, target.lease, now);
+        let attempt = self.call_far(dialog, invite, target, now);
         if let Some(transfer) = self.transfer.as_mut() {
             transfer.attempt = Some(attempt);
         }
@@ -324,18 +310,11 @@ impl<L> Session<L> {
         if !silent && attempt.sent + self.config.ring_timeout > now {
             return;
         }
-        let Some(mut attempt) = self.transfer.as_mut().and_then(|t| t.attempt.take()) else {
+        let Some(attempt) = self.transfer.as_mut().and_then(|t| t.attempt.take()) else {
             return;
         };
         self.attempted(attempt.backend.clone(), None);
-        if let Some(cancel) = attempt.cancel() {
-            self.outputs.push_back(Output::Request {
-                to: attempt.leg.address,
-                request: cancel,
-            });
-        }
-        attempt.winding = Some(now);
-        self.winding.push(attempt);
+        self.wind_down(attempt, now);
         self.transfer_failed(now, 408);
     }
 

@@ -765,15 +765,8 @@ impl<L> Session<L> {
             self.attempted(attempt.backend.clone(), None);
         }
         let pending = [self.attempt.take(), self.caller.dialling.take(), transfer];
-        for mut attempt in pending.into_iter().flatten() {
-            if let Some(cancel) = attempt.cancel() {
-                self.outputs.push_back(Output::Request {
-                    to: attempt.leg.address,
-                    request: cancel,
-                });
-            }
-            attempt.winding = Some(now);
-            self.winding.push(attempt);
+        for attempt in pending.into_iter().flatten() {
+            self.wind_down(attempt, now);
         }
         let mut caller_code = if caller_up && !self.caller.webrtc {
             Some(200)
