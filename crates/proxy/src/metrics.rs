@@ -425,7 +425,7 @@ pub fn session_ended(cause: &'static str) {
 }
 
 /// A transfer of a caller ended; `outcome` is `completed` or the target's failure class
-/// (`busy`, `no_answer`, `no_route`, `failed`).
+/// (`busy`, `no_answer`, `no_route`, `unavailable`, `failed`).
 pub fn transfer_ended(outcome: &'static str) {
     counter!("voxgate_transfers_total", "outcome" => outcome).increment(1);
 }

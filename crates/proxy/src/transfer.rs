@@ -9,8 +9,9 @@ use voxgate_sip::dialog;
 use crate::gateway::Gateway;
 
 /// The target of `to` (a `sip:`, `sips:` or `tel:` URI) for a session whose caller came
-/// through trunk `own` (by name), if any.
-pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<BackendLease>> {
+/// through trunk `own` (by name); else the status the transfer fails with: 480 for a Backend
+/// that takes no session now (full, draining, down, cooling down), 404 for no route at all.
+pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Result<Target<BackendLease>, u16> {
     if let Some(address) = dialog::uri_socket_addr(to) {
         let backend = gateway
             .picker
@@ -19,8 +20,11 @@ pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<B
             .find(|spec| spec.address == address);
         if let Some(spec) = backend {
             let now = tokio::time::Instant::now().into_std();
-            let lease = gateway.picker.pick_node(now, &spec.id).ok()?;
-            return Some(Target {
+            let lease = gateway
+                .picker
+                .pick_node(now, &spec.id)
+                .map_err(|_| 480u16)?;
+            return Ok(Target {
                 address: lease.address(),
                 backend: Some(lease.id().clone()),
                 host: None,
@@ -32,15 +36,17 @@ pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<B
     let by_host = (!host.is_empty())
         .then(|| gateway.trunks.outbound(None, host))
         .flatten();
-    let trunk = by_host.or_else(|| {
-        let own = own?;
-        gateway
-            .trunks
-            .trunks()
-            .iter()
-            .find(|trunk| trunk.name == own && trunk.outbound.is_some())
-    })?;
-    let address = trunk.outbound?;
+    let trunk = by_host
+        .or_else(|| {
+            let own = own?;
+            gateway
+                .trunks
+                .trunks()
+                .iter()
+                .find(|trunk| trunk.name == own && trunk.outbound.is_some())
+        })
+        .ok_or(404u16)?;
+    let address = trunk.outbound.ok_or(404u16)?;
     let host = match host {
         "" => trunk
             .hosts
@@ -49,7 +55,7 @@ pub fn target(gateway: &Gateway, to: &str, own: Option<&str>) -> Option<Target<B
             .unwrap_or_else(|| address.to_string()),
         host => host.to_owned(),
     };
-    Some(Target {
+    Ok(Target {
         address,
         backend: None,
         host: Some(host),
@@ -63,7 +69,8 @@ pub fn outcome(code: u16) -> &'static str {
         200..=299 => "completed",
         486 | 600 => "busy",
         404 => "no_route",
-        408 | 480 | 487 => "no_answer",
+        480 => "unavailable",
+        408 | 487 => "no_answer",
         _ => "failed",
     }
 }
@@ -92,5 +99,32 @@ pub fn mode(gateway: &Gateway, trunk: Option<&str>) -> TransferMode {
     match configured {
         Some(TrunkTransfer::Refer) => TransferMode::Refer,
         _ => TransferMode::Bridge,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::outcome;
+
+    #[test]
+    fn outcomes_name_what_became_of_the_transfer() {
+        let named: Vec<&str> = [200, 486, 600, 404, 480, 408, 487, 603, 500]
+            .into_iter()
+            .map(outcome)
+            .collect();
+        assert_eq!(
+            named,
+            [
+                "completed",
+                "busy",
+                "busy",
+                "no_route",
+                "unavailable",
+                "no_answer",
+                "no_answer",
+                "failed",
+                "failed"
+            ]
+        );
     }
 }

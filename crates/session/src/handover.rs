@@ -106,15 +106,18 @@ impl<L> Session<L> {
     }
 
     /// Where the transfer target is, answering [`Output::Transfer`].
-    pub(crate) fn on_transfer_target(&mut self, now: Instant, target: Option<Target<L>>) {
+    pub(crate) fn on_transfer_target(&mut self, now: Instant, target: Result<Target<L>, u16>) {
         let pending = self.transfer.as_ref().is_some_and(|t| t.attempt.is_none());
         if self.phase != Phase::Up || !pending {
             // A late answer: its lease is dropped here.
             return;
         }
-        let Some(target) = target else {
-            self.transfer_failed(now, 404);
-            return;
+        let target = match target {
+            Ok(target) => target,
+            Err(code) => {
+                self.transfer_failed(now, code);
+                return;
+            }
         };
         let Some(offer) = self.transfer_offer() else {
             self.transfer_failed(now, 488);

@@ -85,9 +85,9 @@ pub enum Input<L> {
     Sip(Event),
     /// The answer to [`Output::Pick`]: where to try next, or `None` when nothing is left.
     Target(Option<Target<L>>),
-    /// The answer to [`Output::Transfer`]: where the transfer target is, or `None` (the
-    /// transfer fails with 404).
-    TransferTarget(Option<Target<L>>),
+    /// The answer to [`Output::Transfer`]: where the transfer target is, or the status the
+    /// transfer fails with (404: no route to it; 480: the Backend it names takes no session now).
+    TransferTarget(Result<Target<L>, u16>),
     /// The answer to [`Output::Reoffer`]: the codecs the media bridge keeps carrying (the
     /// re-offer is accepted), or `None` (refused with 488).
     ReofferAnswer(Option<Vec<Codec>>),

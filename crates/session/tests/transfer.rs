@@ -378,3 +378,22 @@ fn a_caller_reinvite_in_flight_when_the_target_answers_is_refused_not_answered_o
     );
     assert!(requests(&h.take(TARGET), Method::Invite).is_empty());
 }
+
+#[test]
+fn a_target_backend_that_takes_no_session_fails_the_transfer_with_480() {
+    let (mut h, _caller, mut backend) = connected_call();
+    h.transfer_to = None;
+    h.transfer_refusal = 480;
+    let request = refer(&mut backend, "<sip:agent@127.0.0.22:5080>");
+    h.deliver(B1, request);
+    let to_b1 = h.take(B1);
+    assert_eq!(
+        notified(&to_b1).last().unwrap().0,
+        "SIP/2.0 480 Temporarily Unavailable"
+    );
+    assert!(h.progress.contains(&Progress::Transferred {
+        to: "sip:agent@127.0.0.22:5080".into(),
+        code: 480
+    }));
+    assert!(h.ended.is_none());
+}

@@ -134,8 +134,10 @@ pub struct Harness {
     pub listened: Vec<String>,
     /// Transfer targets asked for ([`Output::Transfer`]), in order.
     pub transfers: Vec<String>,
-    /// Where a transfer target goes (with a lease of its own); `None`: nowhere.
+    /// Where a transfer target goes (with a lease of its own); `None`: nowhere, with
+    /// `transfer_refusal` (404 unless set).
     pub transfer_to: Option<SocketAddr>,
+    pub transfer_refusal: u16,
 }
 
 impl Harness {
@@ -182,6 +184,7 @@ impl Harness {
             listened: Vec::new(),
             transfers: Vec::new(),
             transfer_to: Some(addr(TARGET)),
+            transfer_refusal: 404,
         };
         harness.pump();
         harness
@@ -362,15 +365,18 @@ impl Harness {
             }
             Output::Transfer { to } => {
                 self.transfers.push(to);
-                let target = self.transfer_to.map(|address| {
-                    self.live_leases.fetch_add(1, Ordering::SeqCst);
-                    Target {
-                        address,
-                        backend: None,
-                        host: None,
-                        lease: Some(Lease(self.live_leases.clone())),
-                    }
-                });
+                let target = self
+                    .transfer_to
+                    .ok_or(self.transfer_refusal)
+                    .map(|address| {
+                        self.live_leases.fetch_add(1, Ordering::SeqCst);
+                        Target {
+                            address,
+                            backend: None,
+                            host: None,
+                            lease: Some(Lease(self.live_leases.clone())),
+                        }
+                    });
                 self.session.handle(now, Input::TransferTarget(target));
             }
             Output::CoolDown { backend, until } => self.cooldowns.push((backend, until)),
