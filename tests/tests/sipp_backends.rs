@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sipp::{SippBackend, SippBench};
 use common::uac::{Uac, media_addr, sdp_of};
@@ -45,7 +44,7 @@ fn basic_call_relays_rtp_both_ways_to_a_sipp_backend() {
     );
     const SENT: u16 = 50;
     uac.send_rtp(relay, SENT, SSRC);
-    let echoed = echoed_sequence_numbers(&uac, SENT, Duration::from_secs(3));
+    let echoed = uac.echoed(SSRC, SENT, Duration::from_secs(3));
     // sipp echoes what reaches its media port to where it came from (voxgate's Backend-side
     // port): each packet back proves both directions through voxgate and the Backend's receipt.
     assert!(
@@ -169,24 +168,4 @@ fn silent_sipp_backend_fails_over_after_the_invite_timeout() {
     // The silent Backend's late 180 gets its abandoned INVITE cancelled (silent_uas.xml).
     bench.wait_backends(Some(&caller));
     bench.assert_ended_once("caller_bye");
-}
-
-/// The sequence numbers of RTP packets with our SSRC received within `timeout` (stops once
-/// `want` came).
-fn echoed_sequence_numbers(uac: &Uac, want: u16, timeout: Duration) -> BTreeSet<u16> {
-    let deadline = Instant::now() + timeout;
-    let mut seen = BTreeSet::new();
-    let mut buf = [0u8; 2048];
-    uac.rtp
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    while seen.len() < usize::from(want) && Instant::now() < deadline {
-        let Ok(len) = uac.rtp.recv(&mut buf) else {
-            continue;
-        };
-        if len >= 12 && buf[8..12] == SSRC.to_be_bytes() {
-            seen.insert(u16::from_be_bytes([buf[2], buf[3]]));
-        }
-    }
-    seen
 }

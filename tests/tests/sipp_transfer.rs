@@ -11,8 +11,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::sipp::{ScenarioPeer, SippBackend, SippBench};
 use common::uac::{Uac, media_addr, sdp_of};
@@ -69,25 +68,6 @@ fn record(test: &str) -> serde_json::Value {
     serde_json::from_str(&lines[0]).expect("a record is JSON")
 }
 
-/// Sequence numbers of the RTP (with our SSRC) that came back to `uac` within `timeout`.
-fn echoed(uac: &Uac, timeout: Duration) -> BTreeSet<u16> {
-    let deadline = Instant::now() + timeout;
-    let mut seen = BTreeSet::new();
-    let mut buf = [0u8; 2048];
-    uac.rtp
-        .set_read_timeout(Some(Duration::from_millis(50)))
-        .unwrap();
-    while Instant::now() < deadline {
-        if let Ok(len) = uac.rtp.recv(&mut buf)
-            && len >= 12
-            && buf[8..12] == SSRC.to_be_bytes()
-        {
-            seen.insert(u16::from_be_bytes([buf[2], buf[3]]));
-        }
-    }
-    seen
-}
-
 #[test]
 fn a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend_leg() {
     let test = "a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend_leg";
@@ -105,7 +85,7 @@ fn a_bridged_transfer_puts_the_caller_through_to_the_target_and_ends_the_backend
 
     const SENT: u16 = 50;
     uac.send_rtp(relay, SENT, SSRC);
-    let back = echoed(&uac, Duration::from_secs(3));
+    let back = uac.echoed(SSRC, SENT, Duration::from_secs(3));
     assert!(
         back.len() >= usize::from(SENT) * 9 / 10,
         "{} of {SENT} RTP packets reached the target and came back",

@@ -53,6 +53,18 @@ pub fn channel() -> (CommandSender, mpsc::Receiver<SessionCommand>) {
     mpsc::channel(COMMAND_QUEUE)
 }
 
+/// The state a session's view shows after `progress`, from `current`.
+pub fn state_after(progress: &voxgate_session::Progress, current: &'static str) -> &'static str {
+    use voxgate_session::Progress;
+    match progress {
+        Progress::Ringing => "ringing",
+        Progress::Bridging => "bridging",
+        Progress::Connected | Progress::Transferred { .. } => "connected",
+        Progress::Transferring { .. } => "transferring",
+        _ => current,
+    }
+}
+
 /// A running session as its task sees it.
 #[derive(Debug, Clone, Serialize)]
 pub struct SessionView {

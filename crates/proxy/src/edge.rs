@@ -20,13 +20,35 @@ use voxgate_endpoint::EdgeGuard;
 use crate::config::{Config, UnknownSource};
 use crate::metrics;
 
+/// Our Backends' SIP addresses, and their IPs (canonical), each looked up in one step.
+#[derive(Debug, Default)]
+struct Backends {
+    addrs: HashSet<SocketAddr>,
+    ips: HashSet<IpAddr>,
+}
+
+impl Backends {
+    fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
+        let mut backends = Self::default();
+        for addr in addrs {
+            backends.add(addr);
+        }
+        backends
+    }
+
+    fn add(&mut self, addr: SocketAddr) {
+        self.addrs.insert(addr);
+        self.ips.insert(canonical(addr.ip()));
+    }
+}
+
 /// The guard's state, shared by the endpoint task (which judges) and the HTTP side (which lists
 /// the bans).
 #[derive(Debug)]
 pub struct Edge {
     limiter: Option<Mutex<SourceLimiter>>,
     exempt: Vec<IpNet>,
-    backends: RwLock<HashSet<SocketAddr>>,
+    backends: RwLock<Backends>,
     trunks: TrunkTable,
     /// `sip.unknown_source = "drop"`.
     drop_unknown: bool,
@@ -61,7 +83,7 @@ impl Edge {
         Self {
             limiter,
             exempt: flood.exempt.clone(),
-            backends: RwLock::new(config.backends.iter().map(|b| b.address).collect()),
+            backends: RwLock::new(Backends::new(config.backends.iter().map(|b| b.address))),
             trunks: config.trunk_table(),
             drop_unknown: sip.unknown_source == UnknownSource::Drop,
             credential_trunks: config
@@ -77,13 +99,16 @@ impl Edge {
         self.backends
             .read()
             .unwrap_or_else(|e| e.into_inner())
+            .addrs
             .contains(&source)
     }
 
     /// Adds Backend addresses learnt from the cluster registry (config ones stay).
     pub fn add_backends(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
         let mut known = self.backends.write().unwrap_or_else(|e| e.into_inner());
-        known.extend(addrs);
+        for addr in addrs {
+            known.add(addr);
+        }
     }
 
     /// The sources banned now.
@@ -105,18 +130,17 @@ impl Edge {
 
     /// The guard's verdict at `now` (the [`EdgeGuard`] impl passes the clock's time).
     pub fn judge(&self, now: std::time::Instant, source: SocketAddr, bytes: &[u8]) -> bool {
-        if self.is_backend(source) {
-            return true;
-        }
         let ip = canonical(source.ip());
-        // A Backend sending from another port (TCP, an ephemeral UDP port) is judged like any
-        // other source, but never rate limited: a ban would cut every call it carries.
-        let backend_ip = self
-            .backends
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .any(|addr| canonical(addr.ip()) == ip);
+        // One look per message: the exact address passes; a Backend sending from another port
+        // (TCP, an ephemeral UDP port) is judged like any other source, but never rate limited:
+        // a ban would cut every call it carries.
+        let backend_ip = {
+            let backends = self.backends.read().unwrap_or_else(|e| e.into_inner());
+            if backends.addrs.contains(&source) {
+                return true;
+            }
+            backends.ips.contains(&ip)
+        };
         if let Some(limiter) = &self.limiter
             && !backend_ip
             && !self.exempt.iter().any(|net| net.contains(&ip))

@@ -255,6 +255,31 @@ impl Uac {
         self.send(&dialog::cancel(invite).to_string());
     }
 
+    /// Sequence numbers of the RTP with `ssrc` that came back to this UA's media socket, until
+    /// `want` of them or `timeout`.
+    pub fn echoed(
+        &self,
+        ssrc: u32,
+        want: u16,
+        timeout: Duration,
+    ) -> std::collections::BTreeSet<u16> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut seen = std::collections::BTreeSet::new();
+        let mut buf = [0u8; 2048];
+        self.rtp
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        while seen.len() < usize::from(want) && std::time::Instant::now() < deadline {
+            let Ok(len) = self.rtp.recv(&mut buf) else {
+                continue;
+            };
+            if len >= 12 && buf[8..12] == ssrc.to_be_bytes() {
+                seen.insert(u16::from_be_bytes([buf[2], buf[3]]));
+            }
+        }
+        seen
+    }
+
     /// Sends `count` 20 ms RTP packets (PCMU) from our RTP socket to `to`.
     pub fn send_rtp(&self, to: SocketAddr, count: u16, ssrc: u32) {
         for seq in 0..count {

@@ -339,14 +339,7 @@ impl WebRtcSession {
 
     fn on_output(&mut self, output: Output) {
         if let Output::Progress(progress) = &output {
-            self.state = match progress {
-                Progress::Ringing => "ringing",
-                Progress::Bridging => "bridging",
-                Progress::Connected => "connected",
-                Progress::Transferring { .. } => "transferring",
-                Progress::Transferred { .. } => "connected",
-                _ => self.state,
-            };
+            self.state = control::state_after(progress, self.state);
         }
         if let (Output::Progress(progress), Some(draft)) = (&output, self.draft.as_mut()) {
             draft.progress(progress, Instant::now());
